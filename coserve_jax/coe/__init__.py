@@ -1,0 +1,1 @@
+"""The CoE graph: component types, experts, routing rules and usage probabilities."""

@@ -1,0 +1,1 @@
+"""The engine loop (one, shared) and its backends: real (JAX, wall clock) and sim (virtual time)."""

@@ -1,0 +1,135 @@
+"""Build an arm's engine from the typed config: executors, pools, budgets, policies.
+
+Memory (DESIGN §5): a device budget per device is split evenly among the executors on it; each
+executor's share holds its model pool and its reserved batch working memory. With an
+``expert_fraction`` f (the paper's Casual split: 0.75) the batch reserve is (1 − f) of the share
+and the maximum batch is the largest that fits it (capped at the profiled best batch); without
+one, the reserve is exactly what the profiled best batch needs. A share that cannot hold the
+largest expert plus one batch is a start-up error naming the setting.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from typing import Any
+
+from hydra.utils import instantiate
+
+from coserve_jax.coe.graph import CoEGraph
+from coserve_jax.config import ArmConfig, ConfigError, RunConfig, parse_bytes
+from coserve_jax.engine.loop import Backend, Engine
+from coserve_jax.engine.state import ExecutorState
+from coserve_jax.policies.eviction import LRU
+from coserve_jax.profiler.cost_model import CostModel
+from coserve_jax.store.pool import Pool
+from coserve_jax.types import Tier
+
+
+@dataclasses.dataclass(frozen=True)
+class ExecutorPlan:
+    executor_id: int
+    kind: str
+    device_index: int
+    budget_bytes: int
+    reserved_bytes: int
+    max_batch: dict[str, int]
+
+
+def _max_batch_within(cost: CostModel, kind: str, arch: str, reserve: int) -> int:
+    n = cost.max_batch(kind, arch)
+    while n > 1 and cost.activation_bytes(kind, arch, n) > reserve:
+        n -= 1
+    return n
+
+
+def plan_executors(cfg: RunConfig, arm: ArmConfig, graph: CoEGraph, cost: CostModel) -> list[ExecutorPlan]:
+    """Executors of an arm with their budgets, batch reserves and maximum batch sizes."""
+    hw = cfg.hardware
+    counts = dict(arm.executors or hw.executors)
+    if arm.single_executor:
+        first = "gpu" if "gpu" in counts else "cpu"
+        counts = {first: 1}
+    total = graph.total_bytes
+    archs = sorted({e.arch for e in graph.experts.values()})
+    largest = max(e.param_bytes for e in graph.experts.values())
+    fraction = arm.expert_fraction if arm.expert_fraction is not None else hw.expert_fraction
+    for kind in counts:
+        if kind not in cost.kinds:
+            raise ConfigError(f"hardware.executors.{kind}: the profile has no figures for {kind!r} executors "
+                              f"(it has {list(cost.kinds)})")
+
+    def share(kind: str) -> tuple[int, str]:
+        if kind == "cpu" and "gpu" in counts:
+            if hw.cpu_pool_budget is None:
+                raise ConfigError("hardware.cpu_pool_budget: required when CPU executors run beside GPU ones")
+            return parse_bytes(hw.cpu_pool_budget, "hardware.cpu_pool_budget", total) // counts[kind], "hardware.cpu_pool_budget"
+        return parse_bytes(hw.device_budget, "hardware.device_budget", total) // counts[kind], "hardware.device_budget"
+
+    plans: list[ExecutorPlan] = []
+    for kind in sorted(counts, key=lambda k: (k != "gpu", k)):
+        budget, field = share(kind)
+        for i in range(counts[kind]):
+            if fraction is not None and not arm.unlimited_memory:
+                reserve = int((1 - fraction) * budget)
+                mb = {a: _max_batch_within(cost, kind, a, reserve) for a in archs}
+            else:
+                mb = {a: cost.max_batch(kind, a) for a in archs}
+                reserve = max(cost.activation_bytes(kind, a, mb[a]) for a in archs)
+            if arm.unlimited_memory:
+                budget = total + reserve
+            if budget - reserve < largest:
+                raise ConfigError(
+                    f"{field}: each {kind} executor gets {budget} B, which cannot hold the largest "
+                    f"expert ({largest} B) plus one batch ({reserve} B); raise {field} or use fewer executors"
+                )
+            device = 0 if kind == "gpu" else (i % hw.cpu_devices)
+            plans.append(ExecutorPlan(len(plans), kind, device, budget, reserve, mb))
+    return plans
+
+
+def host_cache_pool(cfg: RunConfig, graph: CoEGraph) -> Pool | None:
+    if cfg.hardware.host_budget is None:
+        return None
+    size = parse_bytes(cfg.hardware.host_budget, "hardware.host_budget", graph.total_bytes)
+    return Pool("host", "host", size)
+
+
+def check_profile_covers(cost: CostModel, plans: list[ExecutorPlan], graph: CoEGraph, cache: Pool | None) -> None:
+    for p in plans:
+        for arch in {e.arch for e in graph.experts.values()}:
+            cost.arch(p.kind, arch)
+        if not cost.has_load(p.kind, Tier.DISK) and not (cache is not None and cost.has_load(p.kind, Tier.HOST)):
+            raise ConfigError(f"profile: no load figures into {p.kind} pools (from disk, or from the host cache)")
+    if cache is not None and not cost.has_load("host", Tier.DISK):
+        raise ConfigError("profile: hardware.host_budget is set but the profile has no host_cache_loads.disk")
+
+
+def build_engine(cfg: RunConfig, arm: ArmConfig, graph: CoEGraph, cost: CostModel,
+                 backend: Backend, routing: str, clock: Callable[[], float] | None = None,
+                 policy_kwargs: dict[str, Any] | None = None) -> Engine:
+    """One arm's Engine over a backend (fresh pools and fresh policy objects)."""
+    plans = plan_executors(cfg, arm, graph, cost)
+    cache = host_cache_pool(cfg, graph)
+    check_profile_covers(cost, plans, graph, cache)
+    clock = clock or backend.now
+    executors = [
+        ExecutorState(p.executor_id, p.kind, p.device_index,
+                      Pool(f"ex{p.executor_id}:{p.kind}", p.kind, p.budget_bytes, p.reserved_bytes),
+                      p.max_batch, clock)
+        for p in plans
+    ]
+    kw = policy_kwargs or {}
+
+    def make(node):
+        return None if node is None else instantiate(node, **kw.get(node["_target_"], {}))
+
+    engine = Engine(
+        graph=graph, cost=cost, executors=executors, host_cache=cache,
+        scheduler=make(arm.scheduler), eviction=make(arm.eviction),
+        host_eviction=make(arm.host_eviction) or LRU(),
+        initialiser=make(arm.initialiser), prefetcher=make(arm.prefetcher),
+        backend=backend, routing=routing, load_retries=cfg.backend.load_retries,
+        check_invariants=cfg.backend.check_invariants,
+    )
+    return engine

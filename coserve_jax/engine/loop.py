@@ -1,0 +1,503 @@
+"""The engine loop (DESIGN §4), written once for both backends.
+
+Take events in time order (arrival, load done, batch done). An arrival goes through the
+scheduler's assign + arrange into an executor queue; a finished batch runs the routing rules and
+enqueues subsequent tasks; an idle executor takes its head group, split to its maximum batch;
+the store makes that expert resident in the executor's pool (evicting by policy, never a pinned
+expert) and the batch launches when resident; a prefetcher may start loads early.
+
+Only the backend differs between the real engine and the simulator: it says what time it is,
+runs loads and batches, and hands back their completions.
+"""
+
+from __future__ import annotations
+
+import bisect
+import dataclasses
+import logging
+import math
+import time
+from collections import Counter, defaultdict
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any, Protocol
+
+from coserve_jax.coe.graph import CoEGraph, UnknownComponentError
+from coserve_jax.engine.state import ExecutorState, RequestState
+from coserve_jax.metrics.collector import ArmMetrics
+from coserve_jax.policies.base import Eviction, Initialiser, Prefetcher, Scheduler, load_latency_s, source_tier
+from coserve_jax.profiler.cost_model import CostModel
+from coserve_jax.store.pool import Pool
+from coserve_jax.types import Batch, LoadJob, Request, Task, Tier
+
+log = logging.getLogger(__name__)
+
+# Event kinds, in the order ties at equal times are handled (DESIGN §4: (time, kind, sequence)).
+LOAD_DONE, BATCH_DONE, ARRIVAL = 0, 1, 2
+
+
+@dataclasses.dataclass(frozen=True)
+class LoadDone:
+    job: LoadJob
+    seconds: float
+    error: str | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class BatchDone:
+    batch: Batch
+    seconds: float
+    outputs: Sequence[Any] | None = None  # per task; None: route by trace
+    error: str | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class Arrival:
+    """An online submission (the API's submit); trace arrivals are timed by the loop."""
+
+    request: Request
+    image: Any = None
+
+
+Event = LoadDone | BatchDone | Arrival
+
+
+class Backend(Protocol):
+    def now(self) -> float: ...
+    def start_load(self, job: LoadJob) -> None: ...
+    def start_batch(self, batch: Batch, executor: ExecutorState, inputs: list[Any]) -> None: ...
+    def next_event(self, until_s: float | None) -> Event | None: ...
+    def drop(self, pool_id: str, expert_id: str) -> None: ...
+    def validate_input(self, request: Request, image: Any) -> str | None: ...
+
+
+class TraceFuture:
+    """The oracle's view of the future: the arrival index of each expert's next use."""
+
+    def __init__(self, requests: Sequence[Request], graph: CoEGraph):
+        uses: dict[str, list[int]] = defaultdict(list)
+        for i, r in enumerate(requests):
+            route = r.route or graph.truth_route(r.component_type, r.truth or "ok")
+            for e in route:
+                uses[e].append(i)
+        self._uses = dict(uses)
+        self.cursor = 0
+
+    def next_use(self, expert_id: str) -> float:
+        u = self._uses.get(expert_id)
+        if not u:
+            return math.inf
+        i = bisect.bisect_left(u, self.cursor)
+        return float(u[i]) if i < len(u) else math.inf
+
+
+class Engine:
+    """One arm's serving loop over a backend. Implements the policies' EngineView."""
+
+    def __init__(
+        self,
+        *,
+        graph: CoEGraph,
+        cost: CostModel,
+        executors: Sequence[ExecutorState],
+        host_cache: Pool | None,
+        scheduler: Scheduler,
+        eviction: Eviction,
+        host_eviction: Eviction,
+        initialiser: Initialiser | None,
+        prefetcher: Prefetcher | None,
+        backend: Backend,
+        routing: str,
+        load_retries: int = 2,
+        check_invariants: bool = False,
+    ):
+        self.graph, self.cost = graph, cost
+        self._executors = list(executors)
+        self._host_cache = host_cache
+        self.scheduler, self.eviction, self.host_eviction = scheduler, eviction, host_eviction
+        self.initialiser, self.prefetcher = initialiser, prefetcher
+        self.backend = backend
+        if routing not in ("model", "trace"):
+            raise ValueError(f"routing must be 'model' or 'trace', got {routing!r}")
+        self.routing = routing
+        self.load_retries = load_retries
+        self.check_invariants = check_invariants
+        self.metrics = ArmMetrics()
+        self._future: TraceFuture | None = None
+        self._requests: dict[int, RequestState] = {}
+        self._loads: dict[int, LoadJob] = {}
+        self._load_attempts: Counter[tuple[str, str]] = Counter()
+        self._ids = {"load": 0, "batch": 0}
+        self._pending = 0
+        self._tasks_completed = 0
+        self._failures: Counter[str] = Counter()
+        self.on_request_done: Callable[[RequestState], None] | None = None
+        self._initialising = False
+        self.decisions: list[tuple] = []  # (kind, ...) policy decisions, in order, for tests
+        self.record_decisions = False
+
+    # ---- EngineView ---------------------------------------------------------------------------
+    @property
+    def executors(self):
+        return self._executors
+
+    @property
+    def host_cache(self):
+        return self._host_cache
+
+    @property
+    def future(self):
+        return self._future
+
+    def enable_future(self, requests: Sequence[Request]) -> None:
+        """Give eviction the whole trace (the oracle bound)."""
+        self._future = TraceFuture(requests, self.graph)
+
+    # ---- public ---------------------------------------------------------------------------------
+    def initialise(self) -> float:
+        """Load the initialiser's experts before serving; returns the seconds it took."""
+        if self.initialiser is None:
+            return 0.0
+        t0 = self.backend.now()
+        plan = self.initialiser.initial_experts(self)
+        self._initialising = True
+        for ex in self._executors:
+            for e in plan.get(ex.executor_id, []):
+                size = self.graph.experts[e].param_bytes
+                if ex.pool.holds(e) or size > ex.pool.free_bytes:
+                    continue
+                self._begin_load(ex, e, prefetch=False, initial=True)
+        while self._loads:
+            ev = self.backend.next_event(None)
+            if ev is None:
+                raise RuntimeError("engine: initial loads did not finish (backend stalled)")
+            self._handle(ev)
+        self._initialising = False
+        return self.backend.now() - t0
+
+    def run(self, requests: Sequence[Request], images: Sequence[Any] | None = None,
+            progress: Any = None) -> dict[str, Any]:
+        """Serve a whole trace (arrival_s relative to the start) and return the arm summary."""
+        init_s = self.initialise()
+        t0 = self.backend.now()
+        order = sorted(range(len(requests)), key=lambda i: (requests[i].arrival_s, i))
+        first_arrival = t0 + (requests[order[0]].arrival_s if order else 0.0)
+        last_done = first_arrival
+        k = 0
+        for ex in self._executors:
+            ex.set_state("idle", t0)
+            ex.seconds.clear()
+        while k < len(order) or self._pending or self._loads:
+            next_t = t0 + requests[order[k]].arrival_s if k < len(order) else None
+            if next_t is not None and self.backend.now() >= next_t:
+                i = order[k]
+                k += 1
+                if self._future is not None:
+                    self._future.cursor = k
+                self._arrive(requests[i], None if images is None else images[i], next_t)
+                self._dispatch_all()
+                continue
+            ev = self.backend.next_event(next_t)
+            if ev is None:
+                if next_t is None:
+                    self._fail_all_pending("engine stalled: no event while work was pending")
+                    break
+                continue
+            before = self._pending
+            self._handle(ev)
+            if self._pending < before:
+                last_done = self.backend.now()
+                if progress is not None:
+                    progress.update(before - self._pending)
+            self._dispatch_all()
+        end = self.backend.now()
+        for ex in self._executors:
+            ex.set_state("idle", end)
+        return self.summary(wall_s=max(last_done - first_arrival, 1e-9), init_s=init_s)
+
+    def submit(self, request: Request, image: Any = None) -> None:
+        """Admit one request now (online use; the caller drives ``step``)."""
+        self._arrive(request, image)
+        self._dispatch_all()
+
+    def step(self, until_s: float | None) -> bool:
+        """Handle at most one backend event (waiting until until_s). False if none came."""
+        ev = self.backend.next_event(until_s)
+        if ev is None:
+            return False
+        if isinstance(ev, Arrival):
+            self._arrive(ev.request, ev.image)
+        else:
+            self._handle(ev)
+        self._dispatch_all()
+        return True
+
+    @property
+    def busy(self) -> bool:
+        return bool(self._pending or self._loads)
+
+    def request_states(self) -> dict[int, RequestState]:
+        return self._requests
+
+    # ---- arrivals and routing -------------------------------------------------------------
+    def _arrive(self, request: Request, image: Any, arrived_s: float | None = None) -> None:
+        if request.request_id in self._requests:
+            raise ValueError(f"request id {request.request_id} submitted twice")
+        now = self.backend.now()
+        rs = RequestState(request=request, image=image, arrived_s=now if arrived_s is None else arrived_s)
+        self._requests[request.request_id] = rs
+        self._pending += 1
+        try:
+            expert = self.graph.preliminary(request.component_type)
+        except UnknownComponentError as e:
+            self._fail(rs, str(e))
+            return
+        problem = self.backend.validate_input(request, image)
+        if problem is not None:
+            self._fail(rs, problem)
+            return
+        self._enqueue(Task(request.request_id, expert, 0, now))
+
+    def _enqueue(self, task: Task) -> None:
+        t = time.perf_counter()
+        eid = self.scheduler.assign(self, task)
+        if not 0 <= eid < len(self._executors):
+            raise RuntimeError(f"scheduler returned executor {eid!r}; there are {len(self._executors)}")
+        join = self.scheduler.arrange(self, eid, task)
+        self.metrics.scheduling_s += time.perf_counter() - t
+        if self.record_decisions:
+            self.decisions.append(("assign", task.request_id, task.expert_id, eid, bool(join)))
+        self._executors[eid].enqueue(task, join)
+
+    def _finish_task(self, task: Task, output: Any) -> None:
+        rs = self._requests[task.request_id]
+        rs.experts.append(task.expert_id)
+        self._tasks_completed += 1
+        if self.routing == "model":
+            outcome = self.graph.route_from_output(rs.request, task.expert_id, output)
+        else:
+            outcome = self.graph.route_from_trace(rs.request, task.expert_id)
+        if outcome.next_expert is None:
+            rs.verdict, rs.done, rs.done_s = outcome.verdict, True, self.backend.now()
+            self._pending -= 1
+            if self.on_request_done is not None:
+                self.on_request_done(rs)
+        else:
+            rs.stage += 1
+            self._enqueue(Task(task.request_id, outcome.next_expert, rs.stage, self.backend.now()))
+
+    def _fail(self, rs: RequestState, reason: str) -> None:
+        if rs.done:
+            return
+        log.warning("request %d failed: %s", rs.request.request_id, reason)
+        rs.failed, rs.done, rs.done_s = reason, True, self.backend.now()
+        self._failures[reason.split(":")[0]] += 1
+        self._pending -= 1
+        if self.on_request_done is not None:
+            self.on_request_done(rs)
+
+    def _fail_all_pending(self, reason: str) -> None:
+        log.error(reason)
+        for ex in self._executors:
+            for g in list(ex.groups):
+                for t in ex.drop_expert(g.expert_id):
+                    self._fail(self._requests[t.request_id], reason)
+        for rs in self._requests.values():
+            if not rs.done:
+                self._fail(rs, reason)
+
+    # ---- events ---------------------------------------------------------------------------
+    def _handle(self, ev: Event) -> None:
+        if isinstance(ev, LoadDone):
+            self._on_load_done(ev)
+        elif isinstance(ev, BatchDone):
+            self._on_batch_done(ev)
+        elif isinstance(ev, Arrival):
+            self._arrive(ev.request, ev.image)
+        if self.check_invariants:
+            self.check()
+
+    def _on_load_done(self, ev: LoadDone) -> None:
+        job = self._loads.pop(ev.job.load_id)
+        pool = self._pool(job.pool_id)
+        cache = self._host_cache
+        if job.src == Tier.HOST and cache is not None and job.expert_id in cache.resident:
+            cache.unpin(job.expert_id)
+        if ev.error is None:
+            pool.finish_load(job.expert_id)
+            if job.via_host_cache and cache is not None:
+                cache.finish_load(job.expert_id)
+            self.metrics.record_load(job, ev.seconds, initial=job.initial)
+            self._load_attempts.pop((job.pool_id, job.expert_id), None)
+            return
+        # A failed load: release its bytes, retry a bounded number of times, then fail only
+        # the requests that need this expert on this executor.
+        pool.cancel_load(job.expert_id)
+        if job.via_host_cache and cache is not None:
+            cache.cancel_load(job.expert_id)
+        key = (job.pool_id, job.expert_id)
+        self._load_attempts[key] += 1
+        self.metrics.failed_loads[job.expert_id] += 1
+        log.warning("load of %s into %s failed (attempt %d): %s", job.expert_id, job.pool_id,
+                    self._load_attempts[key], ev.error)
+        if job.prefetch or job.initial or job.executor_id is None:
+            return
+        ex = self._executors[job.executor_id]
+        if self._load_attempts[key] <= self.load_retries:
+            return  # _dispatch starts it again: the head group still needs it
+        del self._load_attempts[key]
+        for t in ex.drop_expert(job.expert_id):
+            self._fail(self._requests[t.request_id],
+                       f"load failed: expert {job.expert_id} after {self.load_retries + 1} attempts: {ev.error}")
+
+    def _on_batch_done(self, ev: BatchDone) -> None:
+        b = ev.batch
+        ex = self._executors[b.executor_id]
+        ex.pool.unpin(b.expert_id)
+        ex.running = None
+        self.metrics.record_batch(len(b.tasks), ev.seconds)
+        for i, task in enumerate(b.tasks):
+            rs = self._requests[task.request_id]
+            if ev.error is not None:
+                self._fail(rs, f"batch failed: expert {b.expert_id}: {ev.error}")
+                continue
+            try:
+                self._finish_task(task, None if ev.outputs is None else ev.outputs[i])
+            except (ValueError, KeyError) as e:
+                self._fail(rs, f"routing failed: {e}")
+
+    # ---- dispatch: batches, loads, prefetch -------------------------------------------------
+    def _dispatch_all(self) -> None:
+        now = self.backend.now()
+        for ex in self._executors:
+            self._dispatch(ex, now)
+        if self.prefetcher is not None:
+            for ex in self._executors:
+                self._prefetch(ex)
+
+    def _dispatch(self, ex: ExecutorState, now: float) -> None:
+        if ex.running is not None:
+            return
+        if not ex.groups:
+            ex.set_state("idle", now)
+            return
+        e = ex.groups[0].expert_id
+        if e in ex.pool.resident:
+            self._launch(ex, e, now)
+        elif e in ex.pool.loading or self._begin_load(ex, e, prefetch=False):
+            ex.set_state("wait_load", now)
+        else:
+            ex.set_state("idle", now)  # no room yet: in-flight loads hold the bytes
+
+    def _launch(self, ex: ExecutorState, expert_id: str, now: float) -> None:
+        arch = self.graph.experts[expert_id].arch
+        tasks = ex.take_head(ex.max_batch(arch))
+        ex.pool.pin(expert_id)
+        predicted = self.cost.batch_latency_s(ex.kind, arch, len(tasks)) + self.cost.dispatch_s
+        self._ids["batch"] += 1
+        batch = Batch(self._ids["batch"], ex.executor_id, expert_id, tasks, predicted_s=predicted)
+        ex.running, ex.running_end_s = batch, now + predicted
+        ex.set_state("compute", now)
+        if self.record_decisions:
+            self.decisions.append(("batch", ex.executor_id, expert_id, tuple(t.request_id for t in tasks)))
+        self.backend.start_batch(batch, ex, [self._requests[t.request_id].image for t in tasks])
+
+    def _rank(self, policy: Eviction, pool: Pool) -> Callable[[Sequence[str]], list[str]]:
+        def rank(candidates: Sequence[str]) -> list[str]:
+            t = time.perf_counter()
+            out = policy.rank(self, pool, candidates)
+            self.metrics.scheduling_s += time.perf_counter() - t
+            return out
+        return rank
+
+    def _evicted(self, pool: Pool, expert_id: str) -> None:
+        self.metrics.evictions += 1
+        if self.record_decisions:
+            self.decisions.append(("evict", pool.pool_id, expert_id))
+        self.backend.drop(pool.pool_id, expert_id)
+
+    def _begin_load(self, ex: ExecutorState, expert_id: str, *, prefetch: bool,
+                    initial: bool = False, protect: Iterable[str] = ()) -> bool:
+        pool = ex.pool
+        size = self.graph.experts[expert_id].param_bytes
+        keep = {expert_id, *protect}
+        if not pool.make_room(size, self._rank(self.eviction, pool), keep,
+                              on_evict=lambda e: self._evicted(pool, e)):
+            return False
+        src = source_tier(self, expert_id)
+        predicted = load_latency_s(self, pool.kind, expert_id)
+        cache = self._host_cache
+        via_cache = False
+        if cache is not None and src == Tier.DISK and not cache.holds(expert_id):
+            busy = [j.expert_id for j in self._loads.values() if j.src == Tier.HOST]
+            if cache.make_room(size, self._rank(self.host_eviction, cache), busy,
+                               on_evict=lambda e: self._evicted(cache, e)):
+                cache.begin_load(expert_id, size)
+                via_cache = True
+        if src == Tier.HOST and cache is not None:
+            cache.pin(expert_id)  # the copy reads it: keep it in the cache meanwhile
+        pool.begin_load(expert_id, size)
+        self._ids["load"] += 1
+        job = LoadJob(self._ids["load"], pool.pool_id, expert_id, size, src, ex.executor_id,
+                      prefetch=prefetch, initial=initial, via_host_cache=via_cache,
+                      predicted_s=predicted)
+        self._loads[job.load_id] = job
+        if self.record_decisions:
+            self.decisions.append(("load", pool.pool_id, expert_id, src.name, prefetch))
+        self.backend.start_load(job)
+        return True
+
+    def _prefetch(self, ex: ExecutorState) -> None:
+        if not ex.groups or ex.pool.loading:
+            return  # one load at a time per pool: a prefetch must not delay a demand load
+        t = time.perf_counter()
+        targets = self.prefetcher.prefetch(self, ex.executor_id)
+        self.metrics.scheduling_s += time.perf_counter() - t
+        for e in targets:
+            if ex.pool.holds(e):
+                continue
+            # Never evict the running expert or one needed before e in the queue.
+            protect = {ex.running_expert} if ex.running is not None else set()
+            for g in ex.groups:
+                protect.add(g.expert_id)
+                if g.expert_id == e:
+                    break
+            protect.discard(None)
+            self._begin_load(ex, e, prefetch=True, protect=protect)
+            return
+
+    def _pool(self, pool_id: str) -> Pool:
+        if self._host_cache is not None and pool_id == self._host_cache.pool_id:
+            return self._host_cache
+        for ex in self._executors:
+            if ex.pool.pool_id == pool_id:
+                return ex.pool
+        raise KeyError(pool_id)
+
+    # ---- invariants and results --------------------------------------------------------------
+    def pools(self) -> list[Pool]:
+        out = [ex.pool for ex in self._executors]
+        if self._host_cache is not None:
+            out.append(self._host_cache)
+        return out
+
+    def check(self) -> None:
+        for p in self.pools():
+            p.check()
+
+    def summary(self, wall_s: float, init_s: float) -> dict[str, Any]:
+        done = [rs for rs in self._requests.values() if rs.done and rs.failed is None]
+        secs: Counter[str] = Counter()
+        for ex in self._executors:
+            secs.update(ex.seconds)
+        return self.metrics.summary(
+            latencies_s=[rs.done_s - rs.arrived_s for rs in done],
+            submitted=len(self._requests),
+            completed=len(done),
+            failures=self._failures,
+            tasks_completed=self._tasks_completed,
+            wall_s=wall_s,
+            peak_bytes={p.pool_id: p.peak_bytes for p in self.pools()},
+            budgets_bytes={p.pool_id: p.budget_bytes for p in self.pools()},
+            executor_seconds=secs,
+            init_s=init_s,
+        )

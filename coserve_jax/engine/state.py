@@ -1,0 +1,131 @@
+"""Mutable engine state: executors with their queues and pools, and requests in flight.
+
+These classes also satisfy the read-only view protocols of ``policies/base.py``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections import Counter, deque
+from collections.abc import Callable, Mapping
+
+from coserve_jax.store.pool import Pool
+from coserve_jax.types import Batch, Request, Task
+
+
+class Group:
+    """A run of queued tasks of one expert, served back to back."""
+
+    __slots__ = ("expert_id", "tasks")
+
+    def __init__(self, expert_id: str):
+        self.expert_id = expert_id
+        self.tasks: deque[Task] = deque()
+
+
+class ExecutorState:
+    """One compute lane: a queue of groups and a byte-budgeted model pool on one device."""
+
+    def __init__(
+        self,
+        executor_id: int,
+        kind: str,
+        device_index: int,
+        pool: Pool,
+        max_batch: Mapping[str, int],
+        clock: Callable[[], float],
+    ):
+        self.executor_id = executor_id
+        self.kind = kind
+        self.device_index = device_index
+        self.pool = pool
+        self._max_batch = dict(max_batch)
+        self._clock = clock
+        self._groups: deque[Group] = deque()
+        self._tail_group: dict[str, Group] = {}  # expert -> last queued group of it
+        self._queued: Counter[str] = Counter()
+        self.running: Batch | None = None
+        self.running_end_s = 0.0
+        # Time accounting: the state since when, and seconds per state.
+        self.state = "idle"
+        self.state_since_s = 0.0
+        self.seconds: Counter[str] = Counter()
+
+    # ---- view --------------------------------------------------------------------------------
+    @property
+    def groups(self):
+        return self._groups
+
+    @property
+    def queued_experts(self):
+        return self._queued
+
+    @property
+    def num_queued(self) -> int:
+        return sum(self._queued.values())
+
+    @property
+    def running_expert(self) -> str | None:
+        return None if self.running is None else self.running.expert_id
+
+    @property
+    def running_remaining_s(self) -> float:
+        return max(0.0, self.running_end_s - self._clock()) if self.running is not None else 0.0
+
+    def max_batch(self, arch: str) -> int:
+        return self._max_batch[arch]
+
+    # ---- queue mutations ---------------------------------------------------------------------
+    def enqueue(self, task: Task, join: bool) -> None:
+        g = self._tail_group.get(task.expert_id) if join else None
+        if g is None:
+            g = Group(task.expert_id)
+            self._groups.append(g)
+            self._tail_group[task.expert_id] = g
+        g.tasks.append(task)
+        self._queued[task.expert_id] += 1
+
+    def take_head(self, n: int) -> tuple[Task, ...]:
+        """Pop up to n tasks of the head group (the paper's split)."""
+        g = self._groups[0]
+        out = tuple(g.tasks.popleft() for _ in range(min(n, len(g.tasks))))
+        self._dequeued(g, len(out))
+        return out
+
+    def drop_expert(self, expert_id: str) -> list[Task]:
+        """Remove every queued task of expert_id (a load that failed for good)."""
+        out: list[Task] = []
+        for g in [g for g in self._groups if g.expert_id == expert_id]:
+            out.extend(g.tasks)
+            n = len(g.tasks)
+            g.tasks.clear()
+            self._dequeued(g, n)
+        return out
+
+    def _dequeued(self, g: Group, n: int) -> None:
+        self._queued[g.expert_id] -= n
+        if self._queued[g.expert_id] <= 0:
+            del self._queued[g.expert_id]
+        if not g.tasks:
+            self._groups.remove(g)
+            if self._tail_group.get(g.expert_id) is g:
+                del self._tail_group[g.expert_id]
+
+    # ---- time accounting ---------------------------------------------------------------------
+    def set_state(self, state: str, now_s: float) -> None:
+        if state != self.state:
+            self.seconds[self.state] += max(0.0, now_s - self.state_since_s)
+            self.state, self.state_since_s = state, now_s
+
+
+@dataclasses.dataclass
+class RequestState:
+    request: Request
+    image: object = None  # np.ndarray for the real backend
+    arrived_s: float = 0.0  # backend clock
+    stage: int = 0
+    done: bool = False
+    failed: str | None = None  # reason
+    verdict: str | None = None
+    done_s: float | None = None
+    experts: list[str] = dataclasses.field(default_factory=list)

@@ -1,0 +1,1 @@
+"""Counters, latencies, time breakdown and results.json."""

@@ -1,0 +1,107 @@
+"""Eviction: which resident experts leave a pool first when room is needed.
+
+Each policy ranks the evictable candidates (resident, unpinned, not protected by the engine);
+the store evicts from the front of the ranking until the new expert fits.
+
+- ``LRU``/``FIFO``: Samba-CoE's baselines (least recently used / first admitted first).
+- ``TwoStage``: the paper's expert management (§4.3, Fig. 10). Stage 1: subsequent experts
+  none of whose preliminary experts is in the pool, largest memory score first. Stage 2: the
+  rest by ascending offline usage probability (largest first on ties, then id, so runs repeat).
+- ``QueueAware`` (ours, for ``coserve_plus``): experts the executor's own arranged queue will
+  use are kept in the order of that exact next use (Belady on the known future), and go last;
+  everything else goes first, ordered by the expected cost of getting it back —
+  usage probability × reload seconds, per byte freed (so cheap-to-reload, rarely-used, large
+  experts leave first).
+- ``Belady``: the oracle bound: queued uses first (as above), then the trace's next arrival
+  that needs the expert; the farthest next use leaves first.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+from coserve_jax.policies.base import EngineView, PoolView, load_latency_s
+
+
+class LRU:
+    def rank(self, view: EngineView, pool: PoolView, candidates: Sequence[str]) -> list[str]:
+        return sorted(candidates, key=lambda e: (pool.last_use_seq.get(e, -1), e))
+
+
+class FIFO:
+    def rank(self, view: EngineView, pool: PoolView, candidates: Sequence[str]) -> list[str]:
+        return sorted(candidates, key=lambda e: (pool.admit_seq.get(e, -1), e))
+
+
+class TwoStage:
+    """CoServe's dependency-aware two-stage eviction."""
+
+    def rank(self, view: EngineView, pool: PoolView, candidates: Sequence[str]) -> list[str]:
+        graph, usage = view.graph, view.graph.usage_probs()
+        largest = max((graph.experts[e].param_bytes for e in candidates), default=1) or 1
+
+        def orphan(e: str) -> bool:
+            if not graph.is_subsequent(e):
+                return False
+            return not any(pool.holds(p) for p in graph.preliminaries_of(e))
+
+        stage1 = [e for e in candidates if orphan(e)]
+        stage1.sort(key=lambda e: (-graph.experts[e].param_bytes / largest, e))
+        rest = [e for e in candidates if not orphan(e)]
+        rest.sort(key=lambda e: (usage[e], -graph.experts[e].param_bytes, e))
+        return stage1 + rest
+
+
+def _queue_positions(view: EngineView, pool: PoolView) -> dict[str, int]:
+    """Task index at which each expert is next used by the queue owning this pool."""
+    pos: dict[str, int] = {}
+    for ex in view.executors:
+        if ex.pool.pool_id != pool.pool_id:
+            continue
+        i = 0
+        for g in ex.groups:
+            pos.setdefault(g.expert_id, i)
+            i += len(g.tasks)
+    return pos
+
+
+class QueueAware:
+    """Ours: exact next use from the arranged queue, then expected reload cost per byte."""
+
+    def __init__(self, cost_aware: bool = True):
+        self.cost_aware = cost_aware
+        self._fallback = TwoStage()
+
+    def rank(self, view: EngineView, pool: PoolView, candidates: Sequence[str]) -> list[str]:
+        pos = _queue_positions(view, pool)
+        unqueued = [e for e in candidates if e not in pos]
+        if self.cost_aware:
+            usage = view.graph.usage_probs()
+
+            def expected_cost_per_byte(e: str) -> float:
+                size = view.graph.experts[e].param_bytes
+                return usage[e] * load_latency_s(view, pool.kind, e) / max(size, 1)
+
+            unqueued.sort(key=lambda e: (expected_cost_per_byte(e), e))
+        else:
+            unqueued = self._fallback.rank(view, pool, unqueued)
+        queued = sorted((e for e in candidates if e in pos), key=lambda e: (-pos[e], e))
+        return unqueued + queued
+
+
+class Belady:
+    """Oracle bound: evict the expert whose next use (queue, then trace) is farthest."""
+
+    def rank(self, view: EngineView, pool: PoolView, candidates: Sequence[str]) -> list[str]:
+        if view.future is None:
+            raise RuntimeError("Belady eviction needs the trace's future (oracle arm only)")
+        pos = _queue_positions(view, pool)
+
+        def next_use(e: str) -> tuple[int, float]:
+            if e in pos:
+                return (0, pos[e])
+            t = view.future.next_use(e)
+            return (1, t) if math.isfinite(t) else (2, 0.0)
+
+        return sorted(candidates, key=lambda e: (tuple(-x for x in next_use(e)), e))

@@ -1,0 +1,57 @@
+"""Initial placement and prefetch: which experts to load before they are asked for.
+
+- ``RoundRobinByUsage``: the paper's initialisation (§4.3): experts by descending offline usage
+  probability, dealt round-robin over executors while they fit their pools.
+- ``NextGroup`` (ours): while an executor works on its head group, load the expert of the next
+  queued group it does not hold, so the switch overlaps compute.
+"""
+
+from __future__ import annotations
+
+from coserve_jax.policies.base import EngineView
+
+
+class RoundRobinByUsage:
+    def initial_experts(self, view: EngineView) -> dict[int, list[str]]:
+        usage = view.graph.usage_probs()
+        order = sorted(usage, key=lambda e: (-usage[e], e))
+        free = {ex.executor_id: ex.pool.free_bytes for ex in view.executors}
+        plan: dict[int, list[str]] = {ex.executor_id: [] for ex in view.executors}
+        ids = [ex.executor_id for ex in view.executors]
+        turn = 0
+        for e in order:
+            size = view.graph.experts[e].param_bytes
+            # Deal to the next executor in turn that still has room for it.
+            for k in range(len(ids)):
+                eid = ids[(turn + k) % len(ids)]
+                if free[eid] >= size:
+                    plan[eid].append(e)
+                    free[eid] -= size
+                    turn = (turn + k + 1) % len(ids)
+                    break
+            if all(f < min(x.param_bytes for x in view.graph.experts.values()) for f in free.values()):
+                break
+        return plan
+
+
+class NextGroup:
+    def __init__(self, depth: int = 1):
+        self.depth = depth
+
+    def prefetch(self, view: EngineView, executor_id: int) -> list[str]:
+        ex = view.executors[executor_id]
+        out: list[str] = []
+        for g in ex.groups:
+            if len(out) >= self.depth:
+                break
+            if not ex.pool.holds(g.expert_id) and g.expert_id not in out:
+                out.append(g.expert_id)
+        return out
+
+
+class PreloadAll:
+    """The all-resident ceiling: every expert in every pool before serving."""
+
+    def initial_experts(self, view: EngineView) -> dict[int, list[str]]:
+        order = sorted(view.graph.experts)
+        return {ex.executor_id: list(order) for ex in view.executors}

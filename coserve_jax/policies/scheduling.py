@@ -1,0 +1,72 @@
+"""Request scheduling: which executor queue a task joins (assign) and where (arrange).
+
+- ``FCFS``: one global order; a task goes to the executor with the fewest queued tasks (with one
+  executor: Samba-CoE's single FCFS queue) and is appended at the tail.
+- ``RoundRobin``: tasks dealt to executors in turn (Samba-CoE Parallel; the ablation's "even
+  distribution").
+- ``LatencyAware``: the paper's request assigning (§4.2): predict each queue's added latency
+  (K·n + B execution plus switch latency, 0 when the expert is pooled or already queued there)
+  and choose the queue that minimises the longest queue's predicted total; ties go to the
+  smallest added latency, then the lowest executor id.
+
+``arrange=True`` is the paper's request arranging: a task joins the queued group of its expert
+(so that expert is loaded at most once per group); otherwise order is FIFO.
+"""
+
+from __future__ import annotations
+
+from coserve_jax.policies.base import EngineView, added_latency_s, queue_total_s
+from coserve_jax.types import Task
+
+
+class _Ordering:
+    """Where a task goes inside its queue: arranged behind its expert's group, or FIFO."""
+
+    def __init__(self, arranging: bool = False):
+        self.arranging = arranging
+
+    def arrange(self, view: EngineView, executor_id: int, task: Task) -> bool:
+        ex = view.executors[executor_id]
+        if self.arranging:
+            return task.expert_id in ex.queued_experts
+        return bool(ex.groups) and ex.groups[-1].expert_id == task.expert_id
+
+
+class FCFS(_Ordering):
+    """Samba-CoE: first come, first served."""
+
+    def assign(self, view: EngineView, task: Task) -> int:
+        return min(view.executors, key=lambda ex: (ex.num_queued, ex.executor_id)).executor_id
+
+
+class RoundRobin(_Ordering):
+    """Deal tasks to executors in turn."""
+
+    def __init__(self, arranging: bool = False):
+        super().__init__(arranging)
+        self._next = 0
+
+    def assign(self, view: EngineView, task: Task) -> int:
+        ids = [ex.executor_id for ex in view.executors]
+        eid = ids[self._next % len(ids)]
+        self._next += 1
+        return eid
+
+
+class LatencyAware(_Ordering):
+    """CoServe's request assigning: minimise the longest predicted queue (paper §4.2, Fig. 8)."""
+
+    def __init__(self, arranging: bool = True):
+        super().__init__(arranging)
+
+    def assign(self, view: EngineView, task: Task) -> int:
+        totals = [queue_total_s(view, ex) for ex in view.executors]
+        best: tuple[float, float, int] | None = None
+        for i, ex in enumerate(view.executors):
+            added = added_latency_s(view, ex, task)
+            longest = max(max(totals[:i] + totals[i + 1 :], default=0.0), totals[i] + added)
+            key = (longest, added, ex.executor_id)
+            if best is None or key < best:
+                best = key
+        assert best is not None
+        return best[2]

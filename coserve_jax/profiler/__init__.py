@@ -1,0 +1,1 @@
+"""Offline profiler: microbenchmarks -> Profile (profile.json) -> CostModel; allocation search."""

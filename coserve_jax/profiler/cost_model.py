@@ -1,0 +1,155 @@
+"""The Profile (profile.json) and the cost model every policy and the simulator read.
+
+Schema ``coserve_jax.profile/1`` (all times in seconds, sizes in bytes)::
+
+    {
+      "schema": "coserve_jax.profile/1",
+      "device": {...free-form description...}, "jax_version": "...", "settings": {...},
+      "kinds": {                          # executor kinds: "cpu", "gpu", ...
+        "<kind>": {
+          "archs": {
+            "<arch>": {
+              "k_s": float, "b_s": float,           # batch latency = k_s * n + b_s
+              "max_batch": int,                     # where per-image latency plateaus
+              "compile_s": float, "param_bytes": int,
+              "activation_bytes": {"<n>": int, ...} # working memory of a batch of n
+            }
+          },
+          "loads": {"disk": {"a_s": float, "b_s_per_byte": float},   # into a pool of this kind
+                    "host": {"a_s": float, "b_s_per_byte": float}}
+        }
+      },
+      "host_cache_loads": {"disk": {"a_s": float, "b_s_per_byte": float}},  # disk -> host cache
+      "overheads": {"dispatch_s": float}     # optional: per-batch engine overhead
+    }
+
+Extra keys are allowed everywhere (measurement tables, provenance, citations).
+"""
+
+from __future__ import annotations
+
+import bisect
+import copy
+import hashlib
+import json
+import math
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from coserve_jax.types import Tier
+
+SCHEMA = "coserve_jax.profile/1"
+HOST_POOL_KIND = "host"
+
+
+class ProfileError(ValueError):
+    """A profile is missing a figure the cost model needs."""
+
+
+def _require(d: Mapping[str, Any], key: str, where: str) -> Any:
+    if key not in d:
+        raise ProfileError(f"profile: {where}.{key} is missing")
+    return d[key]
+
+
+class CostModel:
+    """Predicts batch latency, load latency and memory from a Profile.
+
+    Policies and the simulator see costs only through this object.
+    """
+
+    def __init__(self, profile: Mapping[str, Any]):
+        if profile.get("schema") != SCHEMA:
+            raise ProfileError(f"profile: schema must be {SCHEMA!r}, got {profile.get('schema')!r}")
+        self.profile: dict[str, Any] = copy.deepcopy(dict(profile))
+        kinds = _require(self.profile, "kinds", "profile")
+        if not kinds:
+            raise ProfileError("profile: kinds is empty")
+        self._act: dict[tuple[str, str], tuple[list[int], list[int]]] = {}
+        for kind, kd in kinds.items():
+            for arch, ad in _require(kd, "archs", f"kinds.{kind}").items():
+                for key in ("k_s", "b_s", "max_batch"):
+                    _require(ad, key, f"kinds.{kind}.archs.{arch}")
+                pts = sorted((int(n), int(b)) for n, b in ad.get("activation_bytes", {}).items())
+                self._act[(kind, arch)] = ([n for n, _ in pts], [b for _, b in pts])
+            _require(kd, "loads", f"kinds.{kind}")
+        self.sha = hashlib.sha256(json.dumps(self.profile, sort_keys=True).encode()).hexdigest()[:16]
+
+    # ---- construction ------------------------------------------------------------------------
+    @classmethod
+    def load(cls, path: str | Path) -> CostModel:
+        path = Path(path)
+        try:
+            data = json.loads(path.read_text())
+        except FileNotFoundError:
+            raise ProfileError(f"profile file not found: {path}") from None
+        except json.JSONDecodeError as e:
+            raise ProfileError(f"profile file {path} is not valid JSON: {e}") from None
+        return cls(data)
+
+    def save(self, path: str | Path) -> None:
+        from coserve_jax.metrics.results import write_json_atomic
+
+        write_json_atomic(path, self.profile)
+
+    # ---- lookups -----------------------------------------------------------------------------
+    @property
+    def kinds(self) -> tuple[str, ...]:
+        return tuple(self.profile["kinds"])
+
+    def arch(self, kind: str, arch: str) -> Mapping[str, Any]:
+        try:
+            return self.profile["kinds"][kind]["archs"][arch]
+        except KeyError:
+            raise ProfileError(
+                f"profile has no figures for architecture {arch!r} on executor kind {kind!r}"
+            ) from None
+
+    def batch_latency_s(self, kind: str, arch: str, n: int) -> float:
+        a = self.arch(kind, arch)
+        return float(a["k_s"]) * n + float(a["b_s"])
+
+    def max_batch(self, kind: str, arch: str) -> int:
+        return int(self.arch(kind, arch)["max_batch"])
+
+    def activation_bytes(self, kind: str, arch: str, n: int) -> int:
+        """Working memory of a batch of n: piecewise-linear in the measured points."""
+        self.arch(kind, arch)
+        ns, bs = self._act[(kind, arch)]
+        if not ns:
+            return 0
+        if len(ns) == 1:
+            return int(math.ceil(bs[0] * n / ns[0]))
+        i = bisect.bisect_left(ns, n)
+        if i < len(ns) and ns[i] == n:
+            return bs[i]
+        lo, hi = (0, 1) if i == 0 else (len(ns) - 2, len(ns) - 1) if i >= len(ns) else (i - 1, i)
+        slope = (bs[hi] - bs[lo]) / (ns[hi] - ns[lo])
+        return max(0, int(math.ceil(bs[lo] + slope * (n - ns[lo]))))
+
+    def _load_fit(self, pool_kind: str, src: Tier) -> Mapping[str, Any]:
+        if pool_kind == HOST_POOL_KIND:
+            table = self.profile.get("host_cache_loads", {})
+        else:
+            table = self.profile["kinds"].get(pool_kind, {}).get("loads", {})
+        key = src.name.lower()
+        if key not in table:
+            raise ProfileError(f"profile has no load figures from {key} into a {pool_kind} pool")
+        return table[key]
+
+    def load_latency_s(self, pool_kind: str, src: Tier, size_bytes: int) -> float:
+        """Seconds to bring an expert of size_bytes from tier src into a pool of pool_kind."""
+        fit = self._load_fit(pool_kind, src)
+        return float(fit["a_s"]) + float(fit["b_s_per_byte"]) * size_bytes
+
+    def has_load(self, pool_kind: str, src: Tier) -> bool:
+        try:
+            self._load_fit(pool_kind, src)
+            return True
+        except ProfileError:
+            return False
+
+    @property
+    def dispatch_s(self) -> float:
+        return float(self.profile.get("overheads", {}).get("dispatch_s", 0.0))

@@ -1,0 +1,160 @@
+"""Byte-budgeted model pools: the store's accounting, shared by both backends.
+
+A pool holds expert weights within ``budget_bytes``. Resident experts, in-flight loads and the
+reserved batch working memory together never exceed the budget: every admission is checked
+here, and a violation is a bug (``BudgetError``), not a silent overrun. An expert in a running
+batch is pinned and cannot be evicted.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Callable, Iterable, Sequence
+
+
+class BudgetError(RuntimeError):
+    """An admission would exceed a pool's byte budget (a bug or an impossible config)."""
+
+
+class Pool:
+    """One byte-budgeted pool (an executor's model pool or the host cache)."""
+
+    def __init__(self, pool_id: str, kind: str, budget_bytes: int, reserved_bytes: int = 0):
+        if budget_bytes < 0 or reserved_bytes < 0:
+            raise ValueError(f"pool {pool_id}: budgets must be >= 0")
+        if reserved_bytes > budget_bytes:
+            raise BudgetError(
+                f"pool {pool_id}: reserved batch memory {reserved_bytes} B exceeds its budget "
+                f"{budget_bytes} B"
+            )
+        self.pool_id = pool_id
+        self.kind = kind
+        self.budget_bytes = int(budget_bytes)
+        self.reserved_bytes = int(reserved_bytes)
+        self._resident: dict[str, int] = {}
+        self._loading: dict[str, int] = {}
+        self._pinned: Counter[str] = Counter()
+        self._last_use: dict[str, int] = {}
+        self._admit: dict[str, int] = {}
+        self._seq = 0
+        self._used = self.reserved_bytes
+        self.peak_bytes = self._used
+
+    # ---- read-only view ----------------------------------------------------------------------
+    @property
+    def resident(self):
+        return self._resident
+
+    @property
+    def loading(self):
+        return self._loading
+
+    @property
+    def pinned(self):
+        return self._pinned
+
+    @property
+    def last_use_seq(self):
+        return self._last_use
+
+    @property
+    def admit_seq(self):
+        return self._admit
+
+    @property
+    def used_bytes(self) -> int:
+        return self._used
+
+    @property
+    def free_bytes(self) -> int:
+        return self.budget_bytes - self._used
+
+    def holds(self, expert_id: str) -> bool:
+        return expert_id in self._resident or expert_id in self._loading
+
+    # ---- mutations (engine only) -------------------------------------------------------------
+    def _tick(self) -> int:
+        self._seq += 1
+        return self._seq
+
+    def begin_load(self, expert_id: str, size_bytes: int) -> None:
+        if self.holds(expert_id):
+            raise BudgetError(f"pool {self.pool_id}: {expert_id} is already resident or loading")
+        if size_bytes > self.free_bytes:
+            raise BudgetError(
+                f"pool {self.pool_id}: admitting {expert_id} ({size_bytes} B) needs more than the "
+                f"{self.free_bytes} B free of {self.budget_bytes} B"
+            )
+        self._loading[expert_id] = size_bytes
+        self._used += size_bytes
+        self.peak_bytes = max(self.peak_bytes, self._used)
+
+    def finish_load(self, expert_id: str) -> None:
+        size = self._loading.pop(expert_id)
+        self._resident[expert_id] = size
+        self._admit[expert_id] = self._tick()
+        self._last_use.setdefault(expert_id, self._admit[expert_id])
+
+    def cancel_load(self, expert_id: str) -> None:
+        self._used -= self._loading.pop(expert_id)
+
+    def evict(self, expert_id: str) -> int:
+        if self._pinned[expert_id] > 0:
+            raise BudgetError(f"pool {self.pool_id}: {expert_id} is pinned by a running batch")
+        size = self._resident.pop(expert_id)
+        self._used -= size
+        self._admit.pop(expert_id, None)
+        self._last_use.pop(expert_id, None)
+        return size
+
+    def touch(self, expert_id: str) -> None:
+        self._last_use[expert_id] = self._tick()
+
+    def pin(self, expert_id: str) -> None:
+        if expert_id not in self._resident:
+            raise BudgetError(f"pool {self.pool_id}: cannot pin {expert_id}, it is not resident")
+        self._pinned[expert_id] += 1
+        self.touch(expert_id)
+
+    def unpin(self, expert_id: str) -> None:
+        self._pinned[expert_id] -= 1
+        if self._pinned[expert_id] <= 0:
+            del self._pinned[expert_id]
+
+    def evictable(self, protect: Iterable[str] = ()) -> list[str]:
+        protected = set(protect)
+        return [e for e in self._resident if self._pinned[e] == 0 and e not in protected]
+
+    def make_room(
+        self,
+        size_bytes: int,
+        rank: Callable[[Sequence[str]], list[str]],
+        protect: Iterable[str] = (),
+        on_evict: Callable[[str], None] | None = None,
+    ) -> bool:
+        """Evict by ``rank`` until size_bytes fit. All or nothing: if even evicting every
+        candidate would not make room, nothing is evicted and False is returned."""
+        if size_bytes <= self.free_bytes:
+            return True
+        candidates = self.evictable(protect)
+        if self.free_bytes + sum(self._resident[e] for e in candidates) < size_bytes:
+            return False
+        order = rank(candidates)
+        if sorted(order) != sorted(candidates):
+            raise ValueError(f"pool {self.pool_id}: eviction policy must rank exactly its candidates")
+        for e in order:
+            if size_bytes <= self.free_bytes:
+                break
+            self.evict(e)
+            if on_evict is not None:
+                on_evict(e)
+        return True
+
+    def check(self) -> None:
+        """Assert the byte invariant (used by tests and after every engine step in debug)."""
+        total = self.reserved_bytes + sum(self._resident.values()) + sum(self._loading.values())
+        if total != self._used or total > self.budget_bytes:
+            raise BudgetError(
+                f"pool {self.pool_id}: accounting broken (used {self._used}, recomputed {total}, "
+                f"budget {self.budget_bytes})"
+            )

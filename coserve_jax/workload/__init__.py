@@ -1,0 +1,1 @@
+"""Workloads: component-image requests arriving over time; trace save and replay."""
