@@ -1,0 +1,270 @@
+"""Table builders: runs → `Table`s with the paper's value and the ratio beside ours.
+
+Comparison cells read ``ours (paper) ×ratio`` with ratio = ours / paper (2 decimals); a value
+averaged over several runs (seeds) says so in the notes. Every builder takes the list of
+`RunRecord`s from `runs.load_runs` and returns one `Table` (or a list for per-run tables).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from coserve_jax.report import paper_values as pv
+from coserve_jax.report.aggregate import (
+    Grid,
+    Stat,
+    arms_in,
+    budget_sweep,
+    group_sort_key,
+    latency_ms,
+    metric_grid,
+    ordered_arms,
+    peak_bytes,
+    switch_count,
+    throughput_rps,
+)
+from coserve_jax.report.runs import RunRecord
+from coserve_jax.report.table_render import (
+    EMPTY,
+    Table,
+    comparison_cell,
+    fmt_bytes,
+    fmt_number,
+    ratio,
+)
+
+PaperLookup = Callable[[str, str, str], float | None]
+RangeLookup = Callable[[str, str], tuple[int, int] | None]
+
+CELL_NOTE = "Cells: ours (paper) ×ours/paper; (lo–hi) is a range the paper states for that arm."
+BASELINE_NOTE = (
+    "Paper img/s for samba, samba_fifo, samba_parallel are derived as CoServe Best / speedup "
+    "label, assuming the labels are printed in the order samba / samba_fifo / samba_parallel "
+    "(paper_values.BASELINE_LABEL_ORDER)."
+)
+MAPPING_NOTE = "Paper's CoServe Best ↔ coserve_best; the ablation's full CoServe ↔ coserve."
+
+
+def throughput_table(runs: list[RunRecord], arms: list[str] | None = None) -> Table:
+    """(a) img/s per (hardware, task) × arm, beside Fig. 13/15's values."""
+    return _comparison_table(
+        runs, "throughput_rps", "throughput", "Throughput (img/s) — paper Fig. 13/15",
+        arms, pv.paper_throughput_rps, None,
+        [CELL_NOTE, BASELINE_NOTE, MAPPING_NOTE, *_mixed_budget_notes(runs)])
+
+
+def switches_table(runs: list[RunRecord], arms: list[str] | None = None) -> Table:
+    """(b) expert switches per (hardware, task) × arm, beside Fig. 14/16's values."""
+    return _comparison_table(
+        runs, "switches", "switches", "Expert switches — paper Fig. 14/16",
+        arms, pv.paper_switches, pv.paper_switch_range,
+        [CELL_NOTE, MAPPING_NOTE, *_mixed_budget_notes(runs)])
+
+
+def ablation_table(runs: list[RunRecord]) -> Table:
+    """(c) the ablation ladder none → em → em_ra → coserve: img/s and switches (Fig. 15/16)."""
+    tput, sw = metric_grid(runs, "throughput_rps"), metric_grid(runs, "switches")
+    arms = list(pv.ABLATION_ARMS)
+    header = ["hardware", "task", *(f"{a} img/s" for a in arms), *(f"{a} switches" for a in arms)]
+    rows, records = [], []
+    for group in _groups(tput, sw):
+        row = list(group)
+        for metric, grid, lookup, rng in (
+            ("throughput_rps", tput, pv.paper_throughput_rps, None),
+            ("switches", sw, pv.paper_switches, pv.paper_switch_range),
+        ):
+            for arm in arms:
+                stat = grid.get(group, {}).get(arm)
+                cell, record = _compare(group, arm, stat, lookup, rng,
+                                        integers=metric != "throughput_rps")
+                row.append(cell)
+                records.append({"metric": metric, **record})
+        rows.append(row)
+    return Table("ablation", "Ablation ladder — paper Fig. 15 (img/s) and Fig. 16 (switches)",
+                 header, rows, records,
+                 [CELL_NOTE, MAPPING_NOTE, *_seed_notes(tput), *_mixed_budget_notes(runs)])
+
+
+def speedup_table(runs: list[RunRecord], baseline: str = "samba") -> Table:
+    """(d) each arm's img/s over ``baseline``'s in the same (hardware, task), vs the paper's."""
+    grid = metric_grid(runs, "throughput_rps")
+    arms = [a for a in arms_in(grid) if a != baseline]
+    header = ["hardware", "task", *arms]
+    rows, records = [], []
+    for group, by_arm in grid.items():
+        base = by_arm.get(baseline)
+        paper_base = pv.paper_throughput_rps(*group, baseline)
+        row = list(group)
+        for arm in arms:
+            stat = by_arm.get(arm)
+            ours = stat.mean / base.mean if stat and base and base.mean else None
+            paper_arm = pv.paper_throughput_rps(*group, arm)
+            paper = ratio(paper_arm, paper_base)
+            row.append(comparison_cell(ours, paper, integers=False))
+            records.append({"hardware": group[0], "task": group[1], "arm": arm,
+                            "ours_speedup": ours, "paper_speedup": paper,
+                            "ratio": ratio(ours, paper)})
+        rows.append(row)
+    notes = [f"Speedup = arm img/s / {baseline} img/s in the same run group.", CELL_NOTE]
+    if baseline in pv.DERIVED_BASELINE_ARMS:
+        notes.append("Paper speedups of coserve_best over samba* are Fig. 13's labels. "
+                     + BASELINE_NOTE)
+    return Table(f"speedup_vs_{baseline}", f"Speedup over {baseline} — paper Fig. 13 labels",
+                 header, rows, records, notes)
+
+
+def arm_tables(runs: list[RunRecord]) -> list[Table]:
+    """(e) one generic table per run: every arm's img/s, switches, latency, peak memory and
+    distance to the ``oracle`` and ``all_resident`` bounds."""
+    return [arm_table(run) for run in runs]
+
+
+def arm_table(run: RunRecord) -> Table:
+    """(e) for one run: arm, img/s, switches, p50/p99 ms, peak bytes, % of oracle/all_resident."""
+    header = ["arm", "img/s", "switches", "p50 ms", "p99 ms", "peak memory",
+              "% of oracle", "% of all_resident"]
+    bounds = {b: throughput_rps(run.arms.get(b) or {}) for b in ("oracle", "all_resident")}
+    hw, task = run.hardware, run.task
+    rows, records = [], []
+    for name in ordered_arms(run.arms):
+        arm = run.arms[name] if isinstance(run.arms[name], dict) else {}
+        rps, sw = throughput_rps(arm), switch_count(arm)
+        p50, p99, peak = latency_ms(arm, "p50"), latency_ms(arm, "p99"), peak_bytes(arm)
+        pct = {b: _percent(rps, v) for b, v in bounds.items()}
+        paper_rps = pv.paper_throughput_rps(hw, task, name)
+        paper_sw = pv.paper_switches(hw, task, name)
+        rows.append([
+            name,
+            comparison_cell(rps, paper_rps, integers=False) or EMPTY,
+            comparison_cell(sw, paper_sw, pv.paper_switch_range(hw, name)) or EMPTY,
+            fmt_number(p50), fmt_number(p99), fmt_bytes(peak),
+            _fmt_percent(pct["oracle"]), _fmt_percent(pct["all_resident"]),
+        ])
+        records.append({
+            "run": run.label, "hardware": hw, "task": task, "arm": name,
+            "throughput_rps": rps, "paper_throughput_rps": paper_rps,
+            "throughput_ratio": ratio(rps, paper_rps),
+            "switches": sw, "paper_switches": paper_sw, "switches_ratio": ratio(sw, paper_sw),
+            "latency_p50_ms": p50, "latency_p99_ms": p99, "peak_bytes": peak,
+            "pct_of_oracle": pct["oracle"], "pct_of_all_resident": pct["all_resident"],
+        })
+    where = " ".join(x for x in (hw, task) if x)
+    title = f"Arms — {run.label}" + (f" ({where})" if where else "")
+    notes = [CELL_NOTE, "peak memory: sum of the per-pool/device peaks in peak_bytes.",
+             "% of a bound: arm img/s / bound img/s × 100 (empty when the run lacks the bound)."]
+    return Table(f"arms_{_slug(run.label)}", title, header, rows, records, notes)
+
+
+def budget_table(runs: list[RunRecord]) -> Table:
+    """(f) memory-budget sweep: for each ``hardware.device_budget``, img/s and switches per
+    arm (runs without a budget are left out)."""
+    tput, sw = budget_sweep(runs, "throughput_rps"), budget_sweep(runs, "switches")
+    arms = ordered_arms({a for pts in tput.values() for _, by_arm in pts for a in by_arm}
+                        | {a for pts in sw.values() for _, by_arm in pts for a in by_arm})
+    header = ["hardware", "task", "device_budget", *(f"{a} img/s" for a in arms),
+              *(f"{a} switches" for a in arms)]
+    rows, records = [], []
+    for group, points in tput.items():
+        sw_points = dict(sw.get(group, []))
+        for budget, by_arm in points:
+            sw_by_arm = sw_points.get(budget, {})
+            rows.append([*group, str(budget),
+                         *(_stat_cell(by_arm.get(a), integers=False) for a in arms),
+                         *(_stat_cell(sw_by_arm.get(a)) for a in arms)])
+            for a in arms:
+                t, s = by_arm.get(a), sw_by_arm.get(a)
+                if t or s:
+                    records.append({"hardware": group[0], "task": group[1],
+                                    "device_budget": budget, "arm": a,
+                                    "throughput_rps": t.mean if t else None,
+                                    "switches": s.mean if s else None,
+                                    "n_runs": max(x.n for x in (t, s) if x)})
+    skipped = sum(1 for r in runs if r.device_budget is None)
+    notes = ["device_budget: hardware.device_budget of the resolved config "
+             "(.hydra/config.yaml), else results.json config.device_budget."]
+    if skipped:
+        notes.append(f"{skipped} run(s) without a device_budget left out.")
+    return Table("budget_sweep", "Memory-budget sweep (img/s, switches)", header, rows,
+                 records, notes)
+
+
+def _comparison_table(runs: list[RunRecord], metric: str, name: str, title: str,
+                      arms: list[str] | None, lookup: PaperLookup,
+                      range_lookup: RangeLookup | None, notes: list[str]) -> Table:
+    grid = metric_grid(runs, metric)
+    arms = arms if arms is not None else arms_in(grid)
+    rows, records = [], []
+    for group, by_arm in grid.items():
+        row = list(group)
+        for arm in arms:
+            cell, record = _compare(group, arm, by_arm.get(arm), lookup, range_lookup,
+                                    integers=metric != "throughput_rps")
+            row.append(cell)
+            records.append(record)
+        rows.append(row)
+    return Table(name, title, ["hardware", "task", *arms], rows, records,
+                 [*notes, *_seed_notes(grid)])
+
+
+def _compare(group: tuple[str, str], arm: str, stat: Stat | None, lookup: PaperLookup,
+             range_lookup: RangeLookup | None,
+             integers: bool = True) -> tuple[str, dict[str, Any]]:
+    hw, task = group
+    ours = stat.mean if stat else None
+    paper = lookup(hw, task, arm)
+    rng = range_lookup(hw, arm) if range_lookup and paper is None else None
+    record = {
+        "hardware": hw, "task": task, "arm": arm, "ours": ours,
+        "ours_std": stat.std if stat else None, "n_runs": stat.n if stat else 0,
+        "paper": paper, "ratio": ratio(ours, paper),
+        "paper_range_lo": rng[0] if rng else None, "paper_range_hi": rng[1] if rng else None,
+        "paper_derived": bool(paper is not None and arm in pv.DERIVED_BASELINE_ARMS
+                              and lookup is pv.paper_throughput_rps),
+    }
+    return comparison_cell(ours, paper, rng if stat else None, integers), record
+
+
+def _groups(*grids: Grid) -> list[tuple[str, str]]:
+    seen: list[tuple[str, str]] = []
+    for grid in grids:
+        seen.extend(g for g in grid if g not in seen)
+    return sorted(seen, key=group_sort_key)
+
+
+def _seed_notes(grid: Grid) -> list[str]:
+    counts = {s.n for by_arm in grid.values() for s in by_arm.values()}
+    if counts - {1}:
+        return [f"Values are means over runs of the same (hardware, task, arm); runs per cell: "
+                f"{', '.join(str(n) for n in sorted(counts))} (n_runs and ours_std in the CSV)."]
+    return []
+
+
+def _mixed_budget_notes(runs: list[RunRecord]) -> list[str]:
+    """Warn when one (hardware, task) row averages runs of different device budgets."""
+    budgets: dict[tuple[str, str], set[str]] = {}
+    for run in runs:
+        budgets.setdefault(run.group, set()).add(str(run.device_budget))
+    mixed = {g: b for g, b in budgets.items() if len(b) > 1}
+    return [f"Warning: {hw} {task} averages runs of different device budgets "
+            f"({', '.join(sorted(b))}); see the budget table." for (hw, task), b in mixed.items()]
+
+
+def _stat_cell(stat: Stat | None, integers: bool = True) -> str:
+    if stat is None:
+        return ""
+    spread = f" ±{fmt_number(stat.std, integers=integers)}" if stat.n > 1 else ""
+    return fmt_number(stat.mean, integers=integers) + spread
+
+
+def _percent(value: float | None, bound: float | None) -> float | None:
+    return value / bound * 100 if value is not None and bound else None
+
+
+def _fmt_percent(value: float | None) -> str:
+    return EMPTY if value is None else f"{value:.1f}%"
+
+
+def _slug(text: str) -> str:
+    slug = "".join(c if c.isalnum() or c in "-_" else "_" for c in text).strip("_")
+    return slug or "run"
