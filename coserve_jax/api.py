@@ -1,0 +1,398 @@
+"""Public Python API: build engines from a config, run traces, serve online requests.
+
+    from coserve_jax.api import Engine, run_experiment
+    results = run_experiment(["arms=[samba,coserve]", "workload.num_requests=300"], out_dir="runs/x")
+
+    with Engine.from_config(["model=pcb_tiny"], arm="coserve") as engine:
+        fut = engine.submit(image, "type_003")      # concurrent.futures.Future
+        print(fut.result(timeout=10))               # {"verdict": "ok", "experts": [...], ...}
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import dataclasses
+import hashlib
+import itertools
+import json
+import logging
+import os
+import sys
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from coserve_jax.coe.graph import CoEGraph
+from coserve_jax.config import ArmConfig, ConfigError, RunConfig, compose, parse_bytes, parse_config
+from coserve_jax.engine.build import build_engine, plan_executors
+from coserve_jax.engine.loop import Arrival
+from coserve_jax.engine.loop import Engine as LoopEngine
+from coserve_jax.metrics.results import git_sha, write_json_atomic
+from coserve_jax.profiler.cost_model import CostModel
+from coserve_jax.types import Request
+from coserve_jax.workload.trace import generate_trace, load_trace, save_trace
+
+log = logging.getLogger(__name__)
+
+
+# ---- configuration --------------------------------------------------------------------------
+def as_run_config(cfg: RunConfig | DictConfig | Sequence[str] | None) -> tuple[RunConfig, dict]:
+    """Accept a RunConfig, a composed DictConfig or a list of Hydra overrides."""
+    if isinstance(cfg, RunConfig):
+        return cfg, {}
+    if cfg is None or (isinstance(cfg, Sequence) and not isinstance(cfg, str)):
+        cfg = compose(list(cfg or []))
+    resolved = OmegaConf.to_container(OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"]), resolve=True)
+    return parse_config(cfg), resolved
+
+
+def configure_jax_devices(cpu_devices: int) -> None:
+    """Ask XLA for ``cpu_devices`` host devices; only possible before JAX initialises."""
+    flag = f"--xla_force_host_platform_device_count={cpu_devices}"
+    flags = os.environ.get("XLA_FLAGS", "")
+    if "xla_force_host_platform_device_count" in flags:
+        return
+    if "jax" in sys.modules:
+        import jax
+
+        if len(jax.devices("cpu")) >= cpu_devices:
+            return
+        try:
+            jax.config.update("jax_num_cpu_devices", cpu_devices)
+            return
+        except Exception:  # noqa: BLE001 - JAX already initialised its backends
+            log.warning("JAX is already initialised with %d CPU devices; wanted %d",
+                        len(jax.devices("cpu")), cpu_devices)
+            return
+    os.environ["XLA_FLAGS"] = (flags + " " + flag).strip()
+
+
+# ---- the model: a trained zoo or a paper-scale graph ---------------------------------------
+@dataclasses.dataclass
+class Model:
+    graph: CoEGraph
+    zoo: Any = None  # coserve_jax.coe.zoo.Zoo for trained demo CoEs
+
+    @property
+    def trained(self) -> bool:
+        return self.zoo is not None
+
+
+def load_model(cfg: RunConfig, progress: bool = True) -> Model:
+    if cfg.model.kind == "paper":
+        from coserve_jax.coe.paper import build_paper_graph
+
+        return Model(build_paper_graph(cfg.model.board, seed=cfg.model.seed))
+    from coserve_jax.coe.zoo import build_or_load_zoo, zoo_config
+
+    zoo = build_or_load_zoo(zoo_config(dict(cfg.model.zoo), seed=cfg.model.seed), progress=progress)
+    return Model(zoo.graph, zoo)
+
+
+# ---- the cost model ---------------------------------------------------------------------------
+def load_cost_model(cfg: RunConfig, model: Model, runtime: Any = None, progress: bool = True) -> CostModel:
+    """hardware.profile if given; else the paper's constants; else measured here (cached)."""
+    hw = cfg.hardware
+    if hw.profile:
+        return CostModel.load(hw.profile)
+    if hw.paper_profile:
+        from coserve_jax.profiler.paper_profiles import paper_profile
+
+        archs = {}
+        for e in model.graph.experts.values():
+            archs.setdefault(e.arch, {"param_bytes": e.param_bytes, "input_shape": list(e.input_shape)})
+        return CostModel(paper_profile(dict(hw.paper_profile), archs))
+    if not model.trained:
+        raise ConfigError("hardware.profile: a paper-scale model needs hardware.profile or hardware.paper_profile")
+    import jax
+
+    from coserve_jax.profiler.microbench import measure_profile
+
+    kinds = sorted(hw.executors)
+    settings = {k: cfg.profiler.get(k) for k in ("batch_sizes", "repeats", "load_samples")}
+    key = json.dumps({"devices": [str(d) for d in jax.devices()], "kinds": kinds, "settings": settings,
+                      "drop": hw.drop_page_cache, "jax": jax.__version__}, sort_keys=True)
+    path = Path(model.zoo.root) / f"profile-{hashlib.sha256(key.encode()).hexdigest()[:12]}.json"
+    if path.exists():
+        return CostModel.load(path)
+    rt = runtime or make_runtime(cfg, model)
+    prof = measure_profile(rt, kinds, batch_sizes=tuple(settings["batch_sizes"] or (1, 2, 4, 8, 16, 32)),
+                           repeats=int(settings["repeats"] or 3), load_samples=int(settings["load_samples"] or 3),
+                           drop_cache=hw.drop_page_cache, seed=cfg.seed, progress=progress)
+    write_json_atomic(path, prof)
+    return CostModel(prof)
+
+
+def make_runtime(cfg: RunConfig, model: Model):
+    from coserve_jax.engine.real import Runtime
+
+    return Runtime(model.zoo, cfg.backend.compilation_cache_dir)
+
+
+# ---- arms -----------------------------------------------------------------------------------
+def routing_for(cfg: RunConfig, model: Model) -> str:
+    if cfg.backend.routing != "auto":
+        if cfg.backend.routing == "model" and (cfg.backend.name == "sim" or not model.trained):
+            raise ConfigError("backend.routing: 'model' needs the real backend and a trained zoo")
+        return cfg.backend.routing
+    return "model" if cfg.backend.name == "real" and model.trained else "trace"
+
+
+def make_trace(cfg: RunConfig, graph: CoEGraph) -> list[Request]:
+    if cfg.workload.trace_path:
+        return load_trace(cfg.workload.trace_path, graph)
+    return generate_trace(graph, cfg.workload)
+
+
+class ArmRunner:
+    """Runs arms one after another on one model, cost model and trace."""
+
+    def __init__(self, cfg: RunConfig, model: Model, cost: CostModel, runtime: Any = None):
+        self.cfg, self.model, self.cost, self.runtime = cfg, model, cost, runtime
+        self.routing = routing_for(cfg, model)
+        if cfg.backend.name == "real":
+            if not model.trained:
+                raise ConfigError("backend: the real backend needs a trained zoo (model.kind=demo)")
+            self.runtime = runtime or make_runtime(cfg, model)
+
+    def new_engine(self, arm: ArmConfig, requests: Sequence[Request] | None = None,
+                   fault_injector: Any = None) -> LoopEngine:
+        if self.cfg.backend.name == "sim":
+            from coserve_jax.engine.sim import SimBackend
+
+            backend = SimBackend(self.cfg.backend.load_threads)
+        else:
+            from coserve_jax.engine.real import RealBackend
+
+            backend = RealBackend(self.runtime, load_threads=self.cfg.backend.load_threads,
+                                  drop_page_cache=self.cfg.hardware.drop_page_cache,
+                                  stall_timeout_s=self.cfg.backend.stall_timeout_s,
+                                  fault_injector=fault_injector)
+        engine = build_engine(self.cfg, arm, self.model.graph, self.cost, backend, self.routing)
+        if self.cfg.backend.name == "real":
+            for ex in engine.executors:
+                backend.bind_pool(ex.pool.pool_id, self.runtime.device(ex.kind, ex.device_index))
+            if engine.host_cache is not None:
+                backend.bind_pool(engine.host_cache.pool_id, None)
+        if arm.sees_future:
+            if requests is None:
+                raise ConfigError(f"arm {arm.name}: the oracle needs the whole trace (not for online use)")
+            engine.enable_future(requests)
+        return engine
+
+    def warm_up(self, arms: Sequence[ArmConfig]) -> float:
+        """Compile every forward the arms can call (real backend), before any timing."""
+        if self.cfg.backend.name != "real":
+            return 0.0
+        max_batch: dict[str, int] = {}
+        devices = {}
+        for arm in arms:
+            for p in plan_executors(self.cfg, arm, self.model.graph, self.cost):
+                devices[(p.kind, p.device_index)] = self.runtime.device(p.kind, p.device_index)
+                for a, n in p.max_batch.items():
+                    max_batch[a] = max(max_batch.get(a, 1), n)
+        return self.runtime.warm_up(list(devices.values()), max_batch)
+
+    def images(self, requests: Sequence[Request]) -> list[Any] | None:
+        if self.cfg.backend.name != "real":
+            return None
+        return [self.model.zoo.render(r) for r in requests]
+
+    def run_arm(self, arm: ArmConfig, requests: Sequence[Request], images: Sequence[Any] | None,
+                progress: bool = True) -> tuple[dict[str, Any], LoopEngine]:
+        engine = self.new_engine(arm, requests)
+        bar = None
+        if progress:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=len(requests), desc=f"{arm.name:>15}", unit="img", leave=False)
+        try:
+            summary = engine.run(requests, images, progress=bar)
+        finally:
+            if bar is not None:
+                bar.close()
+            engine.backend.close()
+        summary["policy"] = {k: v for k, v in dataclasses.asdict(arm).items() if v not in (None, False, "")}
+        summary["executors"] = [{"id": ex.executor_id, "kind": ex.kind, "device": ex.device_index,
+                                 "pool": ex.pool.pool_id, "max_batch": dict(ex._max_batch)}
+                                for ex in engine.executors]
+        if self.model.trained and self.routing == "model":
+            summary["accuracy"] = accuracy(engine)
+        return summary, engine
+
+
+def accuracy(engine: LoopEngine) -> dict[str, Any]:
+    """End-to-end verdicts of completed requests against ground truth."""
+    done = [rs for rs in engine.request_states().values() if rs.failed is None and rs.done]
+    if not done:
+        return {"end_to_end": None, "n": 0}
+    right = sum(rs.verdict == rs.request.truth for rs in done)
+    return {"end_to_end": right / len(done), "n": len(done)}
+
+
+# ---- experiments ------------------------------------------------------------------------------
+def run_experiment(cfg: RunConfig | DictConfig | Sequence[str] | None = None,
+                   out_dir: str | Path | None = None, progress: bool = True) -> dict[str, Any]:
+    """Run every arm of the config on one workload; write results.json in out_dir."""
+    run_cfg, resolved = as_run_config(cfg)
+    if run_cfg.backend.name == "real":
+        configure_jax_devices(run_cfg.hardware.cpu_devices)
+    out = Path(out_dir or run_cfg.output_dir or "outputs/latest")
+    out.mkdir(parents=True, exist_ok=True)
+    model = load_model(run_cfg, progress)
+    runtime = make_runtime(run_cfg, model) if run_cfg.backend.name == "real" else None
+    cost = load_cost_model(run_cfg, model, runtime, progress)
+    runner = ArmRunner(run_cfg, model, cost, runtime)
+    requests = make_trace(run_cfg, model.graph)
+    save_trace(out / "trace.json", requests, {"workload": dataclasses.asdict(run_cfg.workload)})
+    compile_s = runner.warm_up(run_cfg.arms)
+    images = runner.images(requests)
+    arms: dict[str, Any] = {}
+    for arm in run_cfg.arms:
+        arms[arm.name], _ = runner.run_arm(arm, requests, images, progress)
+        log.info("%s: %.1f img/s, %d switches", arm.name, arms[arm.name]["throughput_rps"],
+                 arms[arm.name]["switches"]["count"])
+    hw = run_cfg.hardware
+    total = model.graph.total_bytes
+    results = {
+        "experiment": run_cfg.experiment,
+        "config": {
+            "model": run_cfg.model.name, "workload": run_cfg.workload.name, "hardware": hw.name,
+            "backend": run_cfg.backend.name, "seed": run_cfg.seed, "git_sha": git_sha(),
+            "profile_sha": cost.sha, "task": run_cfg.workload.task,
+            "num_requests": len(requests), "interval_ms": run_cfg.workload.interval_ms,
+            "arrival": run_cfg.workload.arrival,
+            "device_budget": hw.device_budget,
+            "device_budget_bytes": parse_bytes(hw.device_budget, "hardware.device_budget", total),
+            "host_budget": hw.host_budget, "drop_page_cache": hw.drop_page_cache,
+            "routing": runner.routing, "executors": dict(hw.executors),
+        },
+        "zoo": zoo_summary(model),
+        "compile_s": compile_s,
+        "arms": arms,
+    }
+    write_json_atomic(out / "results.json", results)
+    write_json_atomic(out / "profile.json", cost.profile)
+    (out / "resolved_config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.create(resolved)) if resolved else "")
+    return results
+
+
+def zoo_summary(model: Model) -> dict[str, Any]:
+    g = model.graph
+    out: dict[str, Any] = {"num_experts": len(g.experts), "total_bytes": g.total_bytes,
+                           "num_component_types": len(g.components)}
+    if model.trained:
+        out["accuracy"] = model.zoo.manifest.get("accuracy")
+        out["root"] = str(model.zoo.root)
+    return out
+
+
+# ---- online engine ------------------------------------------------------------------------------
+class Engine:
+    """One arm of the real engine, serving requests as they come (or whole traces).
+
+    ``submit`` returns a Future resolved with the request's verdict when it finishes, or with
+    an exception naming the reason when it fails. Use as a context manager, or call ``close``.
+    """
+
+    def __init__(self, cfg: RunConfig, arm: str | None = None, progress: bool = False):
+        self.cfg = cfg
+        if cfg.backend.name == "real":
+            configure_jax_devices(cfg.hardware.cpu_devices)
+        names = [a.name for a in cfg.arms]
+        name = arm or names[-1]
+        if name not in names:
+            raise ConfigError(f"arm: {name!r} is not in arms={names}")
+        self.arm = next(a for a in cfg.arms if a.name == name)
+        self.model = load_model(cfg, progress)
+        self._runtime = make_runtime(cfg, self.model) if cfg.backend.name == "real" else None
+        self.cost = load_cost_model(cfg, self.model, self._runtime, progress)
+        self.runner = ArmRunner(cfg, self.model, self.cost, self._runtime)
+        self._ids = itertools.count()
+        self._futures: dict[int, concurrent.futures.Future] = {}
+        self._lock = threading.Lock()
+        self._engine: LoopEngine | None = None
+        self._thread: threading.Thread | None = None
+        self._closing = threading.Event()
+
+    @classmethod
+    def from_config(cls, cfg: RunConfig | DictConfig | Sequence[str] | None = None,
+                    arm: str | None = None, progress: bool = False) -> Engine:
+        return cls(as_run_config(cfg)[0], arm, progress)
+
+    def run(self, requests: Sequence[Request] | None = None, progress: bool = False) -> dict[str, Any]:
+        """Serve a whole trace (default: the config's workload) with this arm; return its summary."""
+        requests = list(requests) if requests is not None else make_trace(self.cfg, self.model.graph)
+        self.runner.warm_up([self.arm])
+        summary, _ = self.runner.run_arm(self.arm, requests, self.runner.images(requests), progress)
+        return summary
+
+    def _start(self) -> None:
+        if self.cfg.backend.name != "real":
+            raise ConfigError("backend.name: online submit needs the real backend")
+        self.runner.warm_up([self.arm])
+        self._engine = self.runner.new_engine(self.arm)
+        self._engine.on_request_done = self._resolve
+        self._engine.initialise()
+        self._thread = threading.Thread(target=self._serve, name="coserve-loop", daemon=True)
+        self._thread.start()
+
+    def _serve(self) -> None:
+        eng = self._engine
+        try:
+            while not (self._closing.is_set() and not eng.busy and eng.backend._events.empty()):
+                eng.step(eng.backend.now() + 0.05)
+        except Exception as e:  # noqa: BLE001 - fail every open future rather than hang them
+            log.exception("engine loop crashed")
+            with self._lock:
+                for f in self._futures.values():
+                    if not f.done():
+                        f.set_exception(RuntimeError(f"engine loop crashed: {e}"))
+
+    def _resolve(self, rs: Any) -> None:
+        with self._lock:
+            fut = self._futures.pop(rs.request.request_id, None)
+        if fut is None:
+            return
+        if rs.failed is not None:
+            fut.set_exception(RequestFailed(rs.failed))
+        else:
+            fut.set_result({"request_id": rs.request.request_id, "verdict": rs.verdict,
+                            "experts": list(rs.experts), "latency_s": rs.done_s - rs.arrived_s})
+
+    def submit(self, image: Any, component_type: str) -> concurrent.futures.Future:
+        """Queue one component image; the Future resolves to {"verdict", "experts", "latency_s"}."""
+        if self._closing.is_set():
+            raise RuntimeError("engine is closed")
+        with self._lock:
+            if self._engine is None:
+                self._start()
+            rid = next(self._ids)
+            fut: concurrent.futures.Future = concurrent.futures.Future()
+            self._futures[rid] = fut
+        self._engine.backend.post(Arrival(Request(rid, component_type, 0.0), image))
+        return fut
+
+    def close(self, timeout_s: float = 60.0) -> None:
+        """Finish in-flight requests, then stop the threads."""
+        self._closing.set()
+        if self._thread is not None:
+            self._thread.join(timeout=timeout_s)
+            self._engine.backend.close()
+        with self._lock:
+            for f in self._futures.values():
+                if not f.done():
+                    f.set_exception(RequestFailed("engine closed before the request finished"))
+
+    def __enter__(self) -> Engine:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+
+class RequestFailed(RuntimeError):
+    """A submitted request ended failed; the message is the reason."""

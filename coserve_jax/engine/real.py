@@ -1,0 +1,249 @@
+"""The real backend: wall clock, Orbax loads on I/O threads, jit-compiled batches on executor threads.
+
+``Runtime`` is shared by every arm of a run: the zoo, the JAX devices and one jit-compiled
+forward per architecture (XLA compiles it once per (device, batch bucket); inputs are padded to
+power-of-two buckets, and JAX's persistent compilation cache is on). ``RealBackend`` is one arm's:
+its weights per pool, its threads and its completion queue.
+
+Host<->device movement happens here and in ``store/`` only, explicitly: ``jax.device_put`` for
+weights and inputs, ``jax.device_get`` for outputs (tests run with the transfer guard on).
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import logging
+import os
+import queue
+import threading
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import jax
+import numpy as np
+from flax import nnx
+
+from coserve_jax.engine.loop import Arrival, BatchDone, Event, LoadDone
+from coserve_jax.store.checkpoint import restore_expert
+from coserve_jax.store.disk import drop_page_cache
+from coserve_jax.types import Batch, LoadJob, Request, Tier
+
+log = logging.getLogger(__name__)
+
+
+def bucket_size(n: int) -> int:
+    """Smallest power of two >= n (inputs are padded to it so each bucket compiles once)."""
+    return 1 << max(0, (n - 1).bit_length())
+
+
+def enable_compilation_cache(cache_dir: str | None) -> str:
+    path = cache_dir or os.path.join(
+        os.environ.get("COSERVE_JAX_CACHE", os.path.expanduser("~/.cache/coserve_jax")), "jax_cache"
+    )
+    os.makedirs(path, exist_ok=True)
+    jax.config.update("jax_compilation_cache_dir", path)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+    jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+    return path
+
+
+class Runtime:
+    """What every arm of a real run shares: zoo, devices, jitted forwards, compile counters."""
+
+    def __init__(self, zoo: Any, compilation_cache_dir: str | None = None):
+        self.zoo = zoo
+        self.cache_dir = enable_compilation_cache(compilation_cache_dir)
+        self.traces: dict[str, int] = {}  # arch -> times its forward was traced
+        self._fwd: dict[str, Any] = {}
+        self._lock = threading.Lock()
+        self.compile_s = 0.0
+
+    def device(self, kind: str, index: int) -> jax.Device:
+        try:
+            devs = jax.devices(kind)
+        except RuntimeError:
+            raise RuntimeError(f"hardware.executors.{kind}: this machine has no {kind} devices "
+                               f"(it has {sorted({d.platform for d in jax.devices()})})") from None
+        if index >= len(devs):
+            raise RuntimeError(f"executor wants {kind} device {index}, but only {len(devs)} exist; "
+                               f"set hardware.cpu_devices or XLA_FLAGS before JAX starts")
+        return devs[index]
+
+    def forward(self, arch: str):
+        with self._lock:
+            if arch not in self._fwd:
+                graphdef = self.zoo.graphdef(arch)
+
+                def fwd(state, x):
+                    self.traces[arch] = self.traces.get(arch, 0) + 1  # runs only while tracing
+                    return nnx.merge(graphdef, state)(x)
+
+                self._fwd[arch] = jax.jit(fwd)
+            return self._fwd[arch]
+
+    def warm_up(self, devices: Sequence[jax.Device], max_batch: dict[str, int]) -> float:
+        """Compile every (arch, device, bucket) before serving; returns seconds spent."""
+        t0 = time.perf_counter()
+        for arch, mb in sorted(max_batch.items()):
+            _, abstract = self.zoo.abstract_state(arch)
+            shape = tuple(self.zoo.archs[arch].input_shape)
+            fwd = self.forward(arch)
+            for dev in devices:
+                zeros = jax.tree.map(lambda a, d=dev: jax.device_put(np.zeros(a.shape, a.dtype), d), abstract)
+                b = 1
+                while True:
+                    x = jax.device_put(np.zeros((b, *shape), np.float32), dev)
+                    jax.block_until_ready(fwd(zeros, x))
+                    if b >= mb:
+                        break
+                    b *= 2
+        self.compile_s += time.perf_counter() - t0
+        return time.perf_counter() - t0
+
+
+class _Worker(threading.Thread):
+    """One executor's compute lane: runs its batches one at a time."""
+
+    def __init__(self, backend: RealBackend, name: str):
+        super().__init__(name=name, daemon=True)
+        self.backend, self.jobs = backend, queue.Queue()
+
+    def run(self) -> None:
+        while True:
+            item = self.jobs.get()
+            if item is None:
+                return
+            self.backend._run_batch(*item)
+
+
+class RealBackend:
+    """One arm's real backend over a shared Runtime."""
+
+    routing_default = "model"
+
+    def __init__(self, runtime: Runtime, *, load_threads: int = 2, drop_page_cache: bool = False,
+                 stall_timeout_s: float = 120.0, fault_injector: Any = None):
+        self.rt = runtime
+        self.drop_page_cache = drop_page_cache
+        self.stall_timeout_s = stall_timeout_s
+        self.fault_injector = fault_injector  # tests: callable(kind, job_or_batch) may raise
+        self._events: queue.Queue[Event] = queue.Queue()
+        self._io = concurrent.futures.ThreadPoolExecutor(load_threads, thread_name_prefix="coserve-io")
+        self._workers: dict[int, _Worker] = {}
+        self._lock = threading.Lock()
+        self._weights: dict[str, dict[str, Any]] = {}  # pool -> expert -> state on its device
+        self._host: dict[str, Any] = {}  # host cache: expert -> numpy state
+        self._pool_device: dict[str, jax.Device] = {}
+        self._t0 = time.perf_counter()
+        self._closed = False
+
+    # ---- clock and events ------------------------------------------------------------------
+    def now(self) -> float:
+        return time.perf_counter() - self._t0
+
+    def next_event(self, until_s: float | None) -> Event | None:
+        timeout = self.stall_timeout_s if until_s is None else max(0.0, until_s - self.now())
+        try:
+            return self._events.get(timeout=timeout)
+        except queue.Empty:
+            return None
+
+    def post(self, arrival: Arrival) -> None:
+        """Online submissions enter the loop as events."""
+        self._events.put(arrival)
+
+    def bind_pool(self, pool_id: str, device: jax.Device | None) -> None:
+        """Declare where a pool's weights live (None: the host cache, numpy)."""
+        self._pool_device[pool_id] = device
+        self._weights.setdefault(pool_id, {})
+
+    # ---- loads ------------------------------------------------------------------------------
+    def start_load(self, job: LoadJob) -> None:
+        self._io.submit(self._load, job)
+
+    def _load(self, job: LoadJob) -> None:
+        t = time.perf_counter()
+        try:
+            if self.fault_injector is not None:
+                self.fault_injector("load", job)
+            info = self.rt.zoo.graph.experts[job.expert_id]
+            if job.src == Tier.HOST:
+                with self._lock:
+                    host_state = self._host.get(job.expert_id)
+                if host_state is None:
+                    raise RuntimeError(f"expert {job.expert_id} is not in the host cache")
+            else:
+                if self.drop_page_cache:
+                    drop_page_cache(Path(info.checkpoint_path))
+                _, abstract = self.rt.zoo.abstract_state(info.arch)
+                host_state = restore_expert(info.checkpoint_path, abstract, expert_id=job.expert_id)
+            device = self._pool_device.get(job.pool_id)
+            state = host_state if device is None else jax.block_until_ready(jax.device_put(host_state, device))
+            with self._lock:
+                if job.via_host_cache:
+                    self._host[job.expert_id] = host_state
+                self._weights.setdefault(job.pool_id, {})[job.expert_id] = state
+            self._events.put(LoadDone(job, time.perf_counter() - t))
+        except Exception as e:  # noqa: BLE001 - every failure must come back as an event
+            self._events.put(LoadDone(job, time.perf_counter() - t, error=f"{type(e).__name__}: {e}"))
+
+    def drop(self, pool_id: str, expert_id: str) -> None:
+        with self._lock:
+            if pool_id == "host":
+                self._host.pop(expert_id, None)
+            else:
+                self._weights.get(pool_id, {}).pop(expert_id, None)
+
+    # ---- batches ----------------------------------------------------------------------------
+    def start_batch(self, batch: Batch, executor: Any, inputs: list[Any]) -> None:
+        w = self._workers.get(executor.executor_id)
+        if w is None:
+            w = self._workers[executor.executor_id] = _Worker(self, f"coserve-ex{executor.executor_id}")
+            w.start()
+        w.jobs.put((batch, executor.pool.pool_id, inputs))
+
+    def _run_batch(self, batch: Batch, pool_id: str, inputs: list[Any]) -> None:
+        t = time.perf_counter()
+        try:
+            if self.fault_injector is not None:
+                self.fault_injector("batch", batch)
+            with self._lock:
+                state = self._weights[pool_id][batch.expert_id]
+            arch = self.rt.zoo.graph.experts[batch.expert_id].arch
+            n = len(inputs)
+            x = np.zeros((bucket_size(n), *inputs[0].shape), np.float32)
+            x[:n] = np.stack(inputs)
+            xd = jax.device_put(x, self._pool_device[pool_id])
+            logits = jax.device_get(self.rt.forward(arch)(state, xd))
+            self._events.put(BatchDone(batch, time.perf_counter() - t, outputs=list(np.asarray(logits)[:n])))
+        except Exception as e:  # noqa: BLE001
+            self._events.put(BatchDone(batch, time.perf_counter() - t, error=f"{type(e).__name__}: {e}"))
+
+    # ---- input checks -----------------------------------------------------------------------
+    def validate_input(self, request: Request, image: Any) -> str | None:
+        graph = self.rt.zoo.graph
+        expected = tuple(graph.experts[graph.preliminary(request.component_type)].input_shape)
+        if not isinstance(image, np.ndarray):
+            return f"bad input: request {request.request_id}: image must be a numpy array, got {type(image).__name__}"
+        if image.dtype != np.float32:
+            return f"bad input: request {request.request_id}: image dtype {image.dtype}, expected float32"
+        if tuple(image.shape) != expected:
+            return f"bad input: request {request.request_id}: image shape {tuple(image.shape)}, expected {expected}"
+        if not np.all(np.isfinite(image)):
+            return f"bad input: request {request.request_id}: image has NaN or inf values"
+        return None
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        for w in self._workers.values():
+            w.jobs.put(None)
+        for w in self._workers.values():
+            w.join(timeout=30)
+        self._io.shutdown(wait=True, cancel_futures=False)
+        with self._lock:
+            self._weights.clear()
+            self._host.clear()

@@ -1,0 +1,164 @@
+"""The paper's worked examples as table-driven policy tests. No JAX is imported."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from coserve_jax.policies.base import added_latency_s, queue_total_s
+from coserve_jax.policies.eviction import FIFO, LRU, Belady, QueueAware, TwoStage
+from coserve_jax.policies.placement import NextGroup, RoundRobinByUsage
+from coserve_jax.policies.scheduling import FCFS, LatencyAware, RoundRobin
+from coserve_jax.types import Task, Tier
+from tests.helpers import MB, graph_of, make_resident, requests_of, sim_engine
+
+
+def loads(engine) -> list[str]:
+    return [d[2] for d in engine.decisions if d[0] == "load"]
+
+
+def test_policies_do_not_import_jax():
+    # Policies and the loop are pure Python: importing them in a fresh process must not load JAX.
+    code = ("import sys, coserve_jax.policies.scheduling, coserve_jax.policies.eviction, "
+            "coserve_jax.policies.placement, coserve_jax.engine.loop, coserve_jax.engine.sim; "
+            "assert 'jax' not in sys.modules, 'policies or the loop imported jax'")
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+@pytest.mark.parametrize("arranging, expected_loads", [(False, 4), (True, 2)])
+def test_fig3_fcfs_thrash_is_avoided_by_arranging(arranging, expected_loads):
+    # Fig. 3: requests A B A B, pool holds one expert. FCFS loads 4 times; arranging 2.
+    g = graph_of({"A": 0.5, "B": 0.5})
+    eng = sim_engine(g, FCFS(arranging=arranging), LRU(), pool_bytes=[4 * MB + 1_600_000])
+    s = eng.run(requests_of(["A", "B", "A", "B"], g))
+    assert s["requests"]["completed"] == 4
+    assert len(loads(eng)) == expected_loads
+
+
+def test_fig4_lru_evicts_the_popular_expert_probability_keeps_it():
+    # Fig. 4: pool holds X (popular, used long ago) and Y (rare, used just now); Z must load.
+    g = graph_of({"X": 0.7, "Y": 0.1, "Z": 0.2})
+    for policy, victim in [(LRU(), "cls_X"), (TwoStage(), "cls_Y")]:
+        eng = sim_engine(g, FCFS(), policy, pool_bytes=[8 * MB])
+        pool = eng.executors[0].pool
+        make_resident(pool, ("cls_X", 4 * MB), ("cls_Y", 4 * MB))
+        pool.touch("cls_X")
+        pool.touch("cls_Y")
+        assert policy.rank(eng, pool, pool.evictable())[0] == victim
+
+
+def test_fig8_assign_minimises_the_longest_queue():
+    # Two executors. Executor 0 already holds A and has a long queue; executor 1 is short but
+    # would have to load A. Adding to 0 keeps the longest queue shorter than loading on 1.
+    g = graph_of({"A": 0.5, "B": 0.5})
+    eng = sim_engine(g, LatencyAware(), TwoStage(), pool_bytes=[8 * MB, 8 * MB])
+    make_resident(eng.executors[0].pool, ("cls_A", 4 * MB))
+    make_resident(eng.executors[1].pool, ("cls_B", 4 * MB))
+    for i in range(4):
+        eng.executors[0].enqueue(Task(i, "cls_A", 0, 0.0), join=True)
+    eng.executors[1].enqueue(Task(10, "cls_B", 0, 0.0), join=True)
+    cost = eng.cost  # k=2 ms, b=4 ms, load = 20 ms + 2 ns/B (28 ms for 4 MB)
+    q0 = cost.batch_latency_s("cpu", "cls", 4)
+    q1 = cost.batch_latency_s("cpu", "cls", 1)
+    add0 = cost.batch_latency_s("cpu", "cls", 5) - q0
+    add1 = cost.batch_latency_s("cpu", "cls", 1) + cost.load_latency_s("cpu", Tier.DISK, 4 * MB)
+    assert queue_total_s(eng, eng.executors[0]) == pytest.approx(q0)
+    assert added_latency_s(eng, eng.executors[1], Task(20, "cls_A", 0, 0.0)) == pytest.approx(add1)
+    assert max(q0 + add0, q1) < max(q0, q1 + add1)
+    assert LatencyAware().assign(eng, Task(20, "cls_A", 0, 0.0)) == 0
+
+
+def test_fig8_tie_goes_to_smallest_added_latency():
+    # Executor 2 has a long queue, so placing A on 0 or 1 leaves the same longest queue (a tie);
+    # executor 1 holds A, so it adds no switch latency and wins the tie.
+    g = graph_of({"A": 0.5, "B": 0.5})
+    eng = sim_engine(g, LatencyAware(), TwoStage(), pool_bytes=[8 * MB, 8 * MB, 8 * MB])
+    make_resident(eng.executors[1].pool, ("cls_A", 4 * MB))
+    make_resident(eng.executors[2].pool, ("cls_B", 4 * MB))
+    for i in range(200):
+        eng.executors[2].enqueue(Task(i, "cls_B", 0, 0.0), join=True)
+    assert queue_total_s(eng, eng.executors[2]) > 0.1
+    assert LatencyAware().assign(eng, Task(1000, "cls_A", 0, 0.0)) == 1
+
+
+def test_fig9_arrange_then_split():
+    # Queue A A B; three more A arrive: arranged behind the A group, then split to max batch 4.
+    g = graph_of({"A": 0.5, "B": 0.5})
+    eng = sim_engine(g, FCFS(arranging=True), TwoStage(), pool_bytes=[16 * MB], max_batch=4)
+    s = eng.run(requests_of(["A", "A", "B", "A", "A", "A"], g))
+    batches = [d for d in eng.decisions if d[0] == "batch"]
+    assert [(b[2], b[3]) for b in batches] == [("cls_A", (0, 1, 3, 4)), ("cls_A", (5,)), ("cls_B", (2,))]
+    assert s["requests"]["completed"] == 6
+    assert len(loads(eng)) == 2
+
+
+def test_fig10_two_stage_eviction_order():
+    # Pool: P1 (usage .5), P2 (.1), D_orphan (subsequent; its preliminary P3 not pooled, large),
+    # D_small_orphan (subsequent, orphan, smaller), D_live (subsequent of P1, pooled).
+    g = graph_of({"P1": 0.5, "P2": 0.1, "P3": 0.2, "P4": 0.2},
+                 detectors={"P1": "D_live", "P3": "D_orphan", "P4": "D_small_orphan"},
+                 sizes={"D_orphan": 12 * MB, "D_small_orphan": 6 * MB, "D_live": 8 * MB})
+    eng = sim_engine(g, FCFS(), TwoStage(), pool_bytes=[40 * MB])
+    pool = eng.executors[0].pool
+    make_resident(pool, ("cls_P1", 4 * MB), ("cls_P2", 4 * MB), ("D_orphan", 12 * MB),
+                  ("D_small_orphan", 6 * MB), ("D_live", 8 * MB))
+    order = TwoStage().rank(eng, pool, pool.evictable())
+    # Stage 1: orphans, largest first. Stage 2: ascending usage probability.
+    usage = g.usage_probs()
+    assert order[:2] == ["D_orphan", "D_small_orphan"]
+    rest = order[2:]
+    assert [usage[e] for e in rest] == sorted(usage[e] for e in rest)
+
+
+def test_fifo_and_lru_rank_by_admission_and_use():
+    g = graph_of({"A": 0.3, "B": 0.3, "C": 0.4})
+    eng = sim_engine(g, FCFS(), FIFO(), pool_bytes=[12 * MB])
+    pool = eng.executors[0].pool
+    make_resident(pool, ("cls_A", 4 * MB), ("cls_B", 4 * MB), ("cls_C", 4 * MB))
+    pool.touch("cls_A")
+    assert FIFO().rank(eng, pool, pool.evictable()) == ["cls_A", "cls_B", "cls_C"]
+    assert LRU().rank(eng, pool, pool.evictable()) == ["cls_B", "cls_C", "cls_A"]
+
+
+def test_queue_aware_keeps_queued_experts_by_next_use():
+    g = graph_of({"A": 0.1, "B": 0.1, "C": 0.8})
+    eng = sim_engine(g, FCFS(arranging=True), QueueAware(), pool_bytes=[12 * MB])
+    pool = eng.executors[0].pool
+    make_resident(pool, ("cls_A", 4 * MB), ("cls_B", 4 * MB), ("cls_C", 4 * MB))
+    ex = eng.executors[0]
+    ex.enqueue(Task(1, "cls_B", 0, 0.0), join=True)
+    ex.enqueue(Task(2, "cls_A", 0, 0.0), join=True)
+    # C is not queued -> first, despite its high probability; then A (used after B); B last.
+    assert QueueAware().rank(eng, pool, pool.evictable()) == ["cls_C", "cls_A", "cls_B"]
+
+
+def test_belady_reads_the_future():
+    g = graph_of({"A": 0.3, "B": 0.3, "C": 0.4})
+    eng = sim_engine(g, FCFS(), Belady(), pool_bytes=[8 * MB])
+    reqs = requests_of(["A", "B", "C", "A", "C", "A"], g)
+    eng.enable_future(reqs)
+    pool = eng.executors[0].pool
+    make_resident(pool, ("cls_A", 4 * MB), ("cls_B", 4 * MB))
+    eng.future.cursor = 2  # C arrives now; next uses: A at 3, B never
+    assert Belady().rank(eng, pool, pool.evictable())[0] == "cls_B"
+
+
+def test_round_robin_and_initialisation_by_usage():
+    g = graph_of({"A": 0.4, "B": 0.3, "C": 0.2, "D": 0.1})
+    eng = sim_engine(g, RoundRobin(), TwoStage(), pool_bytes=[8 * MB, 4 * MB])
+    rr = RoundRobin()
+    assert [rr.assign(eng, Task(i, "cls_A", 0, 0)) for i in range(4)] == [0, 1, 0, 1]
+    plan = RoundRobinByUsage().initial_experts(eng)
+    assert plan == {0: ["cls_A", "cls_C"], 1: ["cls_B"]}
+
+
+def test_next_group_prefetch_names_the_next_missing_expert():
+    g = graph_of({"A": 0.5, "B": 0.5})
+    eng = sim_engine(g, FCFS(arranging=True), QueueAware(), pool_bytes=[8 * MB])
+    make_resident(eng.executors[0].pool, ("cls_A", 4 * MB))
+    ex = eng.executors[0]
+    ex.enqueue(Task(1, "cls_A", 0, 0.0), join=True)
+    ex.enqueue(Task(2, "cls_B", 0, 0.0), join=True)
+    assert NextGroup().prefetch(eng, 0) == ["cls_B"]
