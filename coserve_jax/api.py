@@ -208,7 +208,7 @@ class ArmRunner:
         if progress:
             from tqdm.auto import tqdm
 
-            bar = tqdm(total=len(requests), desc=f"{arm.name:>15}", unit="img", leave=False)
+            bar = tqdm(total=len(requests), desc=f"{arm.name:>15}", unit="img", leave=False, disable=None)
         try:
             summary = engine.run(requests, images, progress=bar)
         finally:

@@ -38,11 +38,12 @@ def run_job(cfg: DictConfig, out_dir: str | Path) -> dict[str, Any]:
 
 def print_arm_table(results: dict[str, Any], out_dir: str | Path) -> None:
     from coserve_jax.report.runs import load_run
+    from coserve_jax.report.table_render import to_markdown
     from coserve_jax.report.tables import arm_table
 
     c = results["config"]
     print(f"\n{results['experiment']}: model={c['model']} hardware={c['hardware']} backend={c['backend']} "
           f"requests={c['num_requests']} arriving every {c['interval_ms']} ms ({c['arrival']}), "
           f"device budget {c['device_budget']} = {c['device_budget_bytes'] / 2**20:.1f} MiB")
-    print(arm_table(load_run(out_dir)).to_markdown())
+    print(to_markdown(arm_table(load_run(out_dir))))
     print(f"\nresults: {Path(out_dir) / 'results.json'}")

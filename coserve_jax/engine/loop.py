@@ -423,7 +423,7 @@ class Engine:
         if not pool.make_room(size, self._rank(self.eviction, pool), keep,
                               on_evict=lambda e: self._evicted(pool, e)):
             return False
-        src = source_tier(self, expert_id)
+        src = source_tier(self, expert_id, pool.kind)
         predicted = load_latency_s(self, pool.kind, expert_id)
         cache = self._host_cache
         via_cache = False

@@ -125,9 +125,11 @@ class Prefetcher(Protocol):
 
 
 # ---- shared cost helpers (pure) -------------------------------------------------------------
-def source_tier(view: EngineView, expert_id: str) -> Tier:
+def source_tier(view: EngineView, expert_id: str, pool_kind: str) -> Tier:
+    """Where a load into a pool of pool_kind reads from: the host cache if it holds the expert
+    (and the profile knows that path), else disk."""
     cache = view.host_cache
-    if cache is not None and expert_id in cache.resident:
+    if cache is not None and expert_id in cache.resident and view.cost.has_load(pool_kind, Tier.HOST):
         return Tier.HOST
     return Tier.DISK
 
@@ -142,7 +144,7 @@ def switch_latency_s(view: EngineView, ex: ExecutorView, expert_id: str) -> floa
 def load_latency_s(view: EngineView, pool_kind: str, expert_id: str) -> float:
     """Predicted seconds to load expert_id into a pool of pool_kind from where it is now."""
     size = view.graph.experts[expert_id].param_bytes
-    src = source_tier(view, expert_id)
+    src = source_tier(view, expert_id, pool_kind)
     if src == Tier.DISK and view.host_cache is not None and not view.cost.has_load(pool_kind, Tier.DISK):
         # Disk -> host cache -> pool, in two hops.
         return view.cost.load_latency_s("host", Tier.DISK, size) + view.cost.load_latency_s(
