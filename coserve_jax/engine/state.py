@@ -44,6 +44,7 @@ class ExecutorState:
         self._groups: deque[Group] = deque()
         self._tail_group: dict[str, Group] = {}  # expert -> last queued group of it
         self._queued: Counter[str] = Counter()
+        self.version = 0  # bumped on every queue change (memo key for policies)
         self.running: Batch | None = None
         self.running_end_s = 0.0
         # Time accounting: the state since when, and seconds per state.
@@ -77,6 +78,7 @@ class ExecutorState:
 
     # ---- queue mutations ---------------------------------------------------------------------
     def enqueue(self, task: Task, join: bool) -> None:
+        self.version += 1
         g = self._tail_group.get(task.expert_id) if join else None
         if g is None:
             g = Group(task.expert_id)
@@ -87,6 +89,7 @@ class ExecutorState:
 
     def take_head(self, n: int) -> tuple[Task, ...]:
         """Pop up to n tasks of the head group (the paper's split)."""
+        self.version += 1
         g = self._groups[0]
         out = tuple(g.tasks.popleft() for _ in range(min(n, len(g.tasks))))
         self._dequeued(g, len(out))
@@ -94,6 +97,7 @@ class ExecutorState:
 
     def drop_expert(self, expert_id: str) -> list[Task]:
         """Remove every queued task of expert_id (a load that failed for good)."""
+        self.version += 1
         out: list[Task] = []
         for g in [g for g in self._groups if g.expert_id == expert_id]:
             out.extend(g.tasks)

@@ -11,6 +11,7 @@ group of its expert wherever that group is.
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Mapping, Sequence
 from typing import Protocol, runtime_checkable
 
@@ -30,6 +31,7 @@ class PoolView(Protocol):
     """One byte-budgeted pool of expert weights (an executor's model pool or the host cache)."""
 
     pool_id: str
+    version: int  # changes whenever what the pool holds changes
     kind: str  # executor kind ("cpu", "gpu") or "host"
     budget_bytes: int
     reserved_bytes: int
@@ -54,6 +56,7 @@ class PoolView(Protocol):
 
 class ExecutorView(Protocol):
     executor_id: int
+    version: int  # changes whenever the queue changes
     kind: str
     pool: PoolView
 
@@ -166,9 +169,18 @@ def group_exec_s(view: EngineView, ex: ExecutorView, expert_id: str, n: int) -> 
     return t
 
 
+_QUEUED_S: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
 def queue_total_s(view: EngineView, ex: ExecutorView) -> float:
     """Predicted seconds until ex drains its queue: running batch + groups + switches."""
-    total = ex.running_remaining_s
+    # Memoised on (queue, pool, host cache) versions: the sum only changes when they do.
+    cache = view.host_cache
+    key = (ex.version, ex.pool.version, None if cache is None else cache.version)
+    hit = _QUEUED_S.get(ex)
+    if hit is not None and hit[0] == key:
+        return ex.running_remaining_s + hit[1]
+    total = 0.0
     seen: set[str] = set()
     for g in ex.groups:
         total += group_exec_s(view, ex, g.expert_id, len(g.tasks))
@@ -176,7 +188,8 @@ def queue_total_s(view: EngineView, ex: ExecutorView) -> float:
             seen.add(g.expert_id)
             if not ex.pool.holds(g.expert_id):
                 total += load_latency_s(view, ex.pool.kind, g.expert_id)
-    return total
+    _QUEUED_S[ex] = (key, total)
+    return ex.running_remaining_s + total
 
 
 def added_latency_s(view: EngineView, ex: ExecutorView, task: Task) -> float:

@@ -74,6 +74,7 @@ class CostModel:
                 pts = sorted((int(n), int(b)) for n, b in ad.get("activation_bytes", {}).items())
                 self._act[(kind, arch)] = ([n for n, _ in pts], [b for _, b in pts])
             _require(kd, "loads", f"kinds.{kind}")
+        self._fits: dict[tuple[str, Tier], Mapping[str, Any]] = {}
         self.sha = hashlib.sha256(json.dumps(self.profile, sort_keys=True).encode()).hexdigest()[:16]
 
     # ---- construction ------------------------------------------------------------------------
@@ -129,6 +130,9 @@ class CostModel:
         return max(0, int(math.ceil(bs[lo] + slope * (n - ns[lo]))))
 
     def _load_fit(self, pool_kind: str, src: Tier) -> Mapping[str, Any]:
+        hit = self._fits.get((pool_kind, src))
+        if hit is not None:
+            return hit
         if pool_kind == HOST_POOL_KIND:
             table = self.profile.get("host_cache_loads", {})
         else:
@@ -136,6 +140,7 @@ class CostModel:
         key = src.name.lower()
         if key not in table:
             raise ProfileError(f"profile has no load figures from {key} into a {pool_kind} pool")
+        self._fits[(pool_kind, src)] = table[key]
         return table[key]
 
     def load_latency_s(self, pool_kind: str, src: Tier, size_bytes: int) -> float:
@@ -144,6 +149,8 @@ class CostModel:
         return float(fit["a_s"]) + float(fit["b_s_per_byte"]) * size_bytes
 
     def has_load(self, pool_kind: str, src: Tier) -> bool:
+        if (pool_kind, src) in self._fits:
+            return True
         try:
             self._load_fit(pool_kind, src)
             return True

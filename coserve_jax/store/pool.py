@@ -37,6 +37,7 @@ class Pool:
         self._last_use: dict[str, int] = {}
         self._admit: dict[str, int] = {}
         self._seq = 0
+        self.version = 0  # bumped on every change of what the pool holds (memo key for policies)
         self._used = self.reserved_bytes
         self.peak_bytes = self._used
 
@@ -78,6 +79,7 @@ class Pool:
         return self._seq
 
     def begin_load(self, expert_id: str, size_bytes: int) -> None:
+        self.version += 1
         if self.holds(expert_id):
             raise BudgetError(f"pool {self.pool_id}: {expert_id} is already resident or loading")
         if size_bytes > self.free_bytes:
@@ -90,15 +92,18 @@ class Pool:
         self.peak_bytes = max(self.peak_bytes, self._used)
 
     def finish_load(self, expert_id: str) -> None:
+        self.version += 1
         size = self._loading.pop(expert_id)
         self._resident[expert_id] = size
         self._admit[expert_id] = self._tick()
         self._last_use.setdefault(expert_id, self._admit[expert_id])
 
     def cancel_load(self, expert_id: str) -> None:
+        self.version += 1
         self._used -= self._loading.pop(expert_id)
 
     def evict(self, expert_id: str) -> int:
+        self.version += 1
         if self._pinned[expert_id] > 0:
             raise BudgetError(f"pool {self.pool_id}: {expert_id} is pinned by a running batch")
         size = self._resident.pop(expert_id)
