@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from hydra.utils import instantiate
@@ -43,9 +44,32 @@ def _max_batch_within(cost: CostModel, kind: str, arch: str, reserve: int) -> in
     return n
 
 
+def load_plan(path: str) -> dict[str, Any]:
+    """A planner output (``+experiment=plan``): executors and the expert/batch memory split."""
+    from omegaconf import OmegaConf
+
+    p = Path(path)
+    if not p.exists():
+        raise ConfigError(f"plan: no plan file at {p}; run python -m coserve_jax.run +experiment=plan first")
+    plan = OmegaConf.to_container(OmegaConf.load(p), resolve=True)
+    if not isinstance(plan, dict) or "executors" not in plan:
+        raise ConfigError(f"plan: {p} must hold at least 'executors' (and optionally 'expert_fraction')")
+    return plan
+
+
+def apply_plan(arm: ArmConfig) -> ArmConfig:
+    """An arm with its plan's executors and memory split filled in (coserve_best)."""
+    if not arm.plan:
+        return arm
+    plan = load_plan(arm.plan)
+    return dataclasses.replace(arm, executors=dict(plan["executors"]),
+                               expert_fraction=plan.get("expert_fraction", arm.expert_fraction))
+
+
 def plan_executors(cfg: RunConfig, arm: ArmConfig, graph: CoEGraph, cost: CostModel) -> list[ExecutorPlan]:
     """Executors of an arm with their budgets, batch reserves and maximum batch sizes."""
     hw = cfg.hardware
+    arm = apply_plan(arm)
     counts = dict(arm.executors or hw.executors)
     if arm.single_executor:
         first = "gpu" if "gpu" in counts else "cpu"
