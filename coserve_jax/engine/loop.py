@@ -134,6 +134,7 @@ class Engine:
         self._initialising = False
         self.decisions: list[tuple] = []  # (kind, ...) policy decisions, in order, for tests
         self.record_decisions = False
+        self.keep_outputs = False  # keep every task's logits on its RequestState (tests, API)
 
     # ---- EngineView ---------------------------------------------------------------------------
     @property
@@ -271,6 +272,8 @@ class Engine:
     def _finish_task(self, task: Task, output: Any) -> None:
         rs = self._requests[task.request_id]
         rs.experts.append(task.expert_id)
+        if output is not None and self.keep_outputs:
+            rs.outputs.append(output)
         self._tasks_completed += 1
         if self.routing == "model":
             outcome = self.graph.route_from_output(rs.request, task.expert_id, output)

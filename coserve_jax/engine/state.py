@@ -133,3 +133,4 @@ class RequestState:
     verdict: str | None = None
     done_s: float | None = None
     experts: list[str] = dataclasses.field(default_factory=list)
+    outputs: list = dataclasses.field(default_factory=list)  # per task, when the engine keeps them

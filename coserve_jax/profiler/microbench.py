@@ -7,10 +7,18 @@ the smallest n whose per-image latency is within ``plateau_tol`` of the best mea
 paper's "per-image latency plateaus", Fig. 5); activation bytes per batch size from XLA's
 compiled memory analysis; load seconds per tier transition fitted as a + b·bytes over experts of
 different sizes.
+
+Held-out check (``heldout_sizes``): batch sizes left out of the fit (e.g. 3, 6, 12, 24) are
+measured too and the line's relative error on them is reported, twice: with inputs of exactly n
+images (``exact``: the K·n+B model's own accuracy) and through the served path, which pads n up
+to the next power-of-two bucket (``served``: what the engine pays; a batch of 24 costs a batch
+of 32). The fit itself uses the sizes in ``batch_sizes`` only, where both paths coincide when
+they are powers of two.
 """
 
 from __future__ import annotations
 
+import os
 import platform
 import time
 from collections.abc import Sequence
@@ -34,6 +42,19 @@ def fit_linear(x: Sequence[float], y: Sequence[float]) -> tuple[float, float]:
     return float(slope), float(intercept)
 
 
+def fit_linear_nonneg(x: Sequence[float], y: Sequence[float]) -> tuple[float, float]:
+    """Least squares with slope and intercept >= 0: a negative slope becomes a flat line at the
+    mean, a negative intercept a line through the origin (clamping one without refitting the
+    other would leave a line far from the points)."""
+    k, b = fit_linear(x, y)
+    xa, ya = np.asarray(x, np.float64), np.asarray(y, np.float64)
+    if k < 0:
+        return 0.0, max(float(np.mean(ya)), 0.0)
+    if b < 0:
+        return max(float(xa @ ya / (xa @ xa)), 0.0) if xa @ xa > 0 else 0.0, 0.0
+    return k, b
+
+
 def plateau_batch(sizes: Sequence[int], latency_s: Sequence[float], tol: float = 0.10) -> int:
     """Smallest batch whose per-image latency is within tol of the best per-image latency."""
     per = [t / n for n, t in zip(sizes, latency_s)]
@@ -41,10 +62,21 @@ def plateau_batch(sizes: Sequence[int], latency_s: Sequence[float], tol: float =
     return next(n for n, p in zip(sizes, per) if p <= best * (1 + tol))
 
 
-def _time_batch(fwd: Any, state: Any, images: np.ndarray, device: jax.Device) -> float:
+def abs_rel_errors(k_s: float, b_s: float, sizes: Sequence[int], latency_s: Sequence[float]) -> list[float]:
+    """|K·n + B − measured| / measured for each (n, latency)."""
+    return [abs(k_s * n + b_s - t) / t for n, t in zip(sizes, latency_s)]
+
+
+def _abstract(zoo: Any, arch: str) -> Any:
+    """The zoo's abstract state (accepts ``abstract_state`` returning a state or (graphdef, state))."""
+    out = zoo.abstract_state(arch)
+    return out[1] if isinstance(out, tuple) else out
+
+
+def _time_batch(fwd: Any, state: Any, images: np.ndarray, device: jax.Device, pad: bool = True) -> float:
     t = time.perf_counter()
     n = len(images)
-    x = np.zeros((bucket_size(n), *images.shape[1:]), np.float32)
+    x = np.zeros((bucket_size(n) if pad else n, *images.shape[1:]), np.float32)
     x[:n] = images
     jax.device_get(fwd(state, jax.device_put(x, device)))
     return time.perf_counter() - t
@@ -60,10 +92,13 @@ def _activation_bytes(fwd: Any, state: Any, shape: tuple[int, ...], n: int, devi
 
 
 def measure_batches(rt: Runtime, kind: str, device: jax.Device, arch: str, batch_sizes: Sequence[int],
-                    repeats: int, rng: np.random.Generator) -> dict[str, Any]:
+                    repeats: int, rng: np.random.Generator,
+                    heldout_sizes: Sequence[int] = ()) -> dict[str, Any]:
+    """K, B (fitted on ``batch_sizes``), max batch, compile seconds, bytes; with ``heldout_sizes``
+    also the line's errors on sizes left out of the fit (see the module docstring)."""
     zoo = rt.zoo
     expert = next(e for e in zoo.graph.experts.values() if e.arch == arch)
-    _, abstract = zoo.abstract_state(arch)
+    abstract = _abstract(zoo, arch)
     state = jax.device_put(restore_expert(expert.checkpoint_path, abstract, expert_id=expert.expert_id), device)
     shape = tuple(zoo.archs[arch].input_shape)
     fwd = rt.forward(arch)
@@ -75,15 +110,29 @@ def measure_batches(rt: Runtime, kind: str, device: jax.Device, arch: str, batch
         imgs = rng.random((n, *shape), np.float32)
         _time_batch(fwd, state, imgs, device)  # compile this bucket
         lat.append(float(np.median([_time_batch(fwd, state, imgs, device) for _ in range(repeats)])))
-    k, b = fit_linear(batch_sizes, lat)
-    return {
-        "k_s": max(k, 1e-6), "b_s": max(b, 0.0),
+    k, b = fit_linear_nonneg(batch_sizes, lat)
+    k = max(k, 1e-6)
+    out = {
+        "k_s": k, "b_s": b,
         "max_batch": plateau_batch(batch_sizes, lat),
         "compile_s": compile_s,
         "param_bytes": expert.param_bytes,
         "activation_bytes": {str(n): _activation_bytes(fwd, state, shape, n, device) for n in batch_sizes},
         "measured": {"batch_sizes": list(batch_sizes), "latency_s": lat},
     }
+    if heldout_sizes:
+        exact, served = [], []
+        for n in heldout_sizes:
+            imgs = rng.random((n, *shape), np.float32)
+            for pad, dest in ((False, exact), (True, served)):
+                _time_batch(fwd, state, imgs, device, pad)  # compile this shape
+                dest.append(float(np.median([_time_batch(fwd, state, imgs, device, pad) for _ in range(repeats)])))
+        out["heldout"] = {
+            "batch_sizes": list(heldout_sizes), "predicted_s": [k * n + b for n in heldout_sizes],
+            "latency_s": exact, "abs_rel_error": abs_rel_errors(k, b, heldout_sizes, exact),
+            "served_latency_s": served, "served_abs_rel_error": abs_rel_errors(k, b, heldout_sizes, served),
+        }
+    return out
 
 
 def measure_loads(rt: Runtime, device: jax.Device | None, samples: int, drop_cache: bool) -> dict[str, Any]:
@@ -94,7 +143,11 @@ def measure_loads(rt: Runtime, device: jax.Device | None, samples: int, drop_cac
         by_arch.setdefault(e.arch, []).append(e)
     disk_x, disk_y, host_y = [], [], []
     for arch, experts in by_arch.items():
-        _, abstract = zoo.abstract_state(arch)
+        abstract = _abstract(zoo, arch)
+        # Untimed first restore: Orbax's and the device's one-time start-up is not a load cost.
+        warm = restore_expert(experts[0].checkpoint_path, abstract, expert_id=experts[0].expert_id)
+        if device is not None:
+            jax.block_until_ready(jax.device_put(warm, device))
         for e in experts[:samples]:
             if drop_cache:
                 drop_page_cache(e.checkpoint_path)
@@ -108,19 +161,20 @@ def measure_loads(rt: Runtime, device: jax.Device | None, samples: int, drop_cac
             disk_x.append(e.param_bytes)
             disk_y.append(t_restore + t_put)
             host_y.append(t_put)
-    bd, ad = fit_linear(disk_x, disk_y)
-    bh, ah = fit_linear(disk_x, host_y)
+    bd, ad = fit_linear_nonneg(disk_x, disk_y)
+    bh, ah = fit_linear_nonneg(disk_x, host_y)
     return {
-        "disk": {"a_s": max(ad, 0.0), "b_s_per_byte": max(bd, 0.0),
+        "disk": {"a_s": ad, "b_s_per_byte": bd,
                  "samples": {"bytes": disk_x, "seconds": disk_y}, "page_cache_dropped": drop_cache},
-        "host": {"a_s": max(ah, 0.0), "b_s_per_byte": max(bh, 0.0),
+        "host": {"a_s": ah, "b_s_per_byte": bh,
                  "samples": {"bytes": disk_x, "seconds": host_y}},
     }
 
 
 def measure_profile(rt: Runtime, kinds: Sequence[str], batch_sizes: Sequence[int] = (1, 2, 4, 8, 16, 32),
                     repeats: int = 3, load_samples: int = 3, drop_cache: bool = False,
-                    seed: int = 0, progress: bool = False) -> dict[str, Any]:
+                    seed: int = 0, progress: bool = False,
+                    heldout_sizes: Sequence[int] = ()) -> dict[str, Any]:
     """Measure every architecture on one device of each kind; return a Profile dict."""
     rng = np.random.default_rng(seed)
     archs = sorted({e.arch for e in rt.zoo.graph.experts.values()})
@@ -135,7 +189,8 @@ def measure_profile(rt: Runtime, kinds: Sequence[str], batch_sizes: Sequence[int
         dev = rt.device(kind, 0)
         out_kinds[kind] = {"archs": {}, "device": str(dev)}
         for arch in archs:
-            out_kinds[kind]["archs"][arch] = measure_batches(rt, kind, dev, arch, batch_sizes, repeats, rng)
+            out_kinds[kind]["archs"][arch] = measure_batches(rt, kind, dev, arch, batch_sizes, repeats, rng,
+                                                              heldout_sizes)
             if bar:
                 bar.update()
         out_kinds[kind]["loads"] = measure_loads(rt, dev, load_samples, drop_cache)
@@ -148,10 +203,11 @@ def measure_profile(rt: Runtime, kinds: Sequence[str], batch_sizes: Sequence[int
     return {
         "schema": SCHEMA,
         "device": {"platform": platform.platform(), "processor": platform.processor(),
-                   "jax_devices": [str(d) for d in jax.devices()], "cpu_count": __import__("os").cpu_count()},
+                   "jax_devices": [str(d) for d in jax.devices()], "cpu_count": os.cpu_count()},
         "jax_version": jax.__version__,
         "settings": {"batch_sizes": list(batch_sizes), "repeats": repeats, "load_samples": load_samples,
-                     "drop_page_cache": drop_cache, "plateau_tol": 0.10, "seed": seed},
+                     "drop_page_cache": drop_cache, "plateau_tol": 0.10, "seed": seed,
+                     "heldout_sizes": list(heldout_sizes)},
         "kinds": out_kinds,
         "host_cache_loads": {"disk": host["disk"]},
     }

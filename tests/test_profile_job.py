@@ -1,0 +1,60 @@
+"""The profile job: pure summaries (fast) and the whole job on the tiny demo zoo (slow)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from coserve_jax.profiler.job import fit_errors, usage_from_routes, usage_gap
+from coserve_jax.profiler.microbench import abs_rel_errors, fit_linear_nonneg
+
+
+def test_nonnegative_fit_refits_instead_of_clamping():
+    assert fit_linear_nonneg([1, 2, 4], [3.0, 5.0, 9.0]) == pytest.approx((2.0, 1.0))
+    # a negative slope becomes the mean, not the (large) intercept of the unclamped line
+    k, b = fit_linear_nonneg([100, 101, 102], [0.010, 0.009, 0.008])
+    assert k == 0.0 and b == pytest.approx(0.009)
+    # a negative intercept becomes a line through the origin
+    k, b = fit_linear_nonneg([1, 2, 3], [0.5, 2.0, 3.5])
+    assert b == 0.0 and k == pytest.approx((0.5 + 4.0 + 10.5) / 14)
+
+
+def test_heldout_errors_and_usage_summaries():
+    assert abs_rel_errors(1.0, 2.0, [3, 6], [5.0, 10.0]) == pytest.approx([0.0, 0.2])
+    prof = {"kinds": {"cpu": {"archs": {"a": {"heldout": {"abs_rel_error": [0.1, 0.3],
+                                                          "served_abs_rel_error": [0.2]}},
+                                        "b": {}}}}}
+    assert fit_errors(prof) == [0.1, 0.3] and fit_errors(prof, served=True) == [0.2]
+    u = usage_from_routes([("c0",), ("c0", "d0"), ("c1",), ("c0", "d0")], ["c0", "c1", "d0", "d1"])
+    assert u == {"c0": 0.75, "c1": 0.25, "d0": 0.5, "d1": 0.0}
+    assert usage_gap(u, {"c0": 0.7, "d0": 0.6}) == pytest.approx(0.25)
+
+
+def _tiny_zoo_available() -> bool:
+    try:
+        from coserve_jax.coe import zoo
+    except Exception:  # noqa: BLE001 - the demo zoo is optional until it lands
+        return False
+    return hasattr(zoo, "zoo_config") and hasattr(zoo, "build_or_load_zoo")
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not _tiny_zoo_available(), reason="the demo zoo builder (coserve_jax.coe.zoo) is not ready")
+def test_profile_job_on_the_tiny_zoo(tmp_path, monkeypatch):
+    from coserve_jax.config import compose
+    from coserve_jax.jobs import run_job
+    from coserve_jax.profiler.cost_model import CostModel
+
+    monkeypatch.setenv("COSERVE_JAX_CACHE", str(tmp_path / "cache"))
+    cfg = compose(["+experiment=profile", "model=pcb_tiny", "profiler.repeats=2", "profiler.load_samples=2",
+                   "profiler.router_sample=30"])
+    res = run_job(cfg, tmp_path / "run")
+    p = res["profile"]
+    assert p["fit_median_abs_error"] is not None and p["served_median_abs_error"] is not None
+    assert set(p["per_arch"]) and all(a["param_bytes"] > 0 for a in p["per_arch"].values())
+    assert any(k.endswith("/dropped") for k in p["load_fits"]) and any(k.endswith("/kept") for k in p["load_fits"])
+    assert p["usage"]["router_requests"] == 30
+    prof = json.loads((tmp_path / "run" / "profile.json").read_text())
+    CostModel(prof)  # the measured profile is a valid cost model
+    assert (tmp_path / "run" / "profile_summary.md").is_file()
