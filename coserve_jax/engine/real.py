@@ -87,7 +87,7 @@ class Runtime:
         """Compile every (arch, device, bucket) before serving; returns seconds spent."""
         t0 = time.perf_counter()
         for arch, mb in sorted(max_batch.items()):
-            _, abstract = self.zoo.abstract_state(arch)
+            abstract = self.zoo.abstract_state(arch)
             shape = tuple(self.zoo.archs[arch].input_shape)
             fwd = self.forward(arch)
             for dev in devices:
@@ -177,7 +177,7 @@ class RealBackend:
             else:
                 if self.drop_page_cache:
                     drop_page_cache(Path(info.checkpoint_path))
-                _, abstract = self.rt.zoo.abstract_state(info.arch)
+                abstract = self.rt.zoo.abstract_state(info.arch)
                 host_state = restore_expert(info.checkpoint_path, abstract, expert_id=job.expert_id)
             device = self._pool_device.get(job.pool_id)
             state = host_state if device is None else jax.block_until_ready(jax.device_put(host_state, device))

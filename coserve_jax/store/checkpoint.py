@@ -1,0 +1,155 @@
+"""One expert = one Orbax checkpoint (no pickle): save, and restore to host or to a device.
+
+Format: the expert's state leaves (in ``jax.tree.leaves`` order of its pure dict) are packed
+into one flat vector per dtype (``flat_float32``) plus ``leaf_sizes`` (int64, one per leaf) to
+check the layout on restore. Orbax's restore cost is per leaf (~0.9 ms each here), and a YOLO
+expert has ~290 leaves, so packing is what makes restores fast. Measured on this machine (2 CPU
+cores, warm page cache, orbax 0.12.8, mean of 20 restores to numpy):
+
+| expert | leaves | StandardCheckpointer, per-leaf | PyTreeCheckpointHandler(use_ocdbt=False), per-leaf | packed (this module) |
+| --- | --- | --- | --- | --- |
+| resnet_tiny, 0.42 MB | 47 | 45 ms | 41 ms | 6 ms (12 ms to a device) |
+| yolo_tiny, 1.8 MB | 291 | 248 ms | 264 ms | 20 ms (22 ms to a device) |
+
+A one-leaf 0.4 MB / 1.8 MB vector restored in 7.6 / 8.3 ms (StandardCheckpointer), 4.6 / 7.1 ms
+(PyTree, no OCDBT) and 3.7 / 6.3 ms (PyTree, OCDBT). We use a synchronous
+``Checkpointer(PyTreeCheckpointHandler(use_ocdbt=True))`` (the fastest; a save returns when the
+bytes are on disk, so the zoo builder can rename its directory right after). Restore to a device
+moves the packed vector with one explicit ``jax.device_put`` onto a ``SingleDeviceSharding`` and
+unpacks it there with one jitted call (cached per layout): per-leaf ``ArrayRestoreArgs`` cost
++35 to +140 ms.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import orbax.checkpoint as ocp
+from flax import nnx
+
+
+class CheckpointError(RuntimeError):
+    """An expert's checkpoint is missing or unreadable; the message names expert, path and reason."""
+
+
+def _checkpointer() -> ocp.Checkpointer:
+    return ocp.Checkpointer(ocp.PyTreeCheckpointHandler(use_ocdbt=True))
+
+
+def _pure(state: Any) -> Any:
+    """nnx.State -> nested dict of arrays; other pytrees pass through."""
+    if isinstance(state, nnx.State):
+        return nnx.to_pure_dict(state)
+    return state
+
+
+def _dtype_key(dtype: Any) -> str:
+    return f"flat_{np.dtype(dtype).name}"
+
+
+def save_expert(path: str | os.PathLike, state: Any) -> None:
+    """Save one expert's state (an ``nnx.State`` or a pytree of arrays) to a new directory ``path``."""
+    path = Path(path).absolute()
+    leaves = [np.asarray(x) for x in jax.tree.leaves(_pure(state))]
+    packed: dict[str, Any] = {"leaf_sizes": np.array([x.size for x in leaves], np.int64)}
+    for key in sorted({_dtype_key(x.dtype) for x in leaves}):
+        packed[key] = np.concatenate([x.ravel() for x in leaves if _dtype_key(x.dtype) == key])
+    _checkpointer().save(path, args=ocp.args.PyTreeSave(packed))
+
+
+def restore_expert(path: str | os.PathLike, abstract_state: Any, *, device: jax.Device | None = None,
+                   expert_id: str | None = None) -> Any:
+    """Restore the checkpoint at ``path`` into the structure of ``abstract_state``.
+
+    ``abstract_state``: an ``nnx.State`` (e.g. from ``models.abstract_state``) or a pytree of
+    arrays / ``jax.ShapeDtypeStruct``. Returns the same kind of object holding numpy arrays
+    (``device`` None: host memory) or ``jax.Array``s committed to ``device``.
+    Raises ``CheckpointError`` when the checkpoint is missing, unreadable or of another layout.
+    """
+    path = Path(path).absolute()
+    who = expert_id or "<unnamed expert>"
+    if not path.is_dir():
+        raise CheckpointError(f"expert {who}: checkpoint {path} is missing (no such directory)")
+    target = _pure(abstract_state)
+    specs = [(tuple(x.shape), np.dtype(x.dtype)) for x in jax.tree.leaves(target)]
+    item: dict[str, Any] = {"leaf_sizes": jax.ShapeDtypeStruct((len(specs),), np.int64)}
+    for key in sorted({_dtype_key(d) for _, d in specs}):
+        n = sum(int(np.prod(s)) for s, d in specs if _dtype_key(d) == key)
+        item[key] = jax.ShapeDtypeStruct((n,), np.dtype(key.removeprefix("flat_")))
+    restore_args = {k: ocp.RestoreArgs(restore_type=np.ndarray) for k in item}
+    try:
+        packed = _checkpointer().restore(path, args=ocp.args.PyTreeRestore(item=item, restore_args=restore_args))
+    except Exception as e:  # Orbax/tensorstore raise many types; all mean "unreadable".
+        raise CheckpointError(
+            f"expert {who}: checkpoint {path} is corrupt or unreadable: {type(e).__name__}: {e}"
+        ) from e
+    _check_layout(packed, item, specs, who, path)
+    if device is None:
+        leaves = _unpack_host(packed, specs)
+    else:
+        sharding = jax.sharding.SingleDeviceSharding(device)
+        flats = {k: jax.device_put(v, sharding) for k, v in packed.items() if k != "leaf_sizes"}
+        leaves = _unpacker(tuple(specs))(flats)
+    tree = jax.tree.unflatten(jax.tree.structure(target), leaves)
+    if isinstance(abstract_state, nnx.State):
+        state = jax.tree.map(lambda x: x, abstract_state)  # a copy: keep the caller's template intact
+        nnx.replace_by_pure_dict(state, tree)
+        return state
+    return tree
+
+
+def _check_layout(packed: dict, item: dict, specs: list, who: str, path: Path) -> None:
+    for key, want in item.items():
+        got = packed.get(key)
+        if got is None or tuple(got.shape) != tuple(want.shape):
+            raise CheckpointError(
+                f"expert {who}: checkpoint {path} array {key!r} has shape "
+                f"{None if got is None else tuple(got.shape)}, expected {tuple(want.shape)} (another architecture?)"
+            )
+    sizes = [int(np.prod(s)) for s, _ in specs]
+    if packed["leaf_sizes"].tolist() != sizes:
+        raise CheckpointError(f"expert {who}: checkpoint {path} leaf layout differs from the architecture's")
+
+
+def _split_points(specs: tuple | list, key: str) -> list[tuple[int, int, tuple[int, ...]]]:
+    out, off = [], 0
+    for shape, dtype in specs:
+        if _dtype_key(dtype) == key:
+            n = int(np.prod(shape))
+            out.append((off, off + n, shape))
+            off += n
+    return out
+
+
+def _unpack_host(packed: dict, specs: list) -> list[np.ndarray]:
+    offsets = {k: 0 for k in packed}
+    leaves = []
+    for shape, dtype in specs:
+        key = _dtype_key(dtype)
+        n = int(np.prod(shape))
+        # A copy per leaf, so callers may mutate one without aliasing the others.
+        leaves.append(packed[key][offsets[key]: offsets[key] + n].reshape(shape).copy())
+        offsets[key] += n
+    return leaves
+
+
+@functools.lru_cache(maxsize=64)
+def _unpacker(specs: tuple):
+    """Jitted flat vectors -> leaves, on the device the vectors live on (one dispatch)."""
+    def unpack(flats: dict) -> list[jax.Array]:
+        offsets = {k: 0 for k in flats}
+        leaves = []
+        for shape, dtype in specs:
+            key = _dtype_key(dtype)
+            n = int(np.prod(shape))
+            leaves.append(jnp.reshape(flats[key][offsets[key]: offsets[key] + n], shape))
+            offsets[key] += n
+        return leaves
+
+    return jax.jit(unpack)
