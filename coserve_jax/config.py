@@ -99,6 +99,7 @@ class HardwareConfig:
     host_budget: Any = None  # host RAM expert cache in front of disk; None: no cache
     cpu_pool_budget: Any = None  # CPU executors' pools when a GPU is present (host RAM)
     expert_fraction: float | None = None  # share of an executor's memory for experts (rest: batches)
+    max_batch_memory_fraction: float = 0.5  # no split given: batches use at most this share
     profile: str | None = None  # profile.json path; None: measured (real) or paper_profile (sim)
     paper_profile: Mapping[str, Any] | None = None
     drop_page_cache: bool = False  # posix_fadvise(DONTNEED) before each disk load
@@ -226,6 +227,7 @@ def parse_config(cfg: DictConfig | Mapping[str, Any]) -> RunConfig:
         hw,
         executors=_executors(hw.executors, "hardware.executors"),
         expert_fraction=_fraction(hw.expert_fraction, "hardware.expert_fraction"),
+        max_batch_memory_fraction=_fraction(hw.max_batch_memory_fraction, "hardware.max_batch_memory_fraction"),
     )
     _positive(hw.cpu_devices, "hardware.cpu_devices")
     # Sizes are parsed later against the zoo's total; check their syntax now.

@@ -22,6 +22,8 @@ log = logging.getLogger("coserve_jax")
 def main(cfg: DictConfig) -> None:
     from coserve_jax.jobs import run_job
 
+    # Orbax logs every restore at INFO through absl; keep the run's log readable.
+    logging.getLogger("absl").setLevel(logging.WARNING)
     out_dir = cfg.get("output_dir") or HydraConfig.get().runtime.output_dir
     try:
         run_job(cfg, out_dir)

@@ -4,7 +4,9 @@ Memory (DESIGN §5): a device budget per device is split evenly among the execut
 executor's share holds its model pool and its reserved batch working memory. With an
 ``expert_fraction`` f (the paper's Casual split: 0.75) the batch reserve is (1 − f) of the share
 and the maximum batch is the largest that fits it (capped at the profiled best batch); without
-one, the reserve is exactly what the profiled best batch needs. A share that cannot hold the
+one, the maximum batch is the largest (up to the profiled best) whose working memory fits in
+``hardware.max_batch_memory_fraction`` of the share, and the reserve is exactly what it needs:
+"min(profiled best batch, what free memory holds)" (DESIGN §5). A share that cannot hold the
 largest expert plus one batch is a start-up error naming the setting.
 """
 
@@ -94,12 +96,16 @@ def plan_executors(cfg: RunConfig, arm: ArmConfig, graph: CoEGraph, cost: CostMo
     for kind in sorted(counts, key=lambda k: (k != "gpu", k)):
         budget, field = share(kind)
         for i in range(counts[kind]):
-            if fraction is not None and not arm.unlimited_memory:
-                reserve = int((1 - fraction) * budget)
-                mb = {a: _max_batch_within(cost, kind, a, reserve) for a in archs}
-            else:
+            if arm.unlimited_memory:
                 mb = {a: cost.max_batch(kind, a) for a in archs}
-                reserve = max(cost.activation_bytes(kind, a, mb[a]) for a in archs)
+            else:
+                # Batch memory: the split's share, or (no split given) at most
+                # hardware.max_batch_memory_fraction of the executor's memory.
+                cap = (1 - fraction) if fraction is not None else hw.max_batch_memory_fraction
+                mb = {a: _max_batch_within(cost, kind, a, int(cap * budget)) for a in archs}
+            reserve = max(cost.activation_bytes(kind, a, mb[a]) for a in archs)
+            if fraction is not None and not arm.unlimited_memory:
+                reserve = max(reserve, int((1 - fraction) * budget))
             if arm.unlimited_memory:
                 budget = total + reserve
             if budget - reserve < largest:

@@ -383,17 +383,19 @@ class Engine:
         if not ex.groups:
             ex.set_state("idle", now)
             return
-        e = ex.groups[0].expert_id
+        idx = self.scheduler.pick_group(self, ex.executor_id)
+        e = ex.groups[idx].expert_id
         if e in ex.pool.resident:
-            self._launch(ex, e, now)
+            self._launch(ex, idx, now)
         elif e in ex.pool.loading or self._begin_load(ex, e, prefetch=False):
             ex.set_state("wait_load", now)
         else:
             ex.set_state("idle", now)  # no room yet: in-flight loads hold the bytes
 
-    def _launch(self, ex: ExecutorState, expert_id: str, now: float) -> None:
+    def _launch(self, ex: ExecutorState, index: int, now: float) -> None:
+        expert_id = ex.groups[index].expert_id
         arch = self.graph.experts[expert_id].arch
-        tasks = ex.take_head(ex.max_batch(arch))
+        tasks = ex.take(index, ex.max_batch(arch))
         ex.pool.pin(expert_id)
         predicted = self.cost.batch_latency_s(ex.kind, arch, len(tasks)) + self.cost.dispatch_s
         self._ids["batch"] += 1
@@ -450,8 +452,8 @@ class Engine:
         return True
 
     def _prefetch(self, ex: ExecutorState) -> None:
-        if not ex.groups or ex.pool.loading:
-            return  # one load at a time per pool: a prefetch must not delay a demand load
+        if not ex.groups or len(ex.pool.loading) >= self.prefetcher.max_inflight:
+            return  # bounded loads per pool: a prefetch must not crowd out a demand load
         t = time.perf_counter()
         targets = self.prefetcher.prefetch(self, ex.executor_id)
         self.metrics.scheduling_s += time.perf_counter() - t

@@ -87,10 +87,10 @@ class ExecutorState:
         g.tasks.append(task)
         self._queued[task.expert_id] += 1
 
-    def take_head(self, n: int) -> tuple[Task, ...]:
-        """Pop up to n tasks of the head group (the paper's split)."""
+    def take(self, index: int, n: int) -> tuple[Task, ...]:
+        """Pop up to n tasks of the group at index (the paper's split; index 0: the head)."""
         self.version += 1
-        g = self._groups[0]
+        g = self._groups[index]
         out = tuple(g.tasks.popleft() for _ in range(min(n, len(g.tasks))))
         self._dequeued(g, len(out))
         return out
@@ -111,7 +111,7 @@ class ExecutorState:
         if self._queued[g.expert_id] <= 0:
             del self._queued[g.expert_id]
         if not g.tasks:
-            self._groups.remove(g)
+            self._groups.remove(g)  # by identity: Group defines no __eq__
             if self._tail_group.get(g.expert_id) is g:
                 del self._tail_group[g.expert_id]
 

@@ -105,6 +105,10 @@ class Scheduler(Protocol):
         """True: join the queued group of the task's expert; False: a new group at the tail."""
         ...
 
+    def pick_group(self, view: EngineView, executor_id: int) -> int:
+        """Index of the queued group an idle executor serves next (the paper: 0, the head)."""
+        ...
+
 
 @runtime_checkable
 class Eviction(Protocol):

@@ -35,8 +35,12 @@ class RoundRobinByUsage:
 
 
 class NextGroup:
-    def __init__(self, depth: int = 1):
+    """Load the next queued groups' experts the pool lacks (head first), ``depth`` at a time,
+    with at most ``max_inflight`` loads per pool in flight."""
+
+    def __init__(self, depth: int = 1, max_inflight: int = 1):
         self.depth = depth
+        self.max_inflight = max_inflight
 
     def prefetch(self, view: EngineView, executor_id: int) -> list[str]:
         ex = view.executors[executor_id]

@@ -20,10 +20,28 @@ from coserve_jax.types import Task
 
 
 class _Ordering:
-    """Where a task goes inside its queue: arranged behind its expert's group, or FIFO."""
+    """Where a task goes inside its queue: arranged behind its expert's group, or FIFO.
 
-    def __init__(self, arranging: bool = False):
+    ``work_conserving`` (ours, for coserve_plus): when the head group's expert is not in the
+    pool, serve the first queued group whose expert is, while the head's expert loads (the
+    prefetcher starts that load), instead of idling through the switch. The paper always
+    serves the head group.
+    """
+
+    def __init__(self, arranging: bool = False, work_conserving: bool = False):
         self.arranging = arranging
+        self.work_conserving = work_conserving
+
+    def pick_group(self, view: EngineView, executor_id: int) -> int:
+        """Index of the queued group the idle executor serves next."""
+        ex = view.executors[executor_id]
+        groups = ex.groups
+        if not self.work_conserving or groups[0].expert_id in ex.pool.resident:
+            return 0
+        for i, g in enumerate(groups):
+            if g.expert_id in ex.pool.resident:
+                return i
+        return 0
 
     def arrange(self, view: EngineView, executor_id: int, task: Task) -> bool:
         ex = view.executors[executor_id]
@@ -42,8 +60,8 @@ class FCFS(_Ordering):
 class RoundRobin(_Ordering):
     """Deal tasks to executors in turn."""
 
-    def __init__(self, arranging: bool = False):
-        super().__init__(arranging)
+    def __init__(self, arranging: bool = False, work_conserving: bool = False):
+        super().__init__(arranging, work_conserving)
         self._next = 0
 
     def assign(self, view: EngineView, task: Task) -> int:
@@ -56,8 +74,8 @@ class RoundRobin(_Ordering):
 class LatencyAware(_Ordering):
     """CoServe's request assigning: minimise the longest predicted queue (paper §4.2, Fig. 8)."""
 
-    def __init__(self, arranging: bool = True):
-        super().__init__(arranging)
+    def __init__(self, arranging: bool = True, work_conserving: bool = False):
+        super().__init__(arranging, work_conserving)
 
     def assign(self, view: EngineView, task: Task) -> int:
         totals = [queue_total_s(view, ex) for ex in view.executors]
