@@ -129,6 +129,7 @@ class ArmConfig:
     host_eviction: Mapping[str, Any] | None = None  # None: LRU (Samba-CoE's cache)
     executors: Mapping[str, int] | None = None  # None: the hardware's
     single_executor: bool = False  # Samba-CoE: one executor of the hardware's first kind
+    share_pool: bool = False  # executors on one device share one model pool (ours)
     expert_fraction: float | None = None  # None: the hardware's (None there: reserve max batch)
     unlimited_memory: bool = False  # all_resident: pools as large as the zoo
     sees_future: bool = False  # oracle: eviction may read the whole trace

@@ -113,9 +113,23 @@ def plan_executors(cfg: RunConfig, arm: ArmConfig, graph: CoEGraph, cost: CostMo
                     f"{field}: each {kind} executor gets {budget} B, which cannot hold the largest "
                     f"expert ({largest} B) plus one batch ({reserve} B); raise {field} or use fewer executors"
                 )
-            device = 0 if kind == "gpu" else (i % hw.cpu_devices)
+            # Executors sharing one pool must sit on one JAX device (their weights live there).
+            device = 0 if kind == "gpu" or arm.share_pool else (i % hw.cpu_devices)
             plans.append(ExecutorPlan(len(plans), kind, device, budget, reserve, mb))
     return plans
+
+
+def make_pools(plans: list[ExecutorPlan], share: bool) -> list[Pool]:
+    """One pool per executor, or (share) one per device holding all its executors' bytes."""
+    if not share:
+        return [Pool(f"ex{p.executor_id}:{p.kind}", p.kind, p.budget_bytes, p.reserved_bytes) for p in plans]
+    groups: dict[tuple[str, int], list[ExecutorPlan]] = {}
+    for p in plans:
+        groups.setdefault((p.kind, p.device_index), []).append(p)
+    pools = {key: Pool(f"dev{key[1]}:{key[0]}", key[0], sum(p.budget_bytes for p in ps),
+                       sum(p.reserved_bytes for p in ps))
+             for key, ps in groups.items()}
+    return [pools[(p.kind, p.device_index)] for p in plans]
 
 
 def host_cache_pool(cfg: RunConfig, graph: CoEGraph) -> Pool | None:
@@ -143,12 +157,8 @@ def build_engine(cfg: RunConfig, arm: ArmConfig, graph: CoEGraph, cost: CostMode
     cache = host_cache_pool(cfg, graph)
     check_profile_covers(cost, plans, graph, cache)
     clock = clock or backend.now
-    executors = [
-        ExecutorState(p.executor_id, p.kind, p.device_index,
-                      Pool(f"ex{p.executor_id}:{p.kind}", p.kind, p.budget_bytes, p.reserved_bytes),
-                      p.max_batch, clock)
-        for p in plans
-    ]
+    executors = [ExecutorState(p.executor_id, p.kind, p.device_index, pool, p.max_batch, clock)
+                 for p, pool in zip(plans, make_pools(plans, arm.share_pool))]
     kw = policy_kwargs or {}
 
     def make(node):

@@ -1,18 +1,21 @@
 """The simulator backend: virtual time, an event heap ordered by (time, kind, sequence).
 
-Loads and batches take what the cost model predicted when the engine started them, with two
-shared resources modelled as on real machines:
-- I/O: loads share ``load_channels`` lanes like the real backend's loader threads; a load waits
-  for a free lane (FIFO), so parallel loads get no free bandwidth.
-- Compute: executors on one device share it (all CPU executors share the host's cores; GPU
-  executors on one GPU share it) by processor sharing: with n batches running on a device each
-  progresses at 1/n speed, and completion times are recomputed whenever one starts or ends.
-  The profile's K·n + B is the latency of one executor alone on its device.
-Identical inputs give identical schedules.
+Loads and batches take what the cost model predicted when the engine started them, slowed by
+the resources they share, as on the real machines:
+- I/O lanes: loads share ``load_channels`` lanes like the real backend's loader threads; a load
+  waits for a free lane (FIFO).
+- Compute, by processor sharing: with n jobs running on one device each progresses at 1/n
+  speed, and completion times are recomputed whenever one starts or ends. All CPU executors
+  share the host's cores; GPU executors on one GPU share it. With ``loads_share_host`` (the
+  default), loads into host-memory pools (CPU executors, the host cache) run on the host's cores
+  too — deserialising a checkpoint is CPU work — so they compete with CPU batches.
+The profile's figures are each job alone on its device. Identical inputs give identical
+schedules.
 """
 
 from __future__ import annotations
 
+import collections
 import heapq
 import itertools
 from typing import Any
@@ -20,17 +23,19 @@ from typing import Any
 from coserve_jax.engine.loop import BATCH_DONE, LOAD_DONE, BatchDone, Event, LoadDone
 from coserve_jax.types import Batch, LoadJob, Request
 
+HOST = ("cpu",)
+
 
 def device_key(kind: str, device_index: int) -> tuple:
     """Executors that share compute: all CPU executors (one host), GPU executors per GPU."""
-    return ("cpu",) if kind == "cpu" else (kind, device_index)
+    return HOST if kind == "cpu" else (kind, device_index)
 
 
-class _Running:
-    __slots__ = ("batch", "start_s", "work_s", "token")
+class _Job:
+    __slots__ = ("item", "start_s", "work_s", "token")
 
-    def __init__(self, batch: Batch, start_s: float, work_s: float):
-        self.batch, self.start_s, self.work_s, self.token = batch, start_s, work_s, 0
+    def __init__(self, item: Batch | LoadJob, start_s: float, work_s: float):
+        self.item, self.start_s, self.work_s, self.token = item, start_s, work_s, 0
 
 
 class SimBackend:
@@ -38,15 +43,18 @@ class SimBackend:
 
     routing_default = "trace"
 
-    def __init__(self, load_channels: int = 1, share_devices: bool = True):
+    def __init__(self, load_channels: int = 1, share_devices: bool = True, loads_share_host: bool = True):
         if load_channels < 1:
             raise ValueError("load_channels must be >= 1")
         self._now = 0.0
         self._heap: list[tuple[float, int, int, Any]] = []
         self._seq = itertools.count()
-        self._channels = [0.0] * load_channels
+        self._ids = itertools.count()
+        self._lanes_free = load_channels
+        self._waiting_loads: collections.deque[LoadJob] = collections.deque()
         self.share_devices = share_devices
-        self._running: dict[tuple, dict[int, _Running]] = {}
+        self.loads_share_host = loads_share_host
+        self._running: dict[tuple, dict[int, _Job]] = {}
         self._updated_s: dict[tuple, float] = {}
         self.events_handled = 0
 
@@ -58,17 +66,27 @@ class SimBackend:
 
     # ---- loads --------------------------------------------------------------------------------
     def start_load(self, job: LoadJob) -> None:
-        i = min(range(len(self._channels)), key=lambda k: (self._channels[k], k))
-        start = max(self._now, self._channels[i])
-        end = start + job.predicted_s
-        self._channels[i] = end
-        self._push(end, LOAD_DONE, LoadDone(job, seconds=end - start))
+        self._waiting_loads.append(job)
+        self._admit_loads()
 
-    # ---- batches under processor sharing ------------------------------------------------------
+    def _admit_loads(self) -> None:
+        while self._lanes_free and self._waiting_loads:
+            job = self._waiting_loads.popleft()
+            self._lanes_free -= 1
+            host_pool = job.pool_id == "host" or job.pool_id.endswith(":cpu")
+            if self.loads_share_host and host_pool:
+                self._join(HOST, job)
+            else:
+                self._push(self._now + job.predicted_s, LOAD_DONE, (None, job, self._now))
+
+    # ---- processor sharing ------------------------------------------------------------------
     def start_batch(self, batch: Batch, executor: Any, inputs: list[Any]) -> None:
         key = device_key(executor.kind, executor.device_index) if self.share_devices else ("ex", executor.executor_id)
+        self._join(key, batch)
+
+    def _join(self, key: tuple, item: Batch | LoadJob) -> None:
         self._advance(key)
-        self._running.setdefault(key, {})[batch.batch_id] = _Running(batch, self._now, batch.predicted_s)
+        self._running.setdefault(key, {})[next(self._ids)] = _Job(item, self._now, item.predicted_s)
         self._reschedule(key)
 
     def _advance(self, key: tuple) -> None:
@@ -83,28 +101,36 @@ class SimBackend:
     def _reschedule(self, key: tuple) -> None:
         running = self._running.get(key, {})
         n = len(running)
-        for r in running.values():
+        for jid, r in running.items():
             r.token += 1
-            self._push(self._now + r.work_s * n, BATCH_DONE, (key, r.batch.batch_id, r.token))
+            kind = LOAD_DONE if isinstance(r.item, LoadJob) else BATCH_DONE
+            self._push(self._now + r.work_s * n, kind, (key, jid, r.token))
 
     # ---- events --------------------------------------------------------------------------------
     def next_event(self, until_s: float | None) -> Event | None:
         while self._heap and (until_s is None or self._heap[0][0] <= until_s):
             t, kind, _, item = heapq.heappop(self._heap)
-            if kind == BATCH_DONE:
-                key, batch_id, token = item
-                r = self._running.get(key, {}).get(batch_id)
+            key = item[0]
+            if key is None:  # a load outside any shared resource
+                _, job, start = item
+                self._now = max(self._now, t)
+                ev: Event = LoadDone(job, seconds=self._now - start)
+            else:
+                _, jid, token = item
+                r = self._running.get(key, {}).get(jid)
                 if r is None or r.token != token:
                     continue  # superseded by a reschedule
                 self._now = max(self._now, t)
                 self._advance(key)
-                del self._running[key][batch_id]
+                del self._running[key][jid]
                 self._reschedule(key)
-                self.events_handled += 1
-                return BatchDone(r.batch, seconds=self._now - r.start_s)
-            self._now = max(self._now, t)
+                ev = (LoadDone(r.item, seconds=self._now - r.start_s) if isinstance(r.item, LoadJob)
+                      else BatchDone(r.item, seconds=self._now - r.start_s))
+            if isinstance(ev, LoadDone):
+                self._lanes_free += 1
+                self._admit_loads()
             self.events_handled += 1
-            return item
+            return ev
         if until_s is not None:
             self._now = max(self._now, until_s)
         return None

@@ -54,14 +54,15 @@ class TwoStage:
 
 
 def _queue_positions(view: EngineView, pool: PoolView) -> dict[str, int]:
-    """Task index at which each expert is next used by the queue owning this pool."""
+    """Task index at which each expert is next used by the queues drawing on this pool."""
     pos: dict[str, int] = {}
     for ex in view.executors:
         if ex.pool.pool_id != pool.pool_id:
             continue
         i = 0
         for g in ex.groups:
-            pos.setdefault(g.expert_id, i)
+            if i < pos.get(g.expert_id, i + 1):
+                pos[g.expert_id] = i
             i += len(g.tasks)
     return pos
 
