@@ -1,0 +1,48 @@
+"""The real and the simulated backend drive the same loop and policies to the same decisions.
+
+With a fake cost model (round figures, not this machine's), one executor, all requests arriving
+at once and ground-truth routing, event order cannot depend on timing, so the sequence of
+policy decisions (assign, arrange, load, evict, batch) must be identical between backends.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from coserve_jax.api import ArmRunner, load_model, make_trace
+from coserve_jax.config import compose, parse_config
+from coserve_jax.profiler.cost_model import SCHEMA, CostModel
+
+
+def fake_cost(archs: list[str]) -> CostModel:
+    arch = {"k_s": 0.001, "b_s": 0.002, "max_batch": 4, "activation_bytes": {"1": 5_000, "4": 20_000}}
+    fit = {"a_s": 0.01, "b_s_per_byte": 1e-9}
+    return CostModel({"schema": SCHEMA, "kinds": {"cpu": {"archs": {a: dict(arch) for a in archs},
+                                                          "loads": {"disk": fit, "host": fit}}},
+                      "host_cache_loads": {"disk": fit}})
+
+
+@pytest.mark.parametrize("arm", ["samba", "coserve", "coserve_plus"])
+def test_same_decisions_real_and_sim(arm):
+    decisions = {}
+    for backend in ("sim", "real"):
+        cfg = parse_config(compose([
+            "model=pcb_tiny", f"backend={backend}", "backend.routing=trace", f"arms=[{arm}]",
+            "workload.num_requests=60", "workload.interval_ms=0", "hardware.device_budget=40%",
+            "hardware.executors.cpu=1", "arm_catalog.coserve_plus.prefetcher=null",
+        ]))
+        model = load_model(cfg, progress=False)
+        cost = fake_cost(sorted(model.zoo.archs))
+        runner = ArmRunner(cfg, model, cost)
+        reqs = make_trace(cfg, model.graph)
+        runner.warm_up(cfg.arms)
+        engine = runner.new_engine(cfg.arms[0], reqs)
+        engine.record_decisions = True
+        try:
+            summary = engine.run(reqs, runner.images(reqs))
+        finally:
+            engine.backend.close()
+        assert summary["requests"]["completed"] == 60
+        decisions[backend] = engine.decisions
+    assert len(decisions["sim"]) > 60
+    assert decisions["real"] == decisions["sim"]
