@@ -343,7 +343,7 @@ class Engine:
     def _serve(self) -> None:
         eng = self._engine
         try:
-            while not (self._closing.is_set() and not eng.busy and eng.backend._events.empty()):
+            while not (self._closing.is_set() and not eng.busy and not eng.backend.has_events()):
                 eng.step(eng.backend.now() + 0.05)
         except Exception as e:  # noqa: BLE001 - fail every open future rather than hang them
             log.exception("engine loop crashed")

@@ -150,6 +150,10 @@ class RealBackend:
         except queue.Empty:
             return None
 
+    def has_events(self) -> bool:
+        """Whether completions or submissions are waiting for the loop."""
+        return not self._events.empty()
+
     def post(self, arrival: Arrival) -> None:
         """Online submissions enter the loop as events."""
         self._events.put(arrival)

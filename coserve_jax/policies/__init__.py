@@ -2,4 +2,24 @@
 
 Pure Python: a policy reads an immutable-by-contract view of the engine and returns a decision.
 No JAX, no I/O, no clock — so the same objects drive the real engine and the simulator.
+
+The paper's CoServe (``arm_catalog.coserve``): ``scheduling.LatencyAware`` (assign + arrange),
+the engine's split to the executor's maximum batch, ``eviction.TwoStage`` and
+``placement.RoundRobinByUsage``. Samba-CoE: ``scheduling.FCFS``/``RoundRobin`` with
+``eviction.LRU``/``FIFO``.
+
+Ours, ``coserve_plus`` — each idea kept only because it pays in the same run (figures in
+experiments/coserve_plus/README.md, from an ablation that removes one idea at a time):
+1. One model pool per device shared by its executors (``share_pool``; engine/build.py). Why: on
+   one memory, per-executor pools split the budget and load the same expert twice; a shared
+   pool holds more distinct experts and loads each once.
+2. Work-conserving group order (``LatencyAware(work_conserving=True)``). Why: when the head
+   group's expert is not resident, an executor runs a queued group whose expert is, instead of
+   idling through the switch.
+3. Queue-aware eviction (``eviction.QueueAware``): experts the arranged queues will use are
+   ranked by exact next use (Belady on the known future); the rest go first, cheapest expected
+   reload cost per byte freed first (usage probability × reload seconds / bytes). Why: the
+   arranged queue *is* the near future; probabilities only guess it.
+4. Next-group prefetch (``placement.NextGroup``). Why: starts the next missing expert's load
+   while the current batch runs, hiding part of the switch.
 """

@@ -1,0 +1,98 @@
+"""Simulated vs real runs of the same workload, arms and profile, side by side (issue: sim validation).
+
+    python scripts/validate_sim.py --out experiments/sim_validation [--requests 1000] [--seeds 0 1]
+
+Runs the real engine on the demo CoE, then the simulator on the same trace with the same
+profile (the one the real run used, pinned by path), and writes a Markdown/CSV table and a PNG
+with throughput and switch errors per arm. Run on a quiet machine: the real side is timed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import sys
+from pathlib import Path
+
+ARMS = ["samba", "coserve", "coserve_plus", "all_resident"]
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--out", default="experiments/sim_validation")
+    ap.add_argument("--runs", default="runs/sim_validation", help="scratch folder for run dirs")
+    ap.add_argument("--requests", type=int, default=1000)
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0])
+    ap.add_argument("--arms", nargs="+", default=ARMS)
+    ap.add_argument("overrides", nargs="*", help="extra Hydra overrides for both backends")
+    args = ap.parse_args(argv)
+
+    from coserve_jax.api import run_experiment
+
+    out, runs = Path(args.out), Path(args.runs)
+    out.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for seed in args.seeds:
+        common = [f"arms=[{','.join(args.arms)}]", f"workload.num_requests={args.requests}", f"seed={seed}",
+                  "experiment=sim_validation", *args.overrides]
+        real_dir = runs / f"seed{seed}" / "real"
+        real = run_experiment(common + ["backend=real"], real_dir)
+        profile = real_dir / "profile.json"
+        sim = run_experiment(common + ["backend=sim", f"hardware.profile={profile.resolve()}"],
+                             runs / f"seed{seed}" / "sim")
+        for arm in args.arms:
+            r, s = real["arms"][arm], sim["arms"][arm]
+            sw_r, sw_s = r["switches"]["count"], s["switches"]["count"]
+            rows.append({
+                "seed": seed, "arm": arm,
+                "real_rps": r["throughput_rps"], "sim_rps": s["throughput_rps"],
+                "rps_error": s["throughput_rps"] / r["throughput_rps"] - 1,
+                "real_switches": sw_r, "sim_switches": sw_s,
+                "switch_error": (sw_s - sw_r) / max(sw_r, 1),
+            })
+    with open(out / "validation.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    lines = ["| seed | arm | real img/s | sim img/s | error | real switches | sim switches | error |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for r in rows:
+        lines.append(f"| {r['seed']} | {r['arm']} | {r['real_rps']:.1f} | {r['sim_rps']:.1f} | {r['rps_error']:+.1%} "
+                     f"| {r['real_switches']} | {r['sim_switches']} | {r['switch_error']:+.1%} |")
+    (out / "validation.md").write_text("\n".join(lines) + "\n")
+    (out / "validation.json").write_text(json.dumps(rows, indent=2) + "\n")
+    plot(rows, out / "validation.png")
+    print("\n".join(lines))
+    worst_rps = max(abs(r["rps_error"]) for r in rows)
+    worst_sw = max(abs(r["switch_error"]) for r in rows)
+    print(f"\nworst throughput error {worst_rps:.1%}, worst switch error {worst_sw:.1%}")
+    return 0
+
+
+def plot(rows: list[dict], path: Path) -> None:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    arms = list(dict.fromkeys(r["arm"] for r in rows))
+    fig = Figure(figsize=(9, 3.6))
+    FigureCanvasAgg(fig)
+    for k, (metric, label) in enumerate([("rps", "throughput (img/s)"), ("switches", "expert switches")]):
+        ax = fig.add_subplot(1, 2, k + 1)
+        xs = range(len(arms))
+        for off, side, hatch in [(-0.2, "real", None), (0.2, "sim", "//")]:
+            vals = [sum(r[f"{side}_{metric}"] for r in rows if r["arm"] == a) /
+                    max(1, sum(r["arm"] == a for r in rows)) for a in arms]
+            ax.bar([x + off for x in xs], vals, width=0.4, label=side, hatch=hatch,
+                   color="#4c72b0" if side == "real" else "#dd8452")
+        ax.set_xticks(list(xs), arms, rotation=20)
+        ax.set_ylabel(label)
+        ax.set_yscale("log")
+        ax.legend()
+    fig.suptitle("Simulated vs real, demo CoE on this CPU machine")
+    fig.tight_layout()
+    fig.savefig(path, dpi=150)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
