@@ -33,11 +33,14 @@ def test_same_seed_same_schedule(arm):
     assert e3.decisions != e1.decisions
 
 
-def test_all_resident_never_switches_while_serving():
+def test_all_resident_loads_each_used_expert_exactly_once():
     s, eng = run_arm("all_resident")
-    assert s["switches"]["during_run"] == 0
-    n_exec = len(eng.executors)
-    assert s["switches"]["initial"] == n_exec * len(eng.graph.experts)
+    used = {e for rs in eng.request_states().values() for e in rs.experts}
+    assert s["switches"]["reloads"] == 0
+    assert s["switches"]["evictions"] == 0
+    assert s["switches"]["distinct_experts"] == s["switches"]["count"]
+    assert used <= {e for p in eng.pools() for e in p.resident}
+    assert s["switches"]["count"] <= len(eng.graph.experts)
     assert s["requests"]["completed"] == 300
 
 

@@ -159,7 +159,15 @@ def build_engine(cfg: RunConfig, arm: ArmConfig, graph: CoEGraph, cost: CostMode
     clock = clock or backend.now
     executors = [ExecutorState(p.executor_id, p.kind, p.device_index, pool, p.max_batch, clock)
                  for p, pool in zip(plans, make_pools(plans, arm.share_pool))]
-    kw = policy_kwargs or {}
+    kw = dict(policy_kwargs or {})
+    if arm.unlimited_memory and arm.initialiser is not None:
+        # The ceiling starts from what the budgeted arms can preload, then never evicts.
+        try:
+            capped = plan_executors(cfg, dataclasses.replace(arm, unlimited_memory=False), graph, cost)
+            caps = {p.executor_id: p.budget_bytes - p.reserved_bytes for p in capped}
+        except ConfigError:
+            caps = {}
+        kw[arm.initialiser["_target_"]] = {"fill_bytes": caps, **kw.get(arm.initialiser["_target_"], {})}
 
     def make(node):
         return None if node is None else instantiate(node, **kw.get(node["_target_"], {}))

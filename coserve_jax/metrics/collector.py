@@ -33,8 +33,13 @@ class ArmMetrics:
         self.batch_seconds: list[float] = []
         self.scheduling_s = 0.0
         self.evictions = 0
+        self._loaded: set[tuple[str, str]] = set()
+        self.reloads = 0  # loads of an expert its pool had held before (avoidable switches)
 
     def record_load(self, job: LoadJob, seconds: float, initial: bool) -> None:
+        key = (job.pool_id, job.expert_id)
+        self.reloads += key in self._loaded
+        self._loaded.add(key)
         self.switches.append(
             SwitchRecord(job.expert_id, job.pool_id, job.size_bytes, job.src, seconds, job.prefetch, initial)
         )
@@ -80,6 +85,8 @@ class ArmMetrics:
                 "prefetched": sum(s.prefetch for s in self.switches),
                 "failed_attempts": sum(self.failed_loads.values()),
                 "evictions": self.evictions,
+                "reloads": self.reloads,
+                "distinct_experts": len({e for _, e in self._loaded}),
             },
             "peak_bytes": dict(peak_bytes),
             "budgets_bytes": dict(budgets_bytes),

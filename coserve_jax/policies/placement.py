@@ -12,12 +12,21 @@ from coserve_jax.policies.base import EngineView
 
 
 class RoundRobinByUsage:
+    """``fill_bytes`` caps what each executor is dealt (default: its pool's free bytes); the
+    unlimited-memory ceiling uses it to start from the same state as the budgeted arms."""
+
+    def __init__(self, fill_bytes: dict[int, int] | None = None):
+        self.fill_bytes = fill_bytes
+
     def initial_experts(self, view: EngineView) -> dict[int, list[str]]:
         usage = view.graph.usage_probs()
         order = sorted(usage, key=lambda e: (-usage[e], e))
-        free = {ex.executor_id: ex.pool.free_bytes for ex in view.executors}
+        free = {ex.executor_id: (ex.pool.free_bytes if self.fill_bytes is None
+                                 else min(ex.pool.free_bytes, self.fill_bytes.get(ex.executor_id, 0)))
+                for ex in view.executors}
         plan: dict[int, list[str]] = {ex.executor_id: [] for ex in view.executors}
         ids = [ex.executor_id for ex in view.executors]
+        smallest = min(x.param_bytes for x in view.graph.experts.values())
         turn = 0
         for e in order:
             size = view.graph.experts[e].param_bytes
@@ -29,7 +38,7 @@ class RoundRobinByUsage:
                     free[eid] -= size
                     turn = (turn + k + 1) % len(ids)
                     break
-            if all(f < min(x.param_bytes for x in view.graph.experts.values()) for f in free.values()):
+            if all(f < smallest for f in free.values()):
                 break
         return plan
 
@@ -51,11 +60,3 @@ class NextGroup:
             if not ex.pool.holds(g.expert_id) and g.expert_id not in out:
                 out.append(g.expert_id)
         return out
-
-
-class PreloadAll:
-    """The all-resident ceiling: every expert in every pool before serving."""
-
-    def initial_experts(self, view: EngineView) -> dict[int, list[str]]:
-        order = sorted(view.graph.experts)
-        return {ex.executor_id: list(order) for ex in view.executors}
