@@ -141,7 +141,9 @@ def test_belady_reads_the_future():
     eng.enable_future(reqs)
     pool = eng.executors[0].pool
     make_resident(pool, ("cls_A", 4 * MB), ("cls_B", 4 * MB))
-    eng.future.cursor = 2  # C arrives now; next uses: A at 3, B never
+    for r in reqs[:3]:  # the first three are queued: next uses now A at 3, B never
+        eng.future.consume(r.request_id, f"cls_{r.component_type}")
+    assert eng.future.next_use("cls_A") == 3 and eng.future.next_use("cls_B") == float("inf")
     assert Belady().rank(eng, pool, pool.evictable())[0] == "cls_B"
 
 

@@ -12,7 +12,7 @@ runs loads and batches, and hands back their completions.
 
 from __future__ import annotations
 
-import bisect
+import heapq
 import dataclasses
 import logging
 import math
@@ -71,23 +71,31 @@ class Backend(Protocol):
 
 
 class TraceFuture:
-    """The oracle's view of the future: the arrival index of each expert's next use."""
+    """The oracle's view of the future: for each expert, the earliest (in arrival order) request
+    that will still need it — arrivals to come, and subsequent tasks of requests already here."""
 
     def __init__(self, requests: Sequence[Request], graph: CoEGraph):
-        uses: dict[str, list[int]] = defaultdict(list)
-        for i, r in enumerate(requests):
-            route = r.route or graph.truth_route(r.component_type, r.truth or "ok")
-            for e in route:
-                uses[e].append(i)
-        self._uses = dict(uses)
-        self.cursor = 0
+        order = sorted(range(len(requests)), key=lambda i: (requests[i].arrival_s, i))
+        self._rank = {requests[i].request_id: k for k, i in enumerate(order)}
+        pending: dict[str, list[int]] = defaultdict(list)
+        for k, i in enumerate(order):
+            r = requests[i]
+            for e in r.route or graph.truth_route(r.component_type, r.truth or "ok"):
+                pending[e].append(k)  # appended in rank order: already a heap
+        self._pending = dict(pending)
+        self._done: set[tuple[str, int]] = set()
+
+    def consume(self, request_id: int, expert_id: str) -> None:
+        """A task of this request for this expert is now queued: no longer a future use."""
+        k = self._rank.get(request_id)
+        if k is not None:
+            self._done.add((expert_id, k))
 
     def next_use(self, expert_id: str) -> float:
-        u = self._uses.get(expert_id)
-        if not u:
-            return math.inf
-        i = bisect.bisect_left(u, self.cursor)
-        return float(u[i]) if i < len(u) else math.inf
+        heap = self._pending.get(expert_id)
+        while heap and (expert_id, heap[0]) in self._done:
+            heapq.heappop(heap)
+        return float(heap[0]) if heap else math.inf
 
 
 class Engine:
@@ -192,8 +200,6 @@ class Engine:
             if next_t is not None and self.backend.now() >= next_t:
                 i = order[k]
                 k += 1
-                if self._future is not None:
-                    self._future.cursor = k
                 self._arrive(requests[i], None if images is None else images[i], next_t)
                 self._dispatch_all()
                 continue
@@ -268,6 +274,8 @@ class Engine:
         if self.record_decisions:
             self.decisions.append(("assign", task.request_id, task.expert_id, eid, bool(join)))
         self._executors[eid].enqueue(task, join)
+        if self._future is not None:
+            self._future.consume(task.request_id, task.expert_id)
 
     def _finish_task(self, task: Task, output: Any) -> None:
         rs = self._requests[task.request_id]
