@@ -19,6 +19,7 @@ import logging
 import os
 import sys
 import threading
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -209,12 +210,17 @@ class ArmRunner:
             from tqdm.auto import tqdm
 
             bar = tqdm(total=len(requests), desc=f"{arm.name:>15}", unit="img", leave=False, disable=None)
+        t0 = time.perf_counter()
         try:
             summary = engine.run(requests, images, progress=bar)
         finally:
             if bar is not None:
                 bar.close()
             engine.backend.close()
+        summary["engine_s"] = time.perf_counter() - t0  # wall-clock seconds this arm took to run
+        if hasattr(engine.backend, "events_handled"):
+            summary["sim_events"] = engine.backend.events_handled
+            summary["sim_events_per_s"] = engine.backend.events_handled / max(summary["engine_s"], 1e-9)
         summary["policy"] = {k: v for k, v in dataclasses.asdict(arm).items() if v not in (None, False, "")}
         summary["executors"] = [{"id": ex.executor_id, "kind": ex.kind, "device": ex.device_index,
                                  "pool": ex.pool.pool_id, "max_batch": dict(ex._max_batch)}
