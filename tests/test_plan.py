@@ -119,3 +119,48 @@ def test_heterogeneous_executors_use_the_cpu_figures(tmp_path, monkeypatch):
         assert b.executor_id == cpu_id
         assert b.predicted_s == pytest.approx(cost.batch_latency_s("cpu", arch, len(b.tasks)) + cost.dispatch_s)
         assert b.predicted_s > cost.batch_latency_s("gpu", arch, len(b.tasks))  # the CPU is the slow processor
+
+
+def test_planner_repeats_are_validated():
+    assert PlannerSettings.from_mapping({"repeats": 5}).repeats == 5
+    with pytest.raises(ConfigError, match="planner.repeats"):
+        PlannerSettings.from_mapping({"repeats": 0})
+
+
+def test_sweep_table_marks_fallback_splits_and_infeasible_counts():
+    from coserve_jax.profiler.plan_job import sweep_table
+
+    sweep = {"candidates": [{"name": "1C", "throughput_rps": 10.0, "expert_fraction": None},
+                            {"name": "2C", "throughput_rps": 8.0, "expert_fraction": 0.7, "fallback_fraction": True},
+                            {"name": "3C", "throughput_rps": 0.0, "expert_fraction": None, "fallback_fraction": False,
+                             "infeasible": True}],
+             "chosen": "1C", "best_rps": 10.0, "expert_fraction": None, "repeats": 3}
+    t = sweep_table(sweep)
+    assert [r[1] for r in t.rows] == ["reserve best batch", "0.700 *", "infeasible"]
+    assert t.records[2]["infeasible"] and t.records[1]["fallback_fraction"] and t.records[0]["chosen"]
+    assert any("median of 3" in n for n in t.notes) and any(n.startswith("*") for n in t.notes)
+
+
+def _demo_zoo_available() -> bool:
+    try:
+        from coserve_jax.coe import zoo
+    except Exception:  # noqa: BLE001 - the demo zoo is optional
+        return False
+    return hasattr(zoo, "zoo_config")
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not _demo_zoo_available(), reason="the demo zoo builder (coserve_jax.coe.zoo) is not ready")
+def test_plan_job_on_the_real_backend_tiny_zoo(tmp_path, monkeypatch):
+    """The planner on the real engine: repeats, a plan coserve_best can read, tables and plots."""
+    monkeypatch.setenv("COSERVE_JAX_CACHE", str(tmp_path / "cache"))
+    cfg = compose(["+experiment=plan", "model=pcb_tiny", "hardware=cpu", "backend=real", "hardware.device_budget=100%",
+                   "planner.sample_requests=60", "planner.repeats=2", "planner.candidates=[1C,2C]",
+                   "profiler.repeats=2", f"planner.output={tmp_path}/plans/best.yaml"])
+    res = run_job(cfg, tmp_path / "run")
+    assert res["plan"]["pick_vs_best"] >= 0.95
+    ok = [m for m in res["measurements"] if "error" not in m]
+    assert ok and all(len(m["samples_rps"]) == 2 for m in ok)
+    assert (tmp_path / "plans" / "best.yaml").is_file()
+    for name in ("executor_sweep.png", "decay_window.png", "executor_sweep.md", "decay_window.md"):
+        assert (tmp_path / "run" / name).is_file(), name

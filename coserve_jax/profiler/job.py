@@ -79,6 +79,7 @@ def run_profile_job(cfg: DictConfig, out_dir: str | Path, progress: bool = True)
         raise ConfigError(f"profiler.heldout_batch_sizes: {overlap} are also in profiler.batch_sizes; "
                           "held-out sizes must be left out of the fit")
     repeats = int(prof_cfg.get("repeats") or 3)
+    warmup = int(prof_cfg.get("warmup") if prof_cfg.get("warmup") is not None else 2)
     load_samples = int(prof_cfg.get("load_samples") or 3)
     router_sample = int(prof_cfg.get("router_sample") or 0)
     hw = run_cfg.hardware
@@ -96,7 +97,7 @@ def run_profile_job(cfg: DictConfig, out_dir: str | Path, progress: bool = True)
     t0 = time.perf_counter()
     prof = measure_profile(rt, kinds, batch_sizes=batch_sizes, repeats=repeats, load_samples=load_samples,
                            drop_cache=hw.drop_page_cache, seed=run_cfg.seed, progress=progress,
-                           heldout_sizes=heldout)
+                           heldout_sizes=heldout, warmup=warmup)
     # The other page-cache setting, so both load fits are on record.
     other = not hw.drop_page_cache
     variants: dict[str, Any] = {k: {_pc(hw.drop_page_cache): prof["kinds"][k]["loads"]} for k in kinds}

@@ -2,7 +2,8 @@
 
 Per executor kind and per architecture (not per expert): batch latency at several batch sizes
 through the same path the real backend serves (stack, pad to the bucket, device_put, jitted
-forward, device_get), fitted as latency = K·n + B by least squares; the maximum batch size is
+forward, device_get), each shape warmed up and timed in interleaved, shuffled rounds (median per
+shape), fitted as latency = K·n + B by least squares; the maximum batch size is
 the smallest n whose per-image latency is within ``plateau_tol`` of the best measured (the
 paper's "per-image latency plateaus", Fig. 5); activation bytes per batch size from XLA's
 compiled memory analysis; load seconds per tier transition fitted as a + b·bytes over experts of
@@ -93,9 +94,15 @@ def _activation_bytes(fwd: Any, state: Any, shape: tuple[int, ...], n: int, devi
 
 def measure_batches(rt: Runtime, kind: str, device: jax.Device, arch: str, batch_sizes: Sequence[int],
                     repeats: int, rng: np.random.Generator,
-                    heldout_sizes: Sequence[int] = ()) -> dict[str, Any]:
+                    heldout_sizes: Sequence[int] = (), warmup: int = 2) -> dict[str, Any]:
     """K, B (fitted on ``batch_sizes``), max batch, compile seconds, bytes; with ``heldout_sizes``
-    also the line's errors on sizes left out of the fit (see the module docstring)."""
+    also the line's errors on sizes left out of the fit (see the module docstring).
+
+    Every shape (fit sizes, held-out sizes exact and padded) is compiled and run ``warmup`` times
+    untimed, then timed in ``repeats`` interleaved rounds — each round runs every shape once, in a
+    fresh random order — and each shape's latency is the median over the rounds. Interleaving
+    measures the fit and the held-out sizes the same way, under the same drift and noise of a
+    shared machine, instead of timing one size's repeats back to back."""
     zoo = rt.zoo
     expert = next(e for e in zoo.graph.experts.values() if e.arch == arch)
     abstract = _abstract(zoo, arch)
@@ -105,11 +112,20 @@ def measure_batches(rt: Runtime, kind: str, device: jax.Device, arch: str, batch
     t = time.perf_counter()
     _time_batch(fwd, state, rng.random((1, *shape), np.float32), device)
     compile_s = time.perf_counter() - t
-    lat = []
-    for n in batch_sizes:
-        imgs = rng.random((n, *shape), np.float32)
-        _time_batch(fwd, state, imgs, device)  # compile this bucket
-        lat.append(float(np.median([_time_batch(fwd, state, imgs, device) for _ in range(repeats)])))
+    # probes: (label, n, pad); the fit sizes go through the served (padded) path
+    probes = [("fit", n, True) for n in batch_sizes]
+    probes += [(lbl, n, pad) for n in heldout_sizes for lbl, pad in (("exact", False), ("served", True))]
+    images = {n: rng.random((n, *shape), np.float32) for n in {p[1] for p in probes}}
+    for _, n, pad in probes:  # compile every shape, then warm it up
+        for _ in range(1 + max(warmup, 0)):
+            _time_batch(fwd, state, images[n], device, pad)
+    times: list[list[float]] = [[] for _ in probes]
+    for _ in range(max(repeats, 1)):
+        for i in rng.permutation(len(probes)):
+            _, n, pad = probes[i]
+            times[i].append(_time_batch(fwd, state, images[n], device, pad))
+    med = [float(np.median(ts)) for ts in times]
+    lat = [m for (lbl, _, _), m in zip(probes, med) if lbl == "fit"]
     k, b = fit_linear_nonneg(batch_sizes, lat)
     k = max(k, 1e-6)
     out = {
@@ -118,15 +134,12 @@ def measure_batches(rt: Runtime, kind: str, device: jax.Device, arch: str, batch
         "compile_s": compile_s,
         "param_bytes": expert.param_bytes,
         "activation_bytes": {str(n): _activation_bytes(fwd, state, shape, n, device) for n in batch_sizes},
-        "measured": {"batch_sizes": list(batch_sizes), "latency_s": lat},
+        "measured": {"batch_sizes": list(batch_sizes), "latency_s": lat, "rounds": max(repeats, 1),
+                     "warmup": warmup},
     }
     if heldout_sizes:
-        exact, served = [], []
-        for n in heldout_sizes:
-            imgs = rng.random((n, *shape), np.float32)
-            for pad, dest in ((False, exact), (True, served)):
-                _time_batch(fwd, state, imgs, device, pad)  # compile this shape
-                dest.append(float(np.median([_time_batch(fwd, state, imgs, device, pad) for _ in range(repeats)])))
+        exact = [m for (lbl, _, _), m in zip(probes, med) if lbl == "exact"]
+        served = [m for (lbl, _, _), m in zip(probes, med) if lbl == "served"]
         out["heldout"] = {
             "batch_sizes": list(heldout_sizes), "predicted_s": [k * n + b for n in heldout_sizes],
             "latency_s": exact, "abs_rel_error": abs_rel_errors(k, b, heldout_sizes, exact),
@@ -174,7 +187,7 @@ def measure_loads(rt: Runtime, device: jax.Device | None, samples: int, drop_cac
 def measure_profile(rt: Runtime, kinds: Sequence[str], batch_sizes: Sequence[int] = (1, 2, 4, 8, 16, 32),
                     repeats: int = 3, load_samples: int = 3, drop_cache: bool = False,
                     seed: int = 0, progress: bool = False,
-                    heldout_sizes: Sequence[int] = ()) -> dict[str, Any]:
+                    heldout_sizes: Sequence[int] = (), warmup: int = 2) -> dict[str, Any]:
     """Measure every architecture on one device of each kind; return a Profile dict."""
     rng = np.random.default_rng(seed)
     archs = sorted({e.arch for e in rt.zoo.graph.experts.values()})
@@ -190,7 +203,7 @@ def measure_profile(rt: Runtime, kinds: Sequence[str], batch_sizes: Sequence[int
         out_kinds[kind] = {"archs": {}, "device": str(dev)}
         for arch in archs:
             out_kinds[kind]["archs"][arch] = measure_batches(rt, kind, dev, arch, batch_sizes, repeats, rng,
-                                                              heldout_sizes)
+                                                              heldout_sizes, warmup)
             if bar:
                 bar.update()
         out_kinds[kind]["loads"] = measure_loads(rt, dev, load_samples, drop_cache)
@@ -205,7 +218,7 @@ def measure_profile(rt: Runtime, kinds: Sequence[str], batch_sizes: Sequence[int
         "device": {"platform": platform.platform(), "processor": platform.processor(),
                    "jax_devices": [str(d) for d in jax.devices()], "cpu_count": os.cpu_count()},
         "jax_version": jax.__version__,
-        "settings": {"batch_sizes": list(batch_sizes), "repeats": repeats, "load_samples": load_samples,
+        "settings": {"batch_sizes": list(batch_sizes), "repeats": repeats, "warmup": warmup, "load_samples": load_samples,
                      "drop_page_cache": drop_cache, "plateau_tol": 0.10, "seed": seed,
                      "heldout_sizes": list(heldout_sizes)},
         "kinds": out_kinds,

@@ -5,10 +5,17 @@ Measures the ``planner.arm`` arm (default ``coserve``) on a sample trace of
 trace) with the configured backend — the simulator on a profile's cost model, or the real engine:
 
 1. executor-count sweep (Fig. 17): every candidate of ``planner.candidates`` at the split
-   ``planner.sweep_expert_fraction`` (default: the arm's / hardware's), best one kept;
+   ``planner.sweep_expert_fraction`` (default: the arm's / hardware's), best one kept. A
+   candidate whose shares cannot hold the largest expert plus a batch at that split is measured
+   with the smallest pools that hold the largest expert (marked in the table), and one that no
+   split makes feasible is recorded as infeasible (0 img/s);
 2. decay-window search (Fig. 18) over N experts for the fast processors' pools with the chosen
    counts (``search.decay_window_search``); N is translated into the arm's ``expert_fraction``
    by ``search.fraction_for_experts``.
+
+Every configuration is measured ``planner.repeats`` times on the real backend (the median
+counts; the simulator is deterministic and runs once): on a shared CPU machine one run of a
+~1 s sample varies by ±10%, as much as the differences the search is looking for.
 
 The sweep comes first because the executor count changes what N means per executor (the device
 budget is split evenly among a kind's executors) and moves throughput more than the split; the
@@ -33,6 +40,7 @@ import logging
 import math
 import os
 import shutil
+import statistics
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -56,6 +64,7 @@ class PlannerSettings:
     arm: str = "coserve"
     sample_requests: int | None = 1000  # None: workload.num_requests
     sample_seed: int | None = None
+    repeats: int = 3
     w0: float = 15.0
     error_margin: float = 0.05
     refine_points: int = 3
@@ -74,6 +83,8 @@ class PlannerSettings:
         s = cls(**raw)
         if s.sample_requests is not None and (not isinstance(s.sample_requests, int) or s.sample_requests < 1):
             raise ConfigError(f"planner.sample_requests: must be a whole number >= 1, got {s.sample_requests!r}")
+        if not isinstance(s.repeats, int) or s.repeats < 1:
+            raise ConfigError(f"planner.repeats: must be a whole number >= 1, got {s.repeats!r}")
         if not isinstance(s.w0, (int, float)) or not 0 < s.w0 < 100:
             raise ConfigError(f"planner.w0: must be in (0, 100) experts, got {s.w0!r}")
         if not isinstance(s.error_margin, (int, float)) or not 0 < s.error_margin < 1:
@@ -200,26 +211,53 @@ def run_plan_job(cfg: DictConfig, out_dir: str | Path, progress: bool = True) ->
         run_cfg.workload, num_requests=n_sample, seed=sample_seed, trace_path=None))
     sample = make_trace(sample_cfg, model.graph)
     runner = ArmRunner(sample_cfg, model, cost, runtime)
+    from coserve_jax.engine.build import plan_executors
+
     images = runner.images(sample)
     measured: list[dict[str, Any]] = []  # every configuration measured, in order
+    repeats = settings.repeats if run_cfg.backend.name == "real" else 1  # the simulator repeats itself exactly
 
     def measure(executors: dict[str, int], fraction: float | None, stage: str) -> float:
+        """Median img/s of ``planner.repeats`` runs of the sample (0 when infeasible)."""
         trial = dataclasses.replace(arm, executors=dict(executors), expert_fraction=fraction, plan=None)
+        rows = []
         try:
             runner.warm_up([trial])
-            summary, _ = runner.run_arm(trial, sample, images, progress=False)
+            for _ in range(repeats):
+                summary, _ = runner.run_arm(trial, sample, images, progress=False)
+                rows.append(summary)
         except ConfigError as e:  # e.g. a share too small for the largest expert plus a batch
             log.warning("plan: %s with expert_fraction=%s is infeasible: %s",
                         search.format_executors(executors), fraction, e)
             measured.append({"stage": stage, "executors": search.format_executors(executors),
                              "expert_fraction": fraction, "throughput_rps": 0.0, "error": str(e)})
             return 0.0
-        rps = float(summary["throughput_rps"])
+        samples = [float(r["throughput_rps"]) for r in rows]
+        rps = float(statistics.median(samples))
         measured.append({"stage": stage, "executors": search.format_executors(executors),
-                         "expert_fraction": fraction, "throughput_rps": rps,
-                         "switches": summary["switches"]["count"],
-                         "failed": summary["requests"]["failed"]})
+                         "expert_fraction": fraction, "throughput_rps": rps, "samples_rps": samples,
+                         "switches": statistics.median(r["switches"]["count"] for r in rows),
+                         "failed": max(r["requests"]["failed"] for r in rows)})
         return rps
+
+    def feasible(executors: dict[str, int], fraction: float | None) -> bool:
+        trial = dataclasses.replace(arm, executors=dict(executors), expert_fraction=fraction, plan=None)
+        try:
+            plan_executors(sample_cfg, trial, model.graph, cost)
+        except ConfigError:
+            return False
+        return True
+
+    def sweep_fraction_for(executors: dict[str, int]) -> float | None:
+        """The sweep's split, or — where it cannot hold the largest expert plus a batch — the
+        smallest pools that hold the largest expert (every other byte for batches)."""
+        if feasible(executors, sweep_fraction):
+            return sweep_fraction
+        try:
+            f = layout_for(run_cfg, model.graph, cost, executors).min_fraction
+        except ConfigError:
+            return sweep_fraction  # infeasible at any split: measured (and recorded) as 0 img/s
+        return min(math.ceil(f * 1e6) / 1e6, 0.999999)
 
     # 1. executor counts
     has_gpu = "gpu" in run_cfg.hardware.executors
@@ -229,9 +267,18 @@ def run_plan_job(cfg: DictConfig, out_dir: str | Path, progress: bool = True) ->
         raise ConfigError(f"planner.candidates: the profile has no figures for {missing} executors "
                           f"(it has {list(cost.kinds)}); list candidates of those kinds only")
     sweep_fraction = settings.sweep_expert_fraction
+    sweep_fractions: dict[str, float | None] = {}
+    infeasible: set[str] = set()
+
+    def measure_candidate(ex: dict[str, int]) -> float:
+        f = sweep_fractions[search.format_executors(ex)] = sweep_fraction_for(ex)
+        rps = measure(ex, f, "executor_sweep")
+        if "error" in measured[-1]:
+            infeasible.add(search.format_executors(ex))
+        return rps
+
     with _bar(progress, len(candidates), "executor sweep") as bar:
-        sweep = search.executor_sweep(candidates, lambda ex: measure(ex, sweep_fraction, "executor_sweep"),
-                                      progress=bar)
+        sweep = search.executor_sweep(candidates, measure_candidate, progress=bar)
     chosen_ex = search.parse_executors(sweep.chosen)
 
     # 2. memory split for the chosen counts
@@ -285,9 +332,16 @@ def run_plan_job(cfg: DictConfig, out_dir: str | Path, progress: bool = True) ->
         shutil.copyfile(plan_path, tmp)
         os.replace(tmp, copied)
 
-    sweep_d = dict(sweep.as_dict(), expert_fraction=sweep_fraction if sweep_fraction is not None
-                   else (arm.expert_fraction if arm.expert_fraction is not None else run_cfg.hardware.expert_fraction))
-    dw_d = dict(dw.as_dict(), executors=sweep.chosen, fast_kind=layout.fast_kind,
+    default_fraction = (sweep_fraction if sweep_fraction is not None
+                        else (arm.expert_fraction if arm.expert_fraction is not None
+                              else run_cfg.hardware.expert_fraction))
+    sweep_d = dict(sweep.as_dict(), expert_fraction=default_fraction, repeats=repeats)
+    for c in sweep_d["candidates"]:
+        f = sweep_fractions.get(c["name"], sweep_fraction)
+        c["expert_fraction"] = f if f is not None else default_fraction
+        c["fallback_fraction"] = f != sweep_fraction
+        c["infeasible"] = c["name"] in infeasible
+    dw_d = dict(dw.as_dict(), executors=sweep.chosen, fast_kind=layout.fast_kind, repeats=repeats,
                 n_min_experts=layout.n_min, n_max_experts=layout.n_max,
                 budget_bytes=layout.budget_bytes,
                 expert_fraction={str(p.n_experts): layout.fraction(p.n_experts) for p in dw.trace})
@@ -377,14 +431,29 @@ def sweep_table(sweep: dict[str, Any]) -> Table:
     rows, records = [], []
     for c in sweep["candidates"]:
         chosen = c["name"] == sweep["chosen"]
-        rows.append([c["name"], fmt_number(c["throughput_rps"], integers=False),
+        f = c.get("expert_fraction")
+        ftxt = "reserve best batch" if f is None else f"{f:.3f}"
+        if c.get("fallback_fraction"):
+            ftxt += " *"
+        if c.get("infeasible"):
+            ftxt = "infeasible"
+        rows.append([c["name"], ftxt, fmt_number(c["throughput_rps"], integers=False),
                      f"{100 * c['throughput_rps'] / best:.1f}%", "✓" if chosen else ""])
-        records.append({"executors": c["name"], "throughput_rps": c["throughput_rps"],
+        records.append({"executors": c["name"], "expert_fraction": f, "fallback_fraction": bool(c.get("fallback_fraction")),
+                        "infeasible": bool(c.get("infeasible")), "throughput_rps": c["throughput_rps"],
                         "vs_best": c["throughput_rps"] / best, "chosen": chosen})
+    notes = [f"expert_fraction while sweeping: {sweep.get('expert_fraction')} "
+             "(null: reserve the profiled best batch, capped at hardware.max_batch_memory_fraction)"]
+    if any(c.get("fallback_fraction") for c in sweep["candidates"]):
+        notes.append("*: that split cannot hold the largest expert plus a batch with these counts; measured "
+                     "with the smallest pools that hold the largest expert (the rest for batches)")
+    if any(c.get("infeasible") for c in sweep["candidates"]):
+        notes.append("infeasible: no split leaves each executor's share the largest expert plus a batch of one "
+                     "(recorded as 0 img/s)")
+    if sweep.get("repeats", 1) > 1:
+        notes.append(f"img/s: median of {sweep['repeats']} runs of the sample")
     return Table("executor_sweep", "Executor-count sweep (Fig. 17 style)",
-                 ["executors", "img/s", "vs best", "chosen"], rows, records,
-                 notes=[f"expert_fraction while sweeping: {sweep.get('expert_fraction')} "
-                        "(null: reserve the profiled best batch)"])
+                 ["executors", "expert_fraction", "img/s", "vs best", "chosen"], rows, records, notes=notes)
 
 
 def decay_table(dw: dict[str, Any]) -> Table:
@@ -407,7 +476,8 @@ def decay_table(dw: dict[str, Any]) -> Table:
                         f"error margin {100 * dw['error_margin']:.0f}%; stopped by {dw['stopped_by']}",
                         f"final window {lo}–{hi}; chosen N = {dw['chosen']} (best measured inside the window)",
                         f"feasible N: {dw['n_min_experts']}–{dw['n_max_experts']} "
-                        f"({dw['fast_kind']} budget {dw['budget_bytes'] / 2**30:.2f} GiB)"])
+                        f"({dw['fast_kind']} budget {dw['budget_bytes'] / 2**20:.1f} MiB)"]
+                 + ([f"img/s: median of {dw['repeats']} runs of the sample"] if dw.get("repeats", 1) > 1 else []))
 
 
 def _plots(cfg: RunConfig, sweep: dict[str, Any], dw: dict[str, Any], out: Path) -> list[Path]:
@@ -420,7 +490,7 @@ def _plots(cfg: RunConfig, sweep: dict[str, Any], dw: dict[str, Any], out: Path)
     return [
         plot_executor_sweep(sweep, out / "executor_sweep.png",
                             paper_best=pv.FIG17_BEST_EXECUTORS.get(board) if paper_hw else None,
-                            title=f"Executor sweep — {title}, chosen {sweep['chosen']}"),
+                            title=f"Executor sweep — {title}"),
         plot_decay_window(dw, out / "decay_window.png",
                           paper=pv.FIG18_SEARCH.get(board) if cfg.hardware.name == "numa_3080ti" else None,
                           title=f"Decay-window search — {title}"),
