@@ -131,6 +131,7 @@ class ArmConfig:
     single_executor: bool = False  # Samba-CoE: one executor of the hardware's first kind
     share_pool: bool = False  # executors on one device share one model pool (ours)
     expert_fraction: float | None = None  # None: the hardware's (None there: reserve max batch)
+    expert_fraction_by_kind: Mapping[str, float] | None = None  # per executor kind (from a plan)
     unlimited_memory: bool = False  # all_resident: pools as large as the zoo
     sees_future: bool = False  # oracle: eviction may read the whole trace
     plan: str | None = None  # path to a planner output (coserve_best)

@@ -65,7 +65,8 @@ def apply_plan(arm: ArmConfig) -> ArmConfig:
         return arm
     plan = load_plan(arm.plan)
     return dataclasses.replace(arm, executors=dict(plan["executors"]),
-                               expert_fraction=plan.get("expert_fraction", arm.expert_fraction))
+                               expert_fraction=plan.get("expert_fraction", arm.expert_fraction),
+                               expert_fraction_by_kind=plan.get("expert_fraction_by_kind"))
 
 
 def plan_executors(cfg: RunConfig, arm: ArmConfig, graph: CoEGraph, cost: CostModel) -> list[ExecutorPlan]:
@@ -79,7 +80,6 @@ def plan_executors(cfg: RunConfig, arm: ArmConfig, graph: CoEGraph, cost: CostMo
     total = graph.total_bytes
     archs = sorted({e.arch for e in graph.experts.values()})
     largest = max(e.param_bytes for e in graph.experts.values())
-    fraction = arm.expert_fraction if arm.expert_fraction is not None else hw.expert_fraction
     for kind in counts:
         if kind not in cost.kinds:
             raise ConfigError(f"hardware.executors.{kind}: the profile has no figures for {kind!r} executors "
@@ -93,8 +93,11 @@ def plan_executors(cfg: RunConfig, arm: ArmConfig, graph: CoEGraph, cost: CostMo
         return parse_bytes(hw.device_budget, "hardware.device_budget", total) // counts[kind], "hardware.device_budget"
 
     plans: list[ExecutorPlan] = []
+    by_kind = dict(arm.expert_fraction_by_kind or {})
     for kind in sorted(counts, key=lambda k: (k != "gpu", k)):
         budget, field = share(kind)
+        # A plan may split memory per kind (the paper: slow processors reserve the max batch).
+        fraction = by_kind.get(kind, arm.expert_fraction if arm.expert_fraction is not None else hw.expert_fraction)
         for i in range(counts[kind]):
             if arm.unlimited_memory:
                 mb = {a: cost.max_batch(kind, a) for a in archs}

@@ -26,10 +26,9 @@ copied to ``planner.output`` when set (the arm ``coserve_best`` reads that path)
 ``results.json`` with ``plan``, ``decay_window`` and ``executor_sweep``;
 ``executor_sweep.{md,csv,json,png}`` and ``decay_window.{md,csv,json,png}``.
 
-The engine applies one ``expert_fraction`` to every executor kind. The paper's rule for slow
-processors (CPU executors beside GPUs: reserve the maximum batch, experts get the rest) is
-computed and recorded as ``expert_fraction_by_kind.cpu`` for the engine to adopt; until it does,
-CPU executors take the GPU fraction of their own ``hardware.cpu_pool_budget``.
+The paper's rule for slow processors (CPU executors beside GPUs: reserve the maximum batch,
+experts get the rest) is recorded as ``expert_fraction_by_kind.cpu``; the engine applies each
+kind's fraction (``engine/build.py``), falling back to ``expert_fraction``.
 """
 
 from __future__ import annotations
