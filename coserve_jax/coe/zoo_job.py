@@ -1,0 +1,121 @@
+"""``job: zoo`` (``python -m coserve_jax.run +experiment=zoo``): build or reuse the demo zoo, report it.
+
+Builds the configured trained CoE (``model=pcb_demo``, or ``pcb_tiny`` in seconds) unless its
+cache already holds it, then evaluates it on freshly generated held-out boards
+(``Zoo.evaluate``: board image seeds live in their own range, disjoint from the training and
+manifest held-out images, and ``zoo_eval.seed`` picks which boards). Writes ``results.json``
+(atomically) with a ``zoo`` block — expert counts, bytes per role/architecture, the manifest's
+path and expert list, held-out accuracy (classification, detection, end to end), build seconds
+or ``reused: true`` — and prints a short summary.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from coserve_jax.config import ConfigError
+from coserve_jax.metrics.results import git_sha, write_json_atomic
+
+log = logging.getLogger("coserve_jax")
+
+DEFAULT_EVAL = {"num_boards": 10, "seed": 1234}
+
+
+def eval_settings(raw: Mapping[str, Any] | None) -> dict[str, int]:
+    """``zoo_eval`` knobs, validated (errors name the field)."""
+    node = dict(DEFAULT_EVAL, **dict(raw or {}))
+    unknown = sorted(set(node) - set(DEFAULT_EVAL))
+    if unknown:
+        raise ConfigError(f"zoo_eval: unknown key(s) {unknown}; known: {sorted(DEFAULT_EVAL)}")
+    for key in DEFAULT_EVAL:
+        v = node[key]
+        if not isinstance(v, int) or isinstance(v, bool) or v < (1 if key == "num_boards" else 0):
+            raise ConfigError(f"zoo_eval.{key}: must be a whole number >= {1 if key == 'num_boards' else 0}, "
+                              f"got {v!r}")
+    return {k: int(node[k]) for k in DEFAULT_EVAL}
+
+
+def bytes_by_role_arch(zoo: Any) -> dict[str, dict[str, int]]:
+    """``"<role>/<arch>" -> {num_experts, param_bytes (per expert), total_bytes}``."""
+    out: dict[str, dict[str, int]] = {}
+    for e in zoo.graph.experts.values():
+        d = out.setdefault(f"{e.role.value}/{e.arch}", {"num_experts": 0, "param_bytes": 0, "total_bytes": 0})
+        d["num_experts"] += 1
+        d["param_bytes"] = max(d["param_bytes"], e.param_bytes)  # equal within an architecture
+        d["total_bytes"] += e.param_bytes
+    return dict(sorted(out.items()))
+
+
+def run_zoo_job(cfg: DictConfig, out_dir: str | Path, progress: bool = True) -> dict[str, Any]:
+    """Build (or reuse) the configured demo zoo, evaluate it on held-out boards, write results.json."""
+    from coserve_jax.api import as_run_config
+    from coserve_jax.coe.zoo import build_or_load_zoo, zoo_config
+
+    run_cfg, resolved = as_run_config(cfg)
+    if run_cfg.model.kind != "demo":
+        raise ConfigError(f"model: the zoo job builds a trained demo zoo (model.kind=demo, e.g. model=pcb_demo "
+                          f"or model=pcb_tiny); {run_cfg.model.name!r} is kind {run_cfg.model.kind!r}")
+    settings = eval_settings(cfg.get("zoo_eval"))
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+
+    zcfg = zoo_config(dict(run_cfg.model.zoo), seed=run_cfg.model.seed)
+    reused = (Path(zcfg.cache_dir).expanduser() / zcfg.config_hash() / "manifest.json").is_file()
+    t0 = time.perf_counter()
+    zoo = build_or_load_zoo(zcfg, progress=progress)
+    build_s = None if reused else time.perf_counter() - t0
+
+    t1 = time.perf_counter()
+    ev = zoo.evaluate(num_boards=settings["num_boards"], seed=settings["seed"], progress=progress)
+    eval_s = time.perf_counter() - t1
+
+    m = zoo.manifest
+    experts = [{k: e[k] for k in ("expert_id", "role", "arch", "param_bytes", "accuracy", "usage_prob",
+                                  "checkpoint")} for e in m["experts"]]
+    results: dict[str, Any] = {
+        "experiment": run_cfg.experiment,
+        "config": {"model": run_cfg.model.name, "seed": run_cfg.seed, "model_seed": run_cfg.model.seed,
+                   "git_sha": git_sha(), "zoo_eval": settings},
+        "zoo": {
+            "num_experts": len(zoo.graph.experts),
+            "num_component_types": len(zoo.graph.components),
+            "total_bytes": zoo.graph.total_bytes,
+            "per_expert_bytes": bytes_by_role_arch(zoo),
+            "manifest": {"path": str(zoo.root / "manifest.json"), "config_hash": m["config_hash"],
+                         "zoo_format": m["zoo_format"], "experts": experts},
+            "accuracy": {
+                "classification": ev["classification"], "detection": ev["detection"],
+                "end_to_end": ev["end_to_end"], "num_requests": ev["num_requests"],
+                "num_boards": settings["num_boards"], "seed": settings["seed"],
+                "per_expert": ev["per_expert"],
+            },
+            "reused": reused,
+            "build_s": build_s,
+            "manifest_build_s": m.get("build_s"),  # the original build's breakdown (also when reused)
+            "eval_s": eval_s,
+            "root": str(zoo.root),
+        },
+    }
+    write_json_atomic(out / "results.json", results)
+    (out / "resolved_config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.create(resolved)) if resolved else "")
+    print_summary(results, out)
+    return results
+
+
+def print_summary(results: dict[str, Any], out_dir: str | Path) -> None:
+    z, acc = results["zoo"], results["zoo"]["accuracy"]
+    how = "reused from cache" if z["reused"] else f"built in {z['build_s']:.1f} s"
+    print(f"\nzoo {results['config']['model']}: {z['num_experts']} experts, "
+          f"{z['total_bytes'] / 2**20:.2f} MiB, {z['num_component_types']} component types ({how}; {z['root']})")
+    for key, d in z["per_expert_bytes"].items():
+        print(f"  {key:<32} {d['num_experts']:>4} experts x {d['param_bytes']:>12,} B = {d['total_bytes']:>14,} B")
+    print(f"held-out accuracy on {acc['num_boards']} fresh boards ({acc['num_requests']} requests, seed "
+          f"{acc['seed']}): classification {acc['classification']:.3f}, detection {acc['detection']:.3f}, "
+          f"end to end {acc['end_to_end']:.3f}")
+    print(f"results: {Path(out_dir) / 'results.json'}")
