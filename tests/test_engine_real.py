@@ -228,8 +228,6 @@ def test_corrupt_checkpoint_fails_only_that_experts_requests(real, tmp_path):
             assert detector not in rs.experts
 
 
-@pytest.mark.xfail(reason="store/checkpoint.py keeps no checksum: flipped weight bytes restore silently "
-                          "(Orbax/tensorstore does not detect them)", strict=False)
 def test_bit_flipped_checkpoint_is_detected(real, tmp_path):
     from coserve_jax.store.checkpoint import CheckpointError
 

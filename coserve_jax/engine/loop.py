@@ -80,7 +80,11 @@ class TraceFuture:
         pending: dict[str, list[int]] = defaultdict(list)
         for k, i in enumerate(order):
             r = requests[i]
-            for e in r.route or graph.truth_route(r.component_type, r.truth or "ok"):
+            try:
+                route = r.route or graph.truth_route(r.component_type, r.truth or "ok")
+            except UnknownComponentError:
+                continue  # it fails on arrival like in every other arm
+            for e in route:
                 pending[e].append(k)  # appended in rank order: already a heap
         self._pending = dict(pending)
         self._done: set[tuple[str, int]] = set()
@@ -345,13 +349,13 @@ class Engine:
         pool.cancel_load(job.expert_id)
         if job.via_host_cache and cache is not None:
             cache.cancel_load(job.expert_id)
+        self.metrics.failed_loads[job.expert_id] += 1
+        log.warning("load of %s into %s failed%s: %s", job.expert_id, job.pool_id,
+                    " (prefetch)" if job.prefetch else " (initial)" if job.initial else "", ev.error)
+        if job.prefetch or job.initial or job.executor_id is None:
+            return  # only demand loads count toward the retry limit
         key = (job.pool_id, job.expert_id)
         self._load_attempts[key] += 1
-        self.metrics.failed_loads[job.expert_id] += 1
-        log.warning("load of %s into %s failed (attempt %d): %s", job.expert_id, job.pool_id,
-                    self._load_attempts[key], ev.error)
-        if job.prefetch or job.initial or job.executor_id is None:
-            return
         ex = self._executors[job.executor_id]
         if self._load_attempts[key] <= self.load_retries:
             return  # _dispatch starts it again: the head group still needs it

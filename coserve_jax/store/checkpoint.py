@@ -2,7 +2,7 @@
 
 Format: the expert's state leaves (in ``jax.tree.leaves`` order of its pure dict) are packed
 into one flat vector per dtype (``flat_float32``) plus ``leaf_sizes`` (int64, one per leaf) to
-check the layout on restore. Orbax's restore cost is per leaf (~0.9 ms each here), and a YOLO
+check the layout on restore, and a CRC-32 per vector so corrupted weights fail loudly. Orbax's restore cost is per leaf (~0.9 ms each here), and a YOLO
 expert has ~290 leaves, so packing is what makes restores fast. Measured on this machine (2 CPU
 cores, warm page cache, orbax 0.12.8, mean of 20 restores to numpy):
 
@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import functools
 import os
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -58,8 +59,10 @@ def save_expert(path: str | os.PathLike, state: Any) -> None:
     path = Path(path).absolute()
     leaves = [np.asarray(x) for x in jax.tree.leaves(_pure(state))]
     packed: dict[str, Any] = {"leaf_sizes": np.array([x.size for x in leaves], np.int64)}
-    for key in sorted({_dtype_key(x.dtype) for x in leaves}):
+    keys = sorted({_dtype_key(x.dtype) for x in leaves})
+    for key in keys:
         packed[key] = np.concatenate([x.ravel() for x in leaves if _dtype_key(x.dtype) == key])
+    packed["crc32"] = np.array([zlib.crc32(packed[k].tobytes()) for k in keys], np.int64)
     _checkpointer().save(path, args=ocp.args.PyTreeSave(packed))
 
 
@@ -79,7 +82,9 @@ def restore_expert(path: str | os.PathLike, abstract_state: Any, *, device: jax.
     target = _pure(abstract_state)
     specs = [(tuple(x.shape), np.dtype(x.dtype)) for x in jax.tree.leaves(target)]
     item: dict[str, Any] = {"leaf_sizes": jax.ShapeDtypeStruct((len(specs),), np.int64)}
-    for key in sorted({_dtype_key(d) for _, d in specs}):
+    keys = sorted({_dtype_key(d) for _, d in specs})
+    item["crc32"] = jax.ShapeDtypeStruct((len(keys),), np.int64)
+    for key in keys:
         n = sum(int(np.prod(s)) for s, d in specs if _dtype_key(d) == key)
         item[key] = jax.ShapeDtypeStruct((n,), np.dtype(key.removeprefix("flat_")))
     restore_args = {k: ocp.RestoreArgs(restore_type=np.ndarray) for k in item}
@@ -94,7 +99,7 @@ def restore_expert(path: str | os.PathLike, abstract_state: Any, *, device: jax.
         leaves = _unpack_host(packed, specs)
     else:
         sharding = jax.sharding.SingleDeviceSharding(device)
-        flats = {k: jax.device_put(v, sharding) for k, v in packed.items() if k != "leaf_sizes"}
+        flats = {k: jax.device_put(v, sharding) for k, v in packed.items() if k.startswith("flat_")}
         leaves = _unpacker(tuple(specs))(flats)
     tree = jax.tree.unflatten(jax.tree.structure(target), leaves)
     if isinstance(abstract_state, nnx.State):
@@ -115,6 +120,10 @@ def _check_layout(packed: dict, item: dict, specs: list, who: str, path: Path) -
     sizes = [int(np.prod(s)) for s, _ in specs]
     if packed["leaf_sizes"].tolist() != sizes:
         raise CheckpointError(f"expert {who}: checkpoint {path} leaf layout differs from the architecture's")
+    keys = sorted(k for k in item if k.startswith("flat_"))
+    got = [zlib.crc32(np.ascontiguousarray(packed[k]).tobytes()) for k in keys]
+    if got != packed["crc32"].tolist():
+        raise CheckpointError(f"expert {who}: checkpoint {path} is corrupt: weight checksum mismatch")
 
 
 def _split_points(specs: tuple | list, key: str) -> list[tuple[int, int, tuple[int, ...]]]:
