@@ -41,6 +41,17 @@ def write_json_atomic(path: str | Path, data: Any) -> None:
         raise
 
 
+def read_json(path: str | Path, error: type[Exception], what: str) -> Any:
+    """Read a JSON file; a missing or malformed file raises ``error`` naming ``what`` and the path."""
+    path = Path(path)
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise error(f"{what}: no such file {path}") from None
+    except json.JSONDecodeError as e:
+        raise error(f"{what}: {path} is not valid JSON: {e}") from None
+
+
 def git_sha(repo_dir: str | Path | None = None) -> str:
     """The checkout's commit (with '-dirty' when tracked files changed), or 'unknown'."""
     cwd = Path(repo_dir) if repo_dir else Path(__file__).resolve().parents[2]

@@ -16,6 +16,16 @@ def _conv(cin: int, cout: int, k: int, stride: int, rngs: nnx.Rngs) -> nnx.Conv:
     return nnx.Conv(cin, cout, (k, k), strides=stride, padding=k // 2, use_bias=False, rngs=rngs)
 
 
+def _shortcut(cin: int, cout: int, stride: int, rngs: nnx.Rngs):
+    """Projection shortcut (1x1 conv + BN) only when the shape changes, else (None, None).
+
+    Assigned once per block: NNX fixes an attribute's kind at first assignment.
+    """
+    if stride != 1 or cin != cout:
+        return _conv(cin, cout, 1, stride, rngs), nnx.BatchNorm(cout, **_BN, rngs=rngs)
+    return None, None
+
+
 class BasicBlock(nnx.Module):
     """Two 3x3 convs; projection shortcut when shape changes."""
 
@@ -27,12 +37,7 @@ class BasicBlock(nnx.Module):
         self.bn1 = nnx.BatchNorm(width, **_BN, rngs=rngs)
         self.conv2 = _conv(width, cout, 3, 1, rngs)
         self.bn2 = nnx.BatchNorm(cout, **_BN, rngs=rngs)
-        # Projection shortcut only when the shape changes (assigned once: NNX fixes the kind).
-        if stride != 1 or cin != cout:
-            self.proj = _conv(cin, cout, 1, stride, rngs)
-            self.proj_bn = nnx.BatchNorm(cout, **_BN, rngs=rngs)
-        else:
-            self.proj = None
+        self.proj, self.proj_bn = _shortcut(cin, cout, stride, rngs)
 
     def __call__(self, x: jax.Array) -> jax.Array:
         y = jax.nn.relu(self.bn1(self.conv1(x)))
@@ -54,12 +59,7 @@ class Bottleneck(nnx.Module):
         self.bn2 = nnx.BatchNorm(width, **_BN, rngs=rngs)
         self.conv3 = _conv(width, cout, 1, 1, rngs)
         self.bn3 = nnx.BatchNorm(cout, **_BN, rngs=rngs)
-        # Projection shortcut only when the shape changes (assigned once: NNX fixes the kind).
-        if stride != 1 or cin != cout:
-            self.proj = _conv(cin, cout, 1, stride, rngs)
-            self.proj_bn = nnx.BatchNorm(cout, **_BN, rngs=rngs)
-        else:
-            self.proj = None
+        self.proj, self.proj_bn = _shortcut(cin, cout, stride, rngs)
 
     def __call__(self, x: jax.Array) -> jax.Array:
         y = jax.nn.relu(self.bn1(self.conv1(x)))

@@ -80,14 +80,9 @@ class CostModel:
     # ---- construction ------------------------------------------------------------------------
     @classmethod
     def load(cls, path: str | Path) -> CostModel:
-        path = Path(path)
-        try:
-            data = json.loads(path.read_text())
-        except FileNotFoundError:
-            raise ProfileError(f"profile file not found: {path}") from None
-        except json.JSONDecodeError as e:
-            raise ProfileError(f"profile file {path} is not valid JSON: {e}") from None
-        return cls(data)
+        from coserve_jax.metrics.results import read_json
+
+        return cls(read_json(path, ProfileError, "profile"))
 
     def save(self, path: str | Path) -> None:
         from coserve_jax.metrics.results import write_json_atomic

@@ -8,7 +8,6 @@ and an ``image_seed`` from which the real backend renders the image deterministi
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -16,7 +15,7 @@ import numpy as np
 
 from coserve_jax.coe.graph import CoEGraph
 from coserve_jax.config import ConfigError, WorkloadConfig
-from coserve_jax.metrics.results import write_json_atomic
+from coserve_jax.metrics.results import read_json, write_json_atomic
 from coserve_jax.types import Request
 
 TRACE_SCHEMA = "coserve_jax.trace/1"
@@ -64,13 +63,7 @@ def save_trace(path: str | Path, requests: Sequence[Request], meta: dict | None 
 
 def load_trace(path: str | Path, graph: CoEGraph) -> list[Request]:
     """Read a saved trace; every component type must be known to the graph."""
-    path = Path(path)
-    try:
-        data = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise ConfigError(f"workload.trace_path: no such file {path}") from None
-    except json.JSONDecodeError as e:
-        raise ConfigError(f"workload.trace_path: {path} is not valid JSON: {e}") from None
+    data = read_json(path, ConfigError, "workload.trace_path")
     if data.get("schema") != TRACE_SCHEMA:
         raise ConfigError(f"workload.trace_path: {path} is not a {TRACE_SCHEMA} trace")
     out = []
