@@ -150,6 +150,8 @@ class RunConfig:
     profiler: Mapping[str, Any]
     planner: Mapping[str, Any]
     output_dir: str | None = None
+    repeats: int = 1  # runs of each arm (interleaved); results keep the median-throughput run
+    repeat_until_s: float = float("inf")  # stop repeating an arm once its runs add up to this
 
 
 def _build(cls, node: Mapping[str, Any] | None, field: str, **extra):
@@ -272,6 +274,9 @@ def parse_config(cfg: DictConfig | Mapping[str, Any]) -> RunConfig:
     if len(set(names)) != len(names):
         raise ConfigError(f"arms: listed twice: {sorted(n for n in set(names) if names.count(n) > 1)}")
 
+    repeats = raw.get("repeats", 1)
+    if not isinstance(repeats, int) or isinstance(repeats, bool) or repeats < 1:
+        raise ConfigError(f"repeats: must be a whole number >= 1, got {repeats!r}")
     seed = raw.get("seed", 0)
     if not isinstance(seed, int):
         raise ConfigError(f"seed: must be an integer, got {seed!r}")
@@ -286,6 +291,8 @@ def parse_config(cfg: DictConfig | Mapping[str, Any]) -> RunConfig:
         profiler=dict(raw.get("profiler") or {}),
         planner=dict(raw.get("planner") or {}),
         output_dir=raw.get("output_dir"),
+        repeats=repeats,
+        repeat_until_s=float(_positive(raw.get("repeat_until_s", float("inf")), "repeat_until_s")),
     )
 
 
