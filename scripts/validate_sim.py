@@ -35,7 +35,7 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     for seed in args.seeds:
         common = [f"arms=[{','.join(args.arms)}]", f"workload.num_requests={args.requests}", f"seed={seed}",
-                  "experiment=sim_validation", *args.overrides]
+                  *args.overrides]
         real_dir = runs / f"seed{seed}" / "real"
         real = run_experiment(common + ["backend=real"], real_dir)
         profile = real_dir / "profile.json"
