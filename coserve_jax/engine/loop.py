@@ -67,6 +67,7 @@ class Backend(Protocol):
     def start_batch(self, batch: Batch, executor: ExecutorState, inputs: list[Any]) -> None: ...
     def next_event(self, until_s: float | None) -> Event | None: ...
     def drop(self, pool_id: str, expert_id: str) -> None: ...
+    def charge(self) -> None: ...  # the loop handled one arrival or event (sim: its time passes)
     def validate_input(self, request: Request, image: Any) -> str | None: ...
 
 
@@ -206,6 +207,7 @@ class Engine:
                 k += 1
                 self._arrive(requests[i], None if images is None else images[i], next_t)
                 self._dispatch_all()
+                self.backend.charge()
                 continue
             ev = self.backend.next_event(next_t)
             if ev is None:
@@ -220,6 +222,7 @@ class Engine:
                 if progress is not None:
                     progress.update(before - self._pending)
             self._dispatch_all()
+            self.backend.charge()
         end = self.backend.now()
         for ex in self._executors:
             ex.set_state("idle", end)

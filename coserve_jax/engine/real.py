@@ -159,6 +159,9 @@ class RealBackend:
         except queue.Empty:
             return None
 
+    def charge(self) -> None:
+        """Real time passes by itself while the loop works."""
+
     def has_events(self) -> bool:
         """Whether completions or submissions are waiting for the loop."""
         return not self._events.empty()

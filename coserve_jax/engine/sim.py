@@ -9,6 +9,9 @@ the resources they share, as on the real machines:
   share the host's cores; GPU executors on one GPU share it. With ``loads_share_host`` (the
   default), loads into host-memory pools (CPU executors, the host cache) run on the host's cores
   too — deserialising a checkpoint is CPU work — so they compete with CPU batches.
+The loop itself is one thread: with ``loop_s_per_event`` (the profile's measured
+``overheads.loop_s_per_event``) every arrival or completion it handles costs that much virtual
+time, so the simulated loop lags behind fast arrivals as the real one does.
 The profile's figures are each job alone on its device. Identical inputs give identical
 schedules.
 """
@@ -43,7 +46,8 @@ class SimBackend:
 
     routing_default = "trace"
 
-    def __init__(self, load_channels: int = 1, share_devices: bool = True, loads_share_host: bool = True):
+    def __init__(self, load_channels: int = 1, share_devices: bool = True, loads_share_host: bool = True,
+                 loop_s_per_event: float = 0.0):
         if load_channels < 1:
             raise ValueError("load_channels must be >= 1")
         self._now = 0.0
@@ -54,6 +58,7 @@ class SimBackend:
         self._waiting_loads: collections.deque[LoadJob] = collections.deque()
         self.share_devices = share_devices
         self.loads_share_host = loads_share_host
+        self.loop_s_per_event = loop_s_per_event
         self._running: dict[tuple, dict[int, _Job]] = {}
         self._updated_s: dict[tuple, float] = {}
         self.events_handled = 0
@@ -134,6 +139,10 @@ class SimBackend:
         if until_s is not None:
             self._now = max(self._now, until_s)
         return None
+
+    def charge(self) -> None:
+        """The loop handled one arrival or event: its own time passes (one Python thread)."""
+        self._now += self.loop_s_per_event
 
     def drop(self, pool_id: str, expert_id: str) -> None:
         pass

@@ -20,7 +20,8 @@ Schema ``coserve_jax.profile/1`` (all times in seconds, sizes in bytes)::
         }
       },
       "host_cache_loads": {"disk": {"a_s": float, "b_s_per_byte": float}},  # disk -> host cache
-      "overheads": {"dispatch_s": float}     # optional: per-batch engine overhead
+      "overheads": {"dispatch_s": float,     # optional: per-batch engine overhead
+                    "loop_s_per_event": float}  # optional: the loop's own time per event
     }
 
 Extra keys are allowed everywhere (measurement tables, provenance, citations).
@@ -151,6 +152,11 @@ class CostModel:
             return True
         except ProfileError:
             return False
+
+    @property
+    def loop_s_per_event(self) -> float:
+        """The engine loop's own seconds per handled arrival or completion (simulator clock)."""
+        return float(self.profile.get("overheads", {}).get("loop_s_per_event", 0.0))
 
     @property
     def dispatch_s(self) -> float:
