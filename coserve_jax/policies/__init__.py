@@ -9,7 +9,8 @@ the engine's split to the executor's maximum batch, ``eviction.TwoStage`` and
 ``eviction.LRU``/``FIFO``.
 
 Ours, ``coserve_plus`` — each idea kept only because it pays in the same run (figures in
-experiments/coserve_plus/README.md, from an ablation that removes one idea at a time):
+experiments/coserve_plus/README.md, from ``+experiment=plus_ablation``, which removes one idea
+at a time, on the real demo engine and in the simulator):
 1. One model pool per device shared by its executors (``share_pool``; engine/build.py). Why: on
    one memory, per-executor pools split the budget and load the same expert twice; a shared
    pool holds more distinct experts and loads each once.
@@ -20,6 +21,8 @@ experiments/coserve_plus/README.md, from an ablation that removes one idea at a 
    ranked by exact next use (Belady on the known future); the rest go first, cheapest expected
    reload cost per byte freed first (usage probability × reload seconds / bytes). Why: the
    arranged queue *is* the near future; probabilities only guess it.
-4. Next-group prefetch (``placement.NextGroup``). Why: starts the next missing expert's load
-   while the current batch runs, hiding part of the switch.
+Dropped: next-group prefetch (``placement.NextGroup``, still available to arms). It starts the
+next missing expert's load while the current batch runs; on this CPU machine a load is CPU work
+that competes with the batch it should hide behind, and with work-conserving order there is
+little idle time left to hide it in: removing it was +6% (real, median of 3) and -0.3..+5% (sim).
 """
