@@ -21,8 +21,9 @@ at a time, on the real demo engine and in the simulator):
    ranked by exact next use (Belady on the known future); the rest go first, cheapest expected
    reload cost per byte freed first (usage probability × reload seconds / bytes). Why: the
    arranged queue *is* the near future; probabilities only guess it.
-Dropped: next-group prefetch (``placement.NextGroup``, still available to arms). It starts the
-next missing expert's load while the current batch runs; on this CPU machine a load is CPU work
-that competes with the batch it should hide behind, and with work-conserving order there is
-little idle time left to hide it in: removing it was +6% (real, median of 3) and -0.3..+5% (sim).
+4. Next-group prefetch into GPU pools only (``placement.NextGroup(kinds=[gpu])``). Why: it
+   starts the next missing expert's load while the current batch runs. A host->GPU copy runs
+   beside GPU compute and pays (paper-scale simulation: +4..+18% with it, UMA needs it to beat
+   coserve_best); a load into a CPU pool is CPU work that competes with the batch it should hide
+   behind, and it did not pay there (real demo: +6% without it; simulator: -0.3..+5%).
 """

@@ -45,14 +45,20 @@ class RoundRobinByUsage:
 
 class NextGroup:
     """Load the next queued groups' experts the pool lacks (head first), ``depth`` at a time,
-    with at most ``max_inflight`` loads per pool in flight."""
+    with at most ``max_inflight`` loads per pool in flight, for executors of ``kinds`` (None:
+    all). coserve_plus prefetches into GPU pools only: a host->GPU copy runs beside GPU compute,
+    while a load into a CPU pool is CPU work that competes with the batch it should hide behind.
+    """
 
-    def __init__(self, depth: int = 1, max_inflight: int = 1):
+    def __init__(self, depth: int = 1, max_inflight: int = 1, kinds: list[str] | None = None):
         self.depth = depth
         self.max_inflight = max_inflight
+        self.kinds = None if kinds is None else set(kinds)
 
     def prefetch(self, view: EngineView, executor_id: int) -> list[str]:
         ex = view.executors[executor_id]
+        if self.kinds is not None and ex.kind not in self.kinds:
+            return []
         out: list[str] = []
         for g in ex.groups:
             if len(out) >= self.depth:
