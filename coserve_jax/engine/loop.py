@@ -145,6 +145,7 @@ class Engine:
         self._failures: Counter[str] = Counter()
         self.on_request_done: Callable[[RequestState], None] | None = None
         self._initialising = False
+        self._ingested_s = 0.0
         self.decisions: list[tuple] = []  # (kind, ...) policy decisions, in order, for tests
         self.record_decisions = False
         self.keep_outputs = False  # keep every task's logits on its RequestState (tests, API)
@@ -208,6 +209,8 @@ class Engine:
                 self._arrive(requests[i], None if images is None else images[i], next_t)
                 self._dispatch_all()
                 self.backend.charge()
+                if k == len(order):
+                    self._ingested_s = self.backend.now() - first_arrival
                 continue
             ev = self.backend.next_event(next_t)
             if ev is None:
@@ -226,7 +229,12 @@ class Engine:
         end = self.backend.now()
         for ex in self._executors:
             ex.set_state("idle", end)
-        return self.summary(wall_s=max(last_done - first_arrival, 1e-9), init_s=init_s)
+        out = self.summary(wall_s=max(last_done - first_arrival, 1e-9), init_s=init_s)
+        # When the loop had taken in the last arrival (vs the trace's last arrival time): shows
+        # whether the loop kept up with arrivals or lagged behind them.
+        out["time_s"]["arrivals_ingested"] = self._ingested_s
+        out["time_s"]["arrivals_span"] = requests[order[-1]].arrival_s - requests[order[0]].arrival_s if order else 0.0
+        return out
 
     def submit(self, request: Request, image: Any = None) -> None:
         """Admit one request now (online use; the caller drives ``step``)."""
