@@ -236,20 +236,13 @@ class Engine:
         out["time_s"]["arrivals_span"] = requests[order[-1]].arrival_s - requests[order[0]].arrival_s if order else 0.0
         return out
 
-    def submit(self, request: Request, image: Any = None) -> None:
-        """Admit one request now (online use; the caller drives ``step``)."""
-        self._arrive(request, image)
-        self._dispatch_all()
-
     def step(self, until_s: float | None) -> bool:
-        """Handle at most one backend event (waiting until until_s). False if none came."""
+        """Online use: handle at most one backend event or submission (waiting until until_s).
+        False if none came."""
         ev = self.backend.next_event(until_s)
         if ev is None:
             return False
-        if isinstance(ev, Arrival):
-            self._arrive(ev.request, ev.image)
-        else:
-            self._handle(ev)
+        self._handle(ev)
         self._dispatch_all()
         return True
 
@@ -503,7 +496,8 @@ class Engine:
 
     # ---- invariants and results --------------------------------------------------------------
     def pools(self) -> list[Pool]:
-        out = [ex.pool for ex in self._executors]
+        """Every distinct pool (executors may share one), then the host cache."""
+        out = list({id(ex.pool): ex.pool for ex in self._executors}.values())
         if self._host_cache is not None:
             out.append(self._host_cache)
         return out
