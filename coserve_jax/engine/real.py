@@ -38,6 +38,21 @@ def bucket_size(n: int) -> int:
     return 1 << max(0, (n - 1).bit_length())
 
 
+def to_device(tree: Any, device: jax.Device) -> Any:
+    """Explicitly copy a pytree of host arrays onto ``device`` and wait for it."""
+    return jax.block_until_ready(jax.device_put(tree, device))
+
+
+def run_padded(fwd: Any, state: Any, images: Sequence[np.ndarray] | np.ndarray, device: jax.Device,
+               pad: bool = True) -> np.ndarray:
+    """One batch the way the engine serves it: stack, zero-pad to the power-of-two bucket (so
+    each bucket compiles once), copy to the device, run, copy the logits back; returns n rows."""
+    n = len(images)
+    x = np.zeros((bucket_size(n) if pad else n, *np.shape(images[0])), np.float32)
+    x[:n] = np.stack(images) if not isinstance(images, np.ndarray) else images
+    return np.asarray(jax.device_get(fwd(state, jax.device_put(x, device))))[:n]
+
+
 def enable_compilation_cache(cache_dir: str | None) -> str:
     path = cache_dir or os.path.join(
         os.environ.get("COSERVE_JAX_CACHE", os.path.expanduser("~/.cache/coserve_jax")), "jax_cache"
@@ -203,7 +218,7 @@ class RealBackend:
             else:
                 if host_state is None:
                     host_state = restore_expert(info.checkpoint_path, abstract, expert_id=job.expert_id)
-                state = host_state if device is None else jax.block_until_ready(jax.device_put(host_state, device))
+                state = host_state if device is None else to_device(host_state, device)
             with self._lock:
                 if job.via_host_cache:
                     self._host[job.expert_id] = host_state
@@ -235,12 +250,8 @@ class RealBackend:
             with self._lock:
                 state = self._weights[pool_id][batch.expert_id]
             arch = self.rt.zoo.graph.experts[batch.expert_id].arch
-            n = len(inputs)
-            x = np.zeros((bucket_size(n), *inputs[0].shape), np.float32)
-            x[:n] = np.stack(inputs)
-            xd = jax.device_put(x, self._pool_device[pool_id])
-            logits = jax.device_get(self.rt.forward(arch)(state, xd))
-            self._events.put(BatchDone(batch, time.perf_counter() - t, outputs=list(np.asarray(logits)[:n])))
+            logits = run_padded(self.rt.forward(arch), state, inputs, self._pool_device[pool_id])
+            self._events.put(BatchDone(batch, time.perf_counter() - t, outputs=list(logits)))
         except Exception as e:  # noqa: BLE001
             self._events.put(BatchDone(batch, time.perf_counter() - t, error=f"{type(e).__name__}: {e}"))
 

@@ -28,7 +28,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from coserve_jax.engine.real import Runtime, bucket_size
+from coserve_jax.engine.real import Runtime, bucket_size, run_padded, to_device
 from coserve_jax.profiler.cost_model import SCHEMA
 from coserve_jax.store.checkpoint import restore_expert
 from coserve_jax.store.disk import drop_page_cache
@@ -76,15 +76,13 @@ def _abstract(zoo: Any, arch: str) -> Any:
 
 def _time_batch(fwd: Any, state: Any, images: np.ndarray, device: jax.Device, pad: bool = True) -> float:
     t = time.perf_counter()
-    n = len(images)
-    x = np.zeros((bucket_size(n) if pad else n, *images.shape[1:]), np.float32)
-    x[:n] = images
-    jax.device_get(fwd(state, jax.device_put(x, device)))
+    run_padded(fwd, state, images, device, pad)
     return time.perf_counter() - t
 
 
 def _activation_bytes(fwd: Any, state: Any, shape: tuple[int, ...], n: int, device: jax.Device) -> int:
-    x = jax.device_put(np.zeros((bucket_size(n), *shape), np.float32), device)
+    x = jax.ShapeDtypeStruct((bucket_size(n), *shape), np.float32,
+                             sharding=jax.sharding.SingleDeviceSharding(device))
     ma = fwd.lower(state, x).compile().memory_analysis()
     if ma is None:
         return int(np.prod((bucket_size(n), *shape)) * 4)
@@ -106,7 +104,7 @@ def measure_batches(rt: Runtime, kind: str, device: jax.Device, arch: str, batch
     zoo = rt.zoo
     expert = next(e for e in zoo.graph.experts.values() if e.arch == arch)
     abstract = _abstract(zoo, arch)
-    state = jax.device_put(restore_expert(expert.checkpoint_path, abstract, expert_id=expert.expert_id), device)
+    state = restore_expert(expert.checkpoint_path, abstract, device=device, expert_id=expert.expert_id)
     shape = tuple(zoo.archs[arch].input_shape)
     fwd = rt.forward(arch)
     t = time.perf_counter()
@@ -161,7 +159,7 @@ def measure_loads(rt: Runtime, device: jax.Device | None, samples: int, drop_cac
         # compile for this device) are not load costs.
         warm = restore_expert(experts[0].checkpoint_path, abstract, expert_id=experts[0].expert_id)
         if device is not None:
-            jax.block_until_ready(jax.device_put(warm, device))
+            to_device(warm, device)
             jax.block_until_ready(restore_expert(experts[0].checkpoint_path, abstract, device=device,
                                                  expert_id=experts[0].expert_id))
         for e in experts[:samples]:
@@ -178,7 +176,7 @@ def measure_loads(rt: Runtime, device: jax.Device | None, samples: int, drop_cac
                 if device is not None:
                     host = restore_expert(e.checkpoint_path, abstract, expert_id=e.expert_id)
                     t = time.perf_counter()
-                    jax.block_until_ready(jax.device_put(host, device))
+                    to_device(host, device)
                     t_put.append(time.perf_counter() - t)
             disk_x.append(e.param_bytes)
             disk_y.append(float(np.median(t_disk)))
