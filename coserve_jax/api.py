@@ -162,6 +162,16 @@ class ArmRunner:
                 raise ConfigError("backend: the real backend needs a trained zoo (model.kind=demo)")
             self.runtime = runtime or make_runtime(cfg, model)
 
+    @classmethod
+    def prepare(cls, cfg: RunConfig, progress: bool = True) -> ArmRunner:
+        """Everything a run needs once: JAX devices, the model, the JAX runtime, the cost model."""
+        real = cfg.backend.name == "real"
+        if real:
+            configure_jax_devices(cfg.hardware.cpu_devices)
+        model = load_model(cfg, progress)
+        runtime = make_runtime(cfg, model) if real else None
+        return cls(cfg, model, load_cost_model(cfg, model, runtime, progress), runtime)
+
     def new_engine(self, arm: ArmConfig, requests: Sequence[Request] | None = None,
                    fault_injector: Any = None) -> LoopEngine:
         if self.cfg.backend.name == "sim":
@@ -247,14 +257,10 @@ def run_experiment(cfg: RunConfig | DictConfig | Sequence[str] | None = None,
                    out_dir: str | Path | None = None, progress: bool = True) -> dict[str, Any]:
     """Run every arm of the config on one workload; write results.json in out_dir."""
     run_cfg, resolved = as_run_config(cfg)
-    if run_cfg.backend.name == "real":
-        configure_jax_devices(run_cfg.hardware.cpu_devices)
     out = Path(out_dir or run_cfg.output_dir or "outputs/latest")
     out.mkdir(parents=True, exist_ok=True)
-    model = load_model(run_cfg, progress)
-    runtime = make_runtime(run_cfg, model) if run_cfg.backend.name == "real" else None
-    cost = load_cost_model(run_cfg, model, runtime, progress)
-    runner = ArmRunner(run_cfg, model, cost, runtime)
+    runner = ArmRunner.prepare(run_cfg, progress)
+    model, cost = runner.model, runner.cost
     requests = make_trace(run_cfg, model.graph)
     save_trace(out / "trace.json", requests, {"workload": dataclasses.asdict(run_cfg.workload)})
     compile_s = runner.warm_up(run_cfg.arms)
@@ -326,17 +332,13 @@ class Engine:
 
     def __init__(self, cfg: RunConfig, arm: str | None = None, progress: bool = False):
         self.cfg = cfg
-        if cfg.backend.name == "real":
-            configure_jax_devices(cfg.hardware.cpu_devices)
         names = [a.name for a in cfg.arms]
         name = arm or names[-1]
         if name not in names:
             raise ConfigError(f"arm: {name!r} is not in arms={names}")
         self.arm = next(a for a in cfg.arms if a.name == name)
-        self.model = load_model(cfg, progress)
-        self._runtime = make_runtime(cfg, self.model) if cfg.backend.name == "real" else None
-        self.cost = load_cost_model(cfg, self.model, self._runtime, progress)
-        self.runner = ArmRunner(cfg, self.model, self.cost, self._runtime)
+        self.runner = ArmRunner.prepare(cfg, progress)
+        self.model, self.cost = self.runner.model, self.runner.cost
         self._ids = itertools.count()
         self._futures: dict[int, concurrent.futures.Future] = {}
         self._lock = threading.Lock()

@@ -191,25 +191,20 @@ def layout_for(cfg: RunConfig, graph: Any, cost: CostModel, executors: dict[str,
 # ---- the job ------------------------------------------------------------------------------------
 def run_plan_job(cfg: DictConfig, out_dir: str | Path, progress: bool = True) -> dict[str, Any]:
     """Sweep executor counts, search the memory split, write the plan; return results.json."""
-    from coserve_jax.api import (ArmRunner, as_run_config, configure_jax_devices, load_cost_model,
-                                 load_model, make_runtime, make_trace)
+    from coserve_jax.api import ArmRunner, as_run_config, make_trace
 
     run_cfg, resolved = as_run_config(cfg)
     settings = PlannerSettings.from_mapping(dict(run_cfg.planner))
     arm = _planner_arm(run_cfg, settings.arm)
-    if run_cfg.backend.name == "real":
-        configure_jax_devices(run_cfg.hardware.cpu_devices)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    model = load_model(run_cfg, progress)
-    runtime = make_runtime(run_cfg, model) if run_cfg.backend.name == "real" else None
-    cost = load_cost_model(run_cfg, model, runtime, progress)
     n_sample = settings.sample_requests or run_cfg.workload.num_requests
     sample_seed = settings.sample_seed if settings.sample_seed is not None else run_cfg.workload.seed + 1000
     sample_cfg = dataclasses.replace(run_cfg, workload=dataclasses.replace(
         run_cfg.workload, num_requests=n_sample, seed=sample_seed, trace_path=None))
+    runner = ArmRunner.prepare(sample_cfg, progress)
+    model, cost = runner.model, runner.cost
     sample = make_trace(sample_cfg, model.graph)
-    runner = ArmRunner(sample_cfg, model, cost, runtime)
     from coserve_jax.engine.build import plan_executors
 
     images = runner.images(sample)
