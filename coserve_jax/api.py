@@ -123,9 +123,6 @@ def load_cost_model(cfg: RunConfig, model: Model, runtime: Any = None, progress:
     prof = measure_profile(rt, kinds, batch_sizes=tuple(settings["batch_sizes"] or (1, 2, 4, 8, 16, 32)),
                            repeats=int(settings["repeats"] or 3), load_samples=int(settings["load_samples"] or 3),
                            drop_cache=hw.drop_page_cache, seed=cfg.seed, progress=progress)
-    from coserve_jax.profiler.loop_overhead import measure_loop_s_per_event
-
-    prof.setdefault("overheads", {})["loop_s_per_event"] = measure_loop_s_per_event(model.graph, prof)
     write_json_atomic(path, prof)
     return CostModel(prof)
 

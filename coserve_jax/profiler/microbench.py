@@ -220,7 +220,7 @@ def measure_profile(rt: Runtime, kinds: Sequence[str], batch_sizes: Sequence[int
     if bar:
         bar.update()
         bar.close()
-    return {
+    profile = {
         "schema": SCHEMA,
         "device": {"platform": platform.platform(), "processor": platform.processor(),
                    "jax_devices": [str(d) for d in jax.devices()], "cpu_count": os.cpu_count()},
@@ -231,3 +231,8 @@ def measure_profile(rt: Runtime, kinds: Sequence[str], batch_sizes: Sequence[int
         "kinds": out_kinds,
         "host_cache_loads": {"disk": host["disk"]},
     }
+    # The simulator's clock also needs the loop's own cost per event, timed on this profile.
+    from coserve_jax.profiler.loop_overhead import measure_loop_s_per_event
+
+    profile["overheads"] = {"loop_s_per_event": measure_loop_s_per_event(rt.zoo.graph, profile)}
+    return profile
