@@ -144,7 +144,6 @@ class Engine:
         self._tasks_completed = 0
         self._failures: Counter[str] = Counter()
         self.on_request_done: Callable[[RequestState], None] | None = None
-        self._initialising = False
         self._ingested_s = 0.0
         self.decisions: list[tuple] = []  # (kind, ...) policy decisions, in order, for tests
         self.record_decisions = False
@@ -174,7 +173,6 @@ class Engine:
             return 0.0
         t0 = self.backend.now()
         plan = self.initialiser.initial_experts(self)
-        self._initialising = True
         for ex in self._executors:
             for e in plan.get(ex.executor_id, []):
                 size = self.graph.experts[e].param_bytes
@@ -186,7 +184,6 @@ class Engine:
             if ev is None:
                 raise RuntimeError("engine: initial loads did not finish (backend stalled)")
             self._handle(ev)
-        self._initialising = False
         return self.backend.now() - t0
 
     def run(self, requests: Sequence[Request], images: Sequence[Any] | None = None,
