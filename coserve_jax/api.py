@@ -86,7 +86,8 @@ def load_model(cfg: RunConfig, progress: bool = True) -> Model:
     if cfg.model.kind == "paper":
         from coserve_jax.coe.paper import build_paper_graph
 
-        return Model(build_paper_graph(cfg.model.board, seed=cfg.model.seed))
+        return Model(build_paper_graph(cfg.model.board, seed=cfg.model.seed,
+                                       tail_types=cfg.model.tail_types))
     from coserve_jax.coe.zoo import build_or_load_zoo, zoo_config
 
     zoo = build_or_load_zoo(zoo_config(dict(cfg.model.zoo), seed=cfg.model.seed), progress=progress)

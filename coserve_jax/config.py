@@ -73,6 +73,9 @@ class ModelConfig:
     board: str | None = None  # paper boards: "a" or "b"
     seed: int = 0
     zoo: Mapping[str, Any] = dataclasses.field(default_factory=dict)  # ZooConfig overrides
+    # paper boards: the usage tail falls on the 35 most common types + this many (None: all
+    # types); see coserve_jax.coe.paper
+    tail_types: int | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -215,6 +218,19 @@ def parse_config(cfg: DictConfig | Mapping[str, Any]) -> RunConfig:
     _check_choice(model.kind, "model.kind", ("demo", "paper"))
     if model.kind == "paper":
         _check_choice(model.board, "model.board", ("a", "b"))
+    if not isinstance(model.seed, int) or isinstance(model.seed, bool):
+        raise ConfigError(f"model.seed: must be an integer, got {model.seed!r}")
+    if model.tail_types is not None:
+        if model.kind != "paper":
+            raise ConfigError(f"model.tail_types: only paper models (model.kind=paper) have it; "
+                              f"set it to null for {model.name!r}")
+        from coserve_jax.coe.paper import build_paper_graph, check_tail_types
+
+        try:
+            check_tail_types(model.board, model.tail_types, "model.tail_types")
+            build_paper_graph(model.board, model.seed, model.tail_types)  # ms: solves the mix
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
 
     wl = _build(WorkloadConfig, raw["workload"], "workload")
     if wl.trace_path is None and (not isinstance(wl.num_requests, int) or wl.num_requests < 1):

@@ -26,6 +26,37 @@ What we choose, and why:
   exponent s solved by bisection so that ``CoEGraph.usage_cdf()[34]`` equals 0.602 (Fig. 11).
   The usage counted there includes the shared detection experts, exactly as CoEGraph does.
 
+The tail (``tail_types``, config ``model.tail_types``):
+- Fig. 11 fixes only the head of the usage CDF (top 35 = 0.602). ``tail_types=None`` spreads the
+  other 0.398 over every remaining type (Zipf over all 352 / 342 ranks): a 2,500-image task then
+  touches ~330-360 distinct experts. ``tail_types=K`` puts the mix on the 35 most common types
+  plus K more, i.e. Zipf over the seeded ranks 0 .. 35+K-1 (the ranking is a seeded permutation,
+  so those K types are a seeded subset of the rest); the exponent is solved again so that the
+  top 35 experts still cover 0.602. The other types get mix 0: they stay in the CoE (experts,
+  bytes, detector assignment unchanged) but no task contains them. Zero rather than a small
+  floor because any floor large enough to matter in a task brings back exactly the first loads
+  the option removes (a floor of 1e-4 per type puts ~55 more distinct experts in a 2,500-image
+  task), and a floor too small for that changes nothing a simulation can see. With K types the
+  mix has 35+K types and 47+K experts (12 detectors); below K ~ 14 no exponent puts only 0.602
+  in the top 35 (``MIN_TAIL_TYPES`` is the hint; the solver decides per seed).
+- K from the paper's figures (``derived_tail_types``): every expert a task touches is either
+  preloaded or loaded at least once, so distinct experts D <= P + S, with P the experts preloaded
+  and S CoServe Best's switches (Fig. 14). The same task runs on both machines and NUMA gives
+  the tighter bound: S = 64 (A1) / 77 (A2) / 54 (B1) / 65 (B2); P = the GPU's N from Fig. 18
+  (35 board A, 34 board B) + the CPU executor's pool, which the paper does not give: 17
+  ResNet101s in our NUMA runs (conf/hardware/numa_3080ti.yaml, cpu_pool_budget 4 GiB). So
+  D <= 116 / 129 (A1 / A2) and 105 / 116 (B1 / B2); with K <= ~150 every type in the mix gets
+  several images in 2,500, so D = 47 + K, and the smaller task of each board gives
+  K_A = 116 - 47 = 69, K_B = 105 - 47 = 58. These are upper bounds (the paper's switches also
+  hold reloads and loads into a second executor's pool), i.e. the least concentrated mix the
+  paper's counts allow; leaving out the CPU pool (P = Fig. 18's N only) gives K = 52 / 41.
+  The UMA machine (~90 experts preloaded in our runs) bounds D only at ~150-175. The bound also
+  suggests that Fig. 14 does not count the preloads: with the top 35 at 0.602 each tail expert
+  has at most the 35th's usage (<= 0.602 / 35 of the total), so the tail needs >= 24 experts and
+  a task touches D >= ~59 > 54 (B1, NUMA) — if Fig. 11's head holds for board B too.
+  The paper models (conf/model/pcb_paper_*.yaml) default to K_A / K_B; ``model.tail_types=null``
+  is the uniform tail.
+
 Everything is seeded and deterministic: the same (board, seed) always gives the same graph.
 No JAX here; ``checkpoint_path`` is None (the simulator needs metadata only).
 """
@@ -77,6 +108,12 @@ DETECTION_SHARE = 0.30  # share of types with a detection check (module docstrin
 P_DAMAGED_RANGE = (0.01, 0.05)  # per-type damage probability, uniform (module docstring)
 TOP_K = 35  # Fig. 11: the top 35 experts ...
 TOP_K_SHARE = 0.602  # ... cover 0.602 of usage (task A)
+MIN_TAIL_TYPES = 14  # smaller tails cannot keep the top 35 at 0.602 (module docstring)
+
+# Inputs of derived_tail_types (module docstring): the paper's NUMA figures per board.
+FIG14_NUMA_BEST_SWITCHES: dict[str, tuple[int, ...]] = {"a": (64, 77), "b": (54, 65)}  # tasks x1, x2
+FIG18_GPU_EXPERTS: dict[str, int] = {"a": 35, "b": 34}  # N chosen by the decay-window search
+NUMA_CPU_POOL_EXPERTS = 17  # not in the paper: our NUMA CPU executor's preload (cpu_pool_budget 4 GiB)
 
 
 def _top_k_share(usage: np.ndarray, k: int) -> float:
@@ -92,24 +129,29 @@ def _usage(mix: np.ndarray, p_damaged: np.ndarray, det_of: np.ndarray, n_det: in
     return np.concatenate([mix, det_usage])
 
 
-def _zipf_mix(rank: np.ndarray, exponent: float) -> np.ndarray:
+def _zipf_mix(rank: np.ndarray, exponent: float, n_active: int | None = None) -> np.ndarray:
+    """Zipf over the ranks below ``n_active`` (None: all); the other types get 0."""
     w = (rank + 1.0) ** -exponent
+    if n_active is not None:
+        w = np.where(rank < n_active, w, 0.0)
     return w / w.sum()
 
 
 def _solve_exponent(
     rank: np.ndarray, p_damaged: np.ndarray, det_of: np.ndarray, n_det: int,
-    k: int, share: float,
+    k: int, share: float, n_active: int | None = None,
 ) -> float:
     """Zipf exponent whose usage CDF puts `share` of usage in the top k experts (bisection)."""
 
     def f(s: float) -> float:
-        return _top_k_share(_usage(_zipf_mix(rank, s), p_damaged, det_of, n_det), k) - share
+        mix = _zipf_mix(rank, s, n_active)
+        return _top_k_share(_usage(mix, p_damaged, det_of, n_det), k) - share
 
     lo, hi = 0.0, 4.0
     if f(lo) > 0 or f(hi) < 0:
+        where = "" if n_active is None else f" of the {n_active} types in the mix"
         raise ValueError(
-            f"no Zipf exponent in [{lo}, {hi}] puts {share} of usage in the top {k} experts"
+            f"no Zipf exponent in [{lo}, {hi}] puts {share} of usage in the top {k} experts{where}"
         )
     for _ in range(100):  # 2^-100 of the bracket: far below float resolution of the share
         mid = 0.5 * (lo + hi)
@@ -150,18 +192,49 @@ def _assign_detectors(
     return det_of
 
 
-def build_paper_graph(board: str = "a", seed: int = 0) -> CoEGraph:
+def derived_tail_types(board: str, with_cpu_pool: bool = True) -> int:
+    """K from the paper's NUMA figures (module docstring): distinct experts of the board's
+    smaller task <= preloaded (Fig. 18's GPU N + the CPU pool) + CoServe Best's switches (Fig. 14),
+    minus the 35 head experts and the 12 detectors."""
+    board = str(board).lower()
+    preloaded = FIG18_GPU_EXPERTS[board] + (NUMA_CPU_POOL_EXPERTS if with_cpu_pool else 0)
+    max_distinct = preloaded + min(FIG14_NUMA_BEST_SWITCHES[board])
+    return max_distinct - TOP_K - sum(NUM_DETECTORS.values())
+
+
+def check_tail_types(board: str, tail_types: Any, field: str = "model.tail_types") -> int | None:
+    """``tail_types`` as an int (or None), or ValueError naming ``field``: a whole number in
+    [1, types - 35] (None: all types). Whether an exponent exists is the solver's to say."""
+    if tail_types is None:
+        return None
+    board = str(board).lower()
+    hi = NUM_TYPES[board] - TOP_K if board in NUM_TYPES else None
+    if not isinstance(tail_types, (int, np.integer)) or isinstance(tail_types, bool):
+        raise ValueError(f"{field}: must be a whole number of types or null (all types), "
+                         f"got {tail_types!r}")
+    if tail_types < 1 or (hi is not None and tail_types > hi):
+        raise ValueError(f"{field}: must be in [1, {hi}] (board {board}: {NUM_TYPES.get(board)} "
+                         f"types, {TOP_K} in the head) or null, got {tail_types}")
+    return int(tail_types)
+
+
+def build_paper_graph(board: str = "a", seed: int = 0, tail_types: int | None = None) -> CoEGraph:
     """The paper-scale PCB CoE of board "a" (352 types) or "b" (342 types).
 
     Experts: one ResNet101 classifier per type, ids ``cls_<board>_<NNN>``; 12 shared detectors,
     ids ``det_<board>_m<i>`` (YOLOv5m) and ``det_<board>_l<i>`` (YOLOv5l). Component types are
     named ``comp_<board>_<NNN>``; type i is checked by ``cls_<board>_<NNN>`` with the same NNN.
-    Every ExpertInfo carries its offline usage probability. Deterministic per (board, seed).
+    Every ExpertInfo carries its offline usage probability. Deterministic per (board, seed,
+    tail_types). ``tail_types``: None spreads the tail over all types; K puts the mix on the 35
+    most common types and K more, the rest at 0 (module docstring). A K too small to keep the
+    top 35 at 0.602 raises ValueError naming ``model.tail_types``.
     """
     board = str(board).lower()
     if board not in NUM_TYPES:
         raise ValueError(f"board must be one of {sorted(NUM_TYPES)}, got {board!r}")
+    tail_types = check_tail_types(board, tail_types)
     n_types = NUM_TYPES[board]
+    n_active = None if tail_types is None else TOP_K + tail_types
     rng = np.random.default_rng([seed, ord(board)])
 
     det_ids = [
@@ -174,8 +247,14 @@ def build_paper_graph(board: str = "a", seed: int = 0) -> CoEGraph:
     p_damaged = rng.uniform(*P_DAMAGED_RANGE, size=n_types)
     det_of = _assign_detectors(rng, rank, NUM_DETECTORS)
 
-    exponent = _solve_exponent(rank, p_damaged, det_of, n_det, TOP_K, TOP_K_SHARE)
-    mix = _zipf_mix(rank, exponent)
+    try:
+        exponent = _solve_exponent(rank, p_damaged, det_of, n_det, TOP_K, TOP_K_SHARE, n_active)
+    except ValueError as e:
+        if n_active is None:
+            raise
+        raise ValueError(f"model.tail_types: {tail_types} is too few for board {board} (seed "
+                         f"{seed}); {e}; use at least ~{MIN_TAIL_TYPES} or null") from None
+    mix = _zipf_mix(rank, exponent, n_active)
     usage = _usage(mix, p_damaged, det_of, n_det)
 
     cls_arch = PAPER_ARCHS["resnet101"]

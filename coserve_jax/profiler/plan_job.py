@@ -293,8 +293,14 @@ def run_plan_job(cfg: DictConfig, out_dir: str | Path, progress: bool = True) ->
         pick["throughput_rps"] = measure(chosen_ex, pick["expert_fraction"], f"decay_window:{n_pick}")
     ok = [m for m in measured if "error" not in m]
     best = max(ok, key=lambda m: m["throughput_rps"])
+    default_fraction = (sweep_fraction if sweep_fraction is not None
+                        else (arm.expert_fraction if arm.expert_fraction is not None
+                              else run_cfg.hardware.expert_fraction))
+    pick_layout = layout
     if settings.keep_best_measured and pick["throughput_rps"] < (1 - settings.error_margin) * best["throughput_rps"]:
-        pick = _pick_from(best)
+        pick_layout = layout_for(run_cfg, model.graph, cost, search.parse_executors(best["executors"]),
+                                 settings.max_experts)
+        pick = _pick_from(best, default_fraction, pick_layout)
     pick_vs_best = pick["throughput_rps"] / best["throughput_rps"] if best["throughput_rps"] > 0 else 1.0
 
     # 3. outputs
@@ -310,8 +316,9 @@ def run_plan_job(cfg: DictConfig, out_dir: str | Path, progress: bool = True) ->
         "executors": dict(pick["executors"]),
         "expert_fraction": pick["expert_fraction"],
         "n_experts": pick["n_experts"],
-        "expert_fraction_by_kind": {layout.fast_kind: pick["expert_fraction"],
-                                    **({"cpu": round(layout.slow_fraction, 6)} if layout.slow_fraction else {})},
+        "expert_fraction_by_kind": {pick_layout.fast_kind: pick["expert_fraction"],
+                                    **({"cpu": round(pick_layout.slow_fraction, 6)}
+                                       if pick_layout.slow_fraction else {})},
         "throughput_rps": pick["throughput_rps"],
         "pick_vs_best": pick_vs_best,
         "source": pick["source"],
@@ -326,9 +333,6 @@ def run_plan_job(cfg: DictConfig, out_dir: str | Path, progress: bool = True) ->
         shutil.copyfile(plan_path, tmp)
         os.replace(tmp, copied)
 
-    default_fraction = (sweep_fraction if sweep_fraction is not None
-                        else (arm.expert_fraction if arm.expert_fraction is not None
-                              else run_cfg.hardware.expert_fraction))
     sweep_d = dict(sweep.as_dict(), expert_fraction=default_fraction, repeats=repeats)
     for c in sweep_d["candidates"]:
         f = sweep_fractions.get(c["name"], sweep_fraction)
@@ -380,13 +384,19 @@ def _planner_arm(cfg: RunConfig, name: str) -> ArmConfig:
                       f"the plan experiment measures arms=[{name}]")
 
 
-def _pick_from(m: dict[str, Any]) -> dict[str, Any]:
-    """The best measured configuration as a plan (keep_best_measured fallback)."""
+def _pick_from(m: dict[str, Any], default_fraction: float | None, layout: Layout) -> dict[str, Any]:
+    """The best measured configuration as a plan (keep_best_measured fallback). A sweep
+    measurement's split is the sweep's (``default_fraction`` where it ran with null); N is then
+    the number of experts by usage that split's pools hold (``layout``: the pick's executors)."""
     ex = search.parse_executors(m["executors"])
+    f = m["expert_fraction"] if m["expert_fraction"] is not None else default_fraction
     n = None
     if m["stage"].startswith("decay_window:"):
         n = int(m["stage"].split(":")[1])
-    return {"executors": ex, "expert_fraction": m["expert_fraction"], "n_experts": n,
+    elif f is not None:
+        n = search.max_experts(layout.sizes_by_usage, layout.budget_bytes,
+                               layout.executors[layout.fast_kind], max_fraction=f)
+    return {"executors": ex, "expert_fraction": f, "n_experts": n,
             "throughput_rps": m["throughput_rps"], "source": f"best_measured ({m['stage']})"}
 
 
