@@ -173,26 +173,57 @@ def group_exec_s(view: EngineView, ex: ExecutorView, expert_id: str, n: int) -> 
     return t
 
 
+class _QueueMemo:
+    """Per-executor memo for queue_total_s: the last total and its key, each group size's
+    execution seconds (an executor's max batch never changes) and each expert's load seconds
+    (valid while the host cache, which decides where a load reads from, is unchanged)."""
+
+    __slots__ = ("key", "total", "exec_s", "load_s", "cache_version")
+
+    def __init__(self) -> None:
+        self.key: tuple | None = None
+        self.total = 0.0
+        self.exec_s: dict[tuple[str, int], float] = {}
+        self.load_s: dict[str, float] = {}
+        self.cache_version: int | None = None
+
+
 _QUEUED_S: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 def queue_total_s(view: EngineView, ex: ExecutorView) -> float:
     """Predicted seconds until ex drains its queue: running batch + groups + switches."""
-    # Memoised on (queue, pool, host cache) versions: the sum only changes when they do.
+    # Memoised on (queue, pool, host cache) versions: the sum only changes when they do; and
+    # when it does, each group's terms come from the memo (the loop calls this per arrival).
     cache = view.host_cache
-    key = (ex.version, ex.pool.version, None if cache is None else cache.version)
-    hit = _QUEUED_S.get(ex)
-    if hit is not None and hit[0] == key:
-        return ex.running_remaining_s + hit[1]
+    cache_version = None if cache is None else cache.version
+    key = (ex.version, ex.pool.version, cache_version)
+    memo = _QUEUED_S.get(ex)
+    if memo is None:
+        memo = _QUEUED_S[ex] = _QueueMemo()
+    elif memo.key == key:
+        return ex.running_remaining_s + memo.total
+    if memo.cache_version != cache_version:
+        memo.load_s.clear()
+        memo.cache_version = cache_version
+    exec_memo, load_memo = memo.exec_s, memo.load_s
     total = 0.0
     seen: set[str] = set()
     for g in ex.groups:
-        total += group_exec_s(view, ex, g.expert_id, len(g.tasks))
-        if g.expert_id not in seen:
-            seen.add(g.expert_id)
-            if not ex.pool.holds(g.expert_id):
-                total += load_latency_s(view, ex.pool.kind, g.expert_id)
-    _QUEUED_S[ex] = (key, total)
+        e = g.expert_id
+        k = (e, len(g.tasks))
+        s = exec_memo.get(k)
+        if s is None:
+            s = exec_memo[k] = group_exec_s(view, ex, e, k[1])
+        total += s
+        if e not in seen:
+            seen.add(e)
+            if not ex.pool.holds(e):
+                s = load_memo.get(e)
+                if s is None:
+                    s = load_memo[e] = load_latency_s(view, ex.pool.kind, e)
+                total += s
+    memo.key, memo.total = key, total
     return ex.running_remaining_s + total
 
 
