@@ -121,9 +121,13 @@ def load_cost_model(cfg: RunConfig, model: Model, runtime: Any = None, progress:
     if path.exists():
         return CostModel.load(path)
     rt = runtime or make_runtime(cfg, model)
-    prof = measure_profile(rt, kinds, batch_sizes=tuple(settings["batch_sizes"] or (1, 2, 4, 8, 16, 32)),
-                           repeats=int(settings["repeats"] or 3), load_samples=int(settings["load_samples"] or 3),
-                           drop_cache=hw.drop_page_cache, seed=cfg.seed, progress=progress)
+    try:
+        prof = measure_profile(rt, kinds, batch_sizes=tuple(settings["batch_sizes"] or (1, 2, 4, 8, 16, 32)),
+                               repeats=int(settings["repeats"] or 3), load_samples=int(settings["load_samples"] or 3),
+                               drop_cache=hw.drop_page_cache, seed=cfg.seed, progress=progress)
+    finally:
+        if runtime is None:
+            rt.close()
     write_json_atomic(path, prof)
     return CostModel(prof)
 
@@ -131,7 +135,7 @@ def load_cost_model(cfg: RunConfig, model: Model, runtime: Any = None, progress:
 def make_runtime(cfg: RunConfig, model: Model):
     from coserve_jax.engine.real import Runtime
 
-    return Runtime(model.zoo, cfg.backend.compilation_cache_dir)
+    return Runtime(model.zoo, cfg.backend.compilation_cache_dir, load_processes=cfg.backend.load_processes)
 
 
 # ---- arms -----------------------------------------------------------------------------------
@@ -194,6 +198,11 @@ class ArmRunner:
                 raise ConfigError(f"arm {arm.name}: the oracle needs the whole trace (not for online use)")
             engine.enable_future(requests)
         return engine
+
+    def close(self) -> None:
+        """Stop the runtime's reader processes (real backend)."""
+        if self.runtime is not None:
+            self.runtime.close()
 
     def warm_up(self, arms: Sequence[ArmConfig]) -> float:
         """Compile every forward the arms can call (real backend), before any timing."""
@@ -259,21 +268,24 @@ def run_experiment(cfg: RunConfig | DictConfig | Sequence[str] | None = None,
     out.mkdir(parents=True, exist_ok=True)
     runner = ArmRunner.prepare(run_cfg, progress)
     model, cost = runner.model, runner.cost
-    requests = make_trace(run_cfg, model.graph)
-    save_trace(out / "trace.json", requests, {"workload": dataclasses.asdict(run_cfg.workload)})
-    compile_s = runner.warm_up(run_cfg.arms)
-    images = runner.images(requests)
-    runs: dict[str, list[dict[str, Any]]] = {arm.name: [] for arm in run_cfg.arms}
-    for r in range(run_cfg.repeats):
-        # Interleaved (A B C A B C ...) so that drift on a shared machine hits every arm alike.
-        # An arm whose runs already add up to repeat_until_s is measured well enough.
-        for arm in run_cfg.arms:
-            if r and sum(s["engine_s"] for s in runs[arm.name]) >= run_cfg.repeat_until_s:
-                continue
-            summary, _ = runner.run_arm(arm, requests, images, progress)
-            runs[arm.name].append(summary)
-            log.info("%s (run %d/%d): %.1f img/s, %d switches", arm.name, r + 1, run_cfg.repeats,
-                     summary["throughput_rps"], summary["switches"]["count"])
+    try:
+        requests = make_trace(run_cfg, model.graph)
+        save_trace(out / "trace.json", requests, {"workload": dataclasses.asdict(run_cfg.workload)})
+        compile_s = runner.warm_up(run_cfg.arms)
+        images = runner.images(requests)
+        runs: dict[str, list[dict[str, Any]]] = {arm.name: [] for arm in run_cfg.arms}
+        for r in range(run_cfg.repeats):
+            # Interleaved (A B C A B C ...) so that drift on a shared machine hits every arm alike.
+            # An arm whose runs already add up to repeat_until_s is measured well enough.
+            for arm in run_cfg.arms:
+                if r and sum(s["engine_s"] for s in runs[arm.name]) >= run_cfg.repeat_until_s:
+                    continue
+                summary, _ = runner.run_arm(arm, requests, images, progress)
+                runs[arm.name].append(summary)
+                log.info("%s (run %d/%d): %.1f img/s, %d switches", arm.name, r + 1, run_cfg.repeats,
+                         summary["throughput_rps"], summary["switches"]["count"])
+    finally:
+        runner.close()
     arms = {name: median_run(rs) for name, rs in runs.items()}
     hw = run_cfg.hardware
     total = model.graph.total_bytes
@@ -408,6 +420,7 @@ class Engine:
         if self._thread is not None:
             self._thread.join(timeout=timeout_s)
             self._engine.backend.close()
+        self.runner.close()
         with self._lock:
             for f in self._futures.values():
                 if not f.done():

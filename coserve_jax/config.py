@@ -114,6 +114,7 @@ class BackendConfig:
     name: str = "real"  # real | sim
     routing: str = "auto"  # model (real outputs) | trace (ground-truth route) | auto
     load_threads: int = 2
+    load_processes: int = 2  # reader processes for checkpoint reads (0: read in the load threads)
     load_retries: int = 2
     stall_timeout_s: float = 120.0
     compilation_cache_dir: str | None = None  # None: ~/.cache/coserve_jax/jax_cache
@@ -260,6 +261,7 @@ def parse_config(cfg: DictConfig | Mapping[str, Any]) -> RunConfig:
     _check_choice(be.name, "backend.name", ("real", "sim"))
     _check_choice(be.routing, "backend.routing", ("auto", "model", "trace"))
     _positive(be.load_threads, "backend.load_threads")
+    _positive(be.load_processes, "backend.load_processes", allow_zero=True)
     _positive(be.load_retries, "backend.load_retries", allow_zero=True)
     _positive(be.stall_timeout_s, "backend.stall_timeout_s")
 

@@ -72,7 +72,8 @@ def real(tiny_overrides, tiny_cache) -> RealSetup:
     model = load_model(cfg, progress=False)
     runtime = make_runtime(cfg, model)
     cost = load_cost_model(cfg, model, runtime, progress=False)
-    return RealSetup(tiny_cache, list(tiny_overrides), model, cost, runtime)
+    yield RealSetup(tiny_cache, list(tiny_overrides), model, cost, runtime)
+    runtime.close()
 
 
 @pytest.fixture

@@ -68,3 +68,61 @@ def test_wrong_architecture_is_an_error(saved):
     path, _ = saved
     with pytest.raises(CheckpointError, match="cls_001"):
         restore_expert(path, abstract_state(tiny_yolo())[1], expert_id="cls_001")
+
+
+# ---- reads in reader processes (store/reader.py) -------------------------------------------
+@pytest.fixture(scope="module")
+def reader():
+    from coserve_jax.store.reader import ProcessReader
+
+    r = ProcessReader(1)
+    yield r
+    r.close()
+
+
+def test_process_reader_matches_in_thread_read(saved, reader):
+    path, state = saved
+    device = jax.devices()[-1]
+    restored = restore_expert(path, abstract_state(SPEC)[1], device=device, expert_id="cls_001", reader=reader)
+    for a, b in zip(jax.tree.leaves(state), jax.tree.leaves(restored)):
+        assert isinstance(b, jax.Array) and b.devices() == {device}
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_process_reader_reports_corrupt_and_missing(saved, reader, tmp_path):
+    path, _ = saved
+    bad = tmp_path / "cls_007"
+    shutil.copytree(path, bad)
+    for f in bad.rglob("*"):
+        if f.is_file() and f.stat().st_size > 0:
+            f.write_bytes(b"\x00garbage" * 4)
+    with pytest.raises(CheckpointError, match="cls_007"):
+        restore_expert(bad, abstract_state(SPEC)[1], expert_id="cls_007", reader=reader)
+    with pytest.raises(CheckpointError, match="missing"):
+        restore_expert(tmp_path / "nope", abstract_state(SPEC)[1], expert_id="cls_042", reader=reader)
+    # The worker survives its errors and keeps serving.
+    restore_expert(path, abstract_state(SPEC)[1], expert_id="cls_001", reader=reader)
+
+
+def test_process_reader_replaces_a_dead_worker(saved, reader):
+    path, _ = saved
+    victim = reader._all[0]
+    victim.proc.kill()
+    victim.proc.join(5)
+    with pytest.raises(CheckpointError, match="reader process died"):
+        restore_expert(path, abstract_state(SPEC)[1], expert_id="cls_001", reader=reader)
+    assert len(reader._all) == 1 and reader._all[0] is not victim
+    restore_expert(path, abstract_state(SPEC)[1], expert_id="cls_001", reader=reader)
+
+
+def test_process_reader_close_stops_workers():
+    from coserve_jax.store.reader import ProcessReader
+
+    r = ProcessReader(2)
+    procs = [w.proc for w in r._all]
+    r.close()
+    assert all(not p.is_alive() for p in procs)
+    with pytest.raises(RuntimeError, match="closed"):
+        r("x", [], "cls_001")
+    with pytest.raises(ValueError, match="backend.load_processes"):
+        ProcessReader(0)

@@ -66,6 +66,7 @@ class Backend(Protocol):
     def start_load(self, job: LoadJob) -> None: ...
     def start_batch(self, batch: Batch, executor: ExecutorState, inputs: list[Any]) -> None: ...
     def next_event(self, until_s: float | None) -> Event | None: ...
+    def ready_at(self) -> float | None: ...  # when the oldest waiting event happened; None: none waits
     def drop(self, pool_id: str, expert_id: str) -> None: ...
     def charge(self) -> None: ...  # the loop handled one arrival or event (sim: its time passes)
     def validate_input(self, request: Request, image: Any) -> str | None: ...
@@ -200,16 +201,24 @@ class Engine:
             ex.seconds.clear()
         while k < len(order) or self._pending or self._loads:
             next_t = t0 + requests[order[k]].arrival_s if k < len(order) else None
-            if next_t is not None and self.backend.now() >= next_t:
-                i = order[k]
-                k += 1
-                self._arrive(requests[i], None if images is None else images[i], next_t)
-                self._dispatch_all()
-                self.backend.charge()
-                if k == len(order):
-                    self._ingested_s = self.backend.now() - first_arrival
-                continue
-            ev = self.backend.next_event(next_t)
+            now = self.backend.now()
+            if next_t is not None and now >= next_t:
+                # Behind schedule: take arrivals and completions in the order they happened, so
+                # a burst of arrivals cannot starve completions (an executor idling on a batch
+                # it finished) for longer than the loop lags.
+                happened = self.backend.ready_at()
+                if happened is None or happened > next_t:
+                    i = order[k]
+                    k += 1
+                    self._arrive(requests[i], None if images is None else images[i], next_t)
+                    self._dispatch_all()
+                    self.backend.charge()
+                    if k == len(order):
+                        self._ingested_s = self.backend.now() - first_arrival
+                    continue
+                ev = self.backend.next_event(now)
+            else:
+                ev = self.backend.next_event(next_t)
             if ev is None:
                 if next_t is None:
                     self._fail_all_pending("engine stalled: no event while work was pending")

@@ -1,9 +1,10 @@
 """The real backend: wall clock, Orbax loads on I/O threads, jit-compiled batches on executor threads.
 
-``Runtime`` is shared by every arm of a run: the zoo, the JAX devices and one jit-compiled
-forward per architecture (XLA compiles it once per (device, batch bucket); inputs are padded to
-power-of-two buckets, and JAX's persistent compilation cache is on). ``RealBackend`` is one arm's:
-its weights per pool, its threads and its completion queue.
+``Runtime`` is shared by every arm of a run: the zoo, the JAX devices, one jit-compiled forward
+per architecture (XLA compiles it once per (device, batch bucket); inputs are padded to
+power-of-two buckets, and JAX's persistent compilation cache is on) and the checkpoint reader
+processes (``store.reader``: a read in a thread would stall behind the loop's GIL).
+``RealBackend`` is one arm's: its weights per pool, its threads and its completion queue.
 
 Host<->device movement happens here and in ``store/`` only, explicitly: ``jax.device_put`` for
 weights and inputs, ``jax.device_get`` for outputs (tests run with the transfer guard on).
@@ -28,6 +29,7 @@ from flax import nnx
 from coserve_jax.engine.loop import Arrival, BatchDone, Event, LoadDone
 from coserve_jax.store.checkpoint import CheckpointError, restore_expert
 from coserve_jax.store.disk import drop_page_cache
+from coserve_jax.store.reader import ProcessReader
 from coserve_jax.types import Batch, LoadJob, Request, Tier
 
 log = logging.getLogger(__name__)
@@ -67,9 +69,11 @@ def enable_compilation_cache(cache_dir: str | None) -> str:
 class Runtime:
     """What every arm of a real run shares: zoo, devices, jitted forwards, compile counters."""
 
-    def __init__(self, zoo: Any, compilation_cache_dir: str | None = None):
+    def __init__(self, zoo: Any, compilation_cache_dir: str | None = None, load_processes: int = 0):
         self.zoo = zoo
         self.cache_dir = enable_compilation_cache(compilation_cache_dir)
+        # Checkpoint reads: in reader processes (load_processes > 0), else in the calling thread.
+        self.reader = ProcessReader(load_processes) if load_processes > 0 else None
         self.traces: dict[str, int] = {}  # arch -> times its forward was traced
         self._fwd: dict[str, Any] = {}
         self._lock = threading.Lock()
@@ -85,6 +89,16 @@ class Runtime:
             raise RuntimeError(f"executor wants {kind} device {index}, but only {len(devs)} exist; "
                                f"set hardware.cpu_devices or XLA_FLAGS before JAX starts")
         return devs[index]
+
+    def restore(self, expert_id: str, device: jax.Device | None) -> Any:
+        """Read expert_id's checkpoint (through the reader processes) onto device (None: host)."""
+        info = self.zoo.graph.experts[expert_id]
+        return restore_expert(info.checkpoint_path, self.zoo.abstract_state(info.arch), device=device,
+                              expert_id=expert_id, reader=self.reader)
+
+    def close(self) -> None:
+        if self.reader is not None:
+            self.reader.close()
 
     def forward(self, arch: str):
         with self._lock:
@@ -111,7 +125,7 @@ class Runtime:
                 # now, outside any timed run. A broken checkpoint is the serving run's to report.
                 for e in samples:
                     try:
-                        restore_expert(e.checkpoint_path, abstract, device=dev, expert_id=e.expert_id)
+                        self.restore(e.expert_id, dev)
                         break
                     except CheckpointError:
                         continue
@@ -153,7 +167,8 @@ class RealBackend:
         self.drop_page_cache = drop_page_cache
         self.stall_timeout_s = stall_timeout_s
         self.fault_injector = fault_injector  # tests: callable(kind, job_or_batch) may raise
-        self._events: queue.Queue[Event] = queue.Queue()
+        self._events: queue.Queue[tuple[float, Event]] = queue.Queue()  # (when it happened, event)
+        self._held: tuple[float, Event] | None = None  # taken by ready_at, next for next_event
         self._io = concurrent.futures.ThreadPoolExecutor(load_threads, thread_name_prefix="coserve-io")
         self._workers: dict[int, _Worker] = {}
         self._lock = threading.Lock()
@@ -168,22 +183,37 @@ class RealBackend:
         return time.perf_counter() - self._t0
 
     def next_event(self, until_s: float | None) -> Event | None:
+        if self._held is not None:
+            ev, self._held = self._held[1], None
+            return ev
         timeout = self.stall_timeout_s if until_s is None else max(0.0, until_s - self.now())
         try:
-            return self._events.get(timeout=timeout)
+            return self._events.get(timeout=timeout)[1]
         except queue.Empty:
             return None
+
+    def ready_at(self) -> float | None:
+        """When the oldest waiting event happened (backend clock), or None if none waits."""
+        if self._held is None:
+            try:
+                self._held = self._events.get_nowait()
+            except queue.Empty:
+                return None
+        return self._held[0]
+
+    def _put(self, ev: Event) -> None:
+        self._events.put((self.now(), ev))
 
     def charge(self) -> None:
         """Real time passes by itself while the loop works."""
 
     def has_events(self) -> bool:
         """Whether completions or submissions are waiting for the loop."""
-        return not self._events.empty()
+        return self._held is not None or not self._events.empty()
 
     def post(self, arrival: Arrival) -> None:
         """Online submissions enter the loop as events."""
-        self._events.put(arrival)
+        self._put(arrival)
 
     def bind_pool(self, pool_id: str, device: jax.Device | None) -> None:
         """Declare where a pool's weights live (None: the host cache, numpy)."""
@@ -208,24 +238,22 @@ class RealBackend:
             else:
                 if self.drop_page_cache:
                     drop_page_cache(Path(info.checkpoint_path))
-                abstract = self.rt.zoo.abstract_state(info.arch)
                 host_state = None
             device = self._pool_device.get(job.pool_id)
             if host_state is None and device is not None and not job.via_host_cache:
                 # Straight from disk onto the device: one packed transfer, unpacked there.
-                state = jax.block_until_ready(restore_expert(info.checkpoint_path, abstract, device=device,
-                                                             expert_id=job.expert_id))
+                state = jax.block_until_ready(self.rt.restore(job.expert_id, device))
             else:
                 if host_state is None:
-                    host_state = restore_expert(info.checkpoint_path, abstract, expert_id=job.expert_id)
+                    host_state = self.rt.restore(job.expert_id, None)
                 state = host_state if device is None else to_device(host_state, device)
             with self._lock:
                 if job.via_host_cache:
                     self._host[job.expert_id] = host_state
                 self._weights.setdefault(job.pool_id, {})[job.expert_id] = state
-            self._events.put(LoadDone(job, time.perf_counter() - t))
+            self._put(LoadDone(job, time.perf_counter() - t))
         except Exception as e:  # noqa: BLE001 - every failure must come back as an event
-            self._events.put(LoadDone(job, time.perf_counter() - t, error=f"{type(e).__name__}: {e}"))
+            self._put(LoadDone(job, time.perf_counter() - t, error=f"{type(e).__name__}: {e}"))
 
     def drop(self, pool_id: str, expert_id: str) -> None:
         with self._lock:
@@ -251,9 +279,9 @@ class RealBackend:
                 state = self._weights[pool_id][batch.expert_id]
             arch = self.rt.zoo.graph.experts[batch.expert_id].arch
             logits = run_padded(self.rt.forward(arch), state, inputs, self._pool_device[pool_id])
-            self._events.put(BatchDone(batch, time.perf_counter() - t, outputs=list(logits)))
+            self._put(BatchDone(batch, time.perf_counter() - t, outputs=list(logits)))
         except Exception as e:  # noqa: BLE001
-            self._events.put(BatchDone(batch, time.perf_counter() - t, error=f"{type(e).__name__}: {e}"))
+            self._put(BatchDone(batch, time.perf_counter() - t, error=f"{type(e).__name__}: {e}"))
 
     # ---- input checks -----------------------------------------------------------------------
     def validate_input(self, request: Request, image: Any) -> str | None:

@@ -140,6 +140,22 @@ class SimBackend:
             self._now = max(self._now, until_s)
         return None
 
+    def ready_at(self) -> float | None:
+        """Virtual time of the earliest event already due (at or before now), else None."""
+        while self._heap:
+            t, _, _, item = self._heap[0]
+            if t > self._now:
+                return None
+            key = item[0]
+            if key is not None:
+                _, jid, token = item
+                r = self._running.get(key, {}).get(jid)
+                if r is None or r.token != token:
+                    heapq.heappop(self._heap)  # superseded by a reschedule
+                    continue
+            return t
+        return None
+
     def charge(self) -> None:
         """The loop handled one arrival or event: its own time passes (one Python thread)."""
         self._now += self.loop_s_per_event

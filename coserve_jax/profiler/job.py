@@ -93,21 +93,24 @@ def run_profile_job(cfg: DictConfig, out_dir: str | Path, progress: bool = True)
 
     model = load_model(run_cfg, progress)
     rt = make_runtime(run_cfg, model)
-    kinds = sorted(hw.executors)
-    t0 = time.perf_counter()
-    prof = measure_profile(rt, kinds, batch_sizes=batch_sizes, repeats=repeats, load_samples=load_samples,
-                           drop_cache=hw.drop_page_cache, seed=run_cfg.seed, progress=progress,
-                           heldout_sizes=heldout, warmup=warmup)
-    # The other page-cache setting, so both load fits are on record.
-    other = not hw.drop_page_cache
-    variants: dict[str, Any] = {k: {_pc(hw.drop_page_cache): prof["kinds"][k]["loads"]} for k in kinds}
-    for k in kinds:
-        variants[k][_pc(other)] = measure_loads(rt, rt.device(k, 0), load_samples, other)
-    host_other = measure_loads(rt, None, load_samples, other)
-    prof["loads_page_cache"] = {
-        "selected": _pc(hw.drop_page_cache), "kinds": variants,
-        "host_cache": {_pc(hw.drop_page_cache): prof["host_cache_loads"]["disk"], _pc(other): host_other["disk"]},
-    }
+    try:
+        kinds = sorted(hw.executors)
+        t0 = time.perf_counter()
+        prof = measure_profile(rt, kinds, batch_sizes=batch_sizes, repeats=repeats, load_samples=load_samples,
+                               drop_cache=hw.drop_page_cache, seed=run_cfg.seed, progress=progress,
+                               heldout_sizes=heldout, warmup=warmup)
+        # The other page-cache setting, so both load fits are on record.
+        other = not hw.drop_page_cache
+        variants: dict[str, Any] = {k: {_pc(hw.drop_page_cache): prof["kinds"][k]["loads"]} for k in kinds}
+        for k in kinds:
+            variants[k][_pc(other)] = measure_loads(rt, rt.device(k, 0), load_samples, other)
+        host_other = measure_loads(rt, None, load_samples, other)
+        prof["loads_page_cache"] = {
+            "selected": _pc(hw.drop_page_cache), "kinds": variants,
+            "host_cache": {_pc(hw.drop_page_cache): prof["host_cache_loads"]["disk"], _pc(other): host_other["disk"]},
+        }
+    finally:
+        rt.close()
     measure_s = time.perf_counter() - t0
 
     # Usage probabilities: rules, ground-truth routes of a sample, and (optionally) the router.

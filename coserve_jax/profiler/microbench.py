@@ -30,7 +30,6 @@ import numpy as np
 
 from coserve_jax.engine.real import Runtime, bucket_size, run_padded, to_device
 from coserve_jax.profiler.cost_model import SCHEMA
-from coserve_jax.store.checkpoint import restore_expert
 from coserve_jax.store.disk import drop_page_cache
 
 
@@ -68,12 +67,6 @@ def abs_rel_errors(k_s: float, b_s: float, sizes: Sequence[int], latency_s: Sequ
     return [abs(k_s * n + b_s - t) / t for n, t in zip(sizes, latency_s)]
 
 
-def _abstract(zoo: Any, arch: str) -> Any:
-    """The zoo's abstract state (accepts ``abstract_state`` returning a state or (graphdef, state))."""
-    out = zoo.abstract_state(arch)
-    return out[1] if isinstance(out, tuple) else out
-
-
 def _time_batch(fwd: Any, state: Any, images: np.ndarray, device: jax.Device, pad: bool = True) -> float:
     t = time.perf_counter()
     run_padded(fwd, state, images, device, pad)
@@ -103,8 +96,7 @@ def measure_batches(rt: Runtime, kind: str, device: jax.Device, arch: str, batch
     shared machine, instead of timing one size's repeats back to back."""
     zoo = rt.zoo
     expert = next(e for e in zoo.graph.experts.values() if e.arch == arch)
-    abstract = _abstract(zoo, arch)
-    state = restore_expert(expert.checkpoint_path, abstract, device=device, expert_id=expert.expert_id)
+    state = rt.restore(expert.expert_id, device)
     shape = tuple(zoo.archs[arch].input_shape)
     fwd = rt.forward(arch)
     t = time.perf_counter()
@@ -153,15 +145,13 @@ def measure_loads(rt: Runtime, device: jax.Device | None, samples: int, drop_cac
     for e in sorted(zoo.graph.experts.values(), key=lambda e: e.expert_id):
         by_arch.setdefault(e.arch, []).append(e)
     disk_x, disk_y, host_y = [], [], []
-    for arch, experts in by_arch.items():
-        abstract = _abstract(zoo, arch)
+    for experts in by_arch.values():
         # Untimed first restores: Orbax's and the device's one-time start-up (and the unpacker's
         # compile for this device) are not load costs.
-        warm = restore_expert(experts[0].checkpoint_path, abstract, expert_id=experts[0].expert_id)
+        warm = rt.restore(experts[0].expert_id, None)
         if device is not None:
             to_device(warm, device)
-            jax.block_until_ready(restore_expert(experts[0].checkpoint_path, abstract, device=device,
-                                                 expert_id=experts[0].expert_id))
+            jax.block_until_ready(rt.restore(experts[0].expert_id, device))
         for e in experts[:samples]:
             # The paths the real backend takes: disk straight onto the device (no host cache),
             # and host cache -> device (device_put of the host copy). Median of three each.
@@ -170,11 +160,11 @@ def measure_loads(rt: Runtime, device: jax.Device | None, samples: int, drop_cac
                 if drop_cache:
                     drop_page_cache(e.checkpoint_path)
                 t = time.perf_counter()
-                host = restore_expert(e.checkpoint_path, abstract, device=device, expert_id=e.expert_id)
+                host = rt.restore(e.expert_id, device)
                 jax.block_until_ready(host)
                 t_disk.append(time.perf_counter() - t)
                 if device is not None:
-                    host = restore_expert(e.checkpoint_path, abstract, expert_id=e.expert_id)
+                    host = rt.restore(e.expert_id, None)
                     t = time.perf_counter()
                     to_device(host, device)
                     t_put.append(time.perf_counter() - t)

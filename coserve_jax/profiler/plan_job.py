@@ -373,6 +373,7 @@ def run_plan_job(cfg: DictConfig, out_dir: str | Path, progress: bool = True) ->
     print(f"plan: {plan['executors']} expert_fraction={plan['expert_fraction']} (N={plan['n_experts']}), "
           f"{plan['throughput_rps']:.2f} img/s on the sample, {100 * pick_vs_best:.1f}% of the best measured")
     print(f"plan file: {plan_path}" + (f" (copied to {copied})" if copied else ""))
+    runner.close()
     return results
 
 

@@ -25,6 +25,7 @@ from __future__ import annotations
 import functools
 import os
 import zlib
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -67,20 +68,46 @@ def save_expert(path: str | os.PathLike, state: Any) -> None:
 
 
 def restore_expert(path: str | os.PathLike, abstract_state: Any, *, device: jax.Device | None = None,
-                   expert_id: str | None = None) -> Any:
+                   expert_id: str | None = None, reader: Callable[..., dict] | None = None) -> Any:
     """Restore the checkpoint at ``path`` into the structure of ``abstract_state``.
 
     ``abstract_state``: an ``nnx.State`` (e.g. from ``models.abstract_state``) or a pytree of
     arrays / ``jax.ShapeDtypeStruct``. Returns the same kind of object holding numpy arrays
     (``device`` None: host memory) or ``jax.Array``s committed to ``device``.
+    ``reader``: what reads and checks the packed vectors (``read_packed``'s signature), e.g. a
+    ``store.reader.ProcessReader``; None reads in this thread.
     Raises ``CheckpointError`` when the checkpoint is missing, unreadable or of another layout.
     """
+    target = _pure(abstract_state)
+    specs = leaf_specs(target)
+    packed = (reader or read_packed)(path, specs, expert_id)
+    if device is None:
+        leaves = _unpack_host(packed, specs)
+    else:
+        sharding = jax.sharding.SingleDeviceSharding(device)
+        flats = {k: jax.device_put(v, sharding) for k, v in packed.items() if k.startswith("flat_")}
+        leaves = _unpacker(tuple(specs))(flats)
+    tree = jax.tree.unflatten(jax.tree.structure(target), leaves)
+    if isinstance(abstract_state, nnx.State):
+        state = jax.tree.map(lambda x: x, abstract_state)  # a copy: keep the caller's template intact
+        nnx.replace_by_pure_dict(state, tree)
+        return state
+    return tree
+
+
+def leaf_specs(abstract_state: Any) -> list[tuple[tuple[int, ...], np.dtype]]:
+    """(shape, dtype) of each leaf, in the order the checkpoint packs them."""
+    return [(tuple(x.shape), np.dtype(x.dtype)) for x in jax.tree.leaves(_pure(abstract_state))]
+
+
+def read_packed(path: str | os.PathLike, specs: list[tuple[tuple[int, ...], np.dtype]],
+                expert_id: str | None = None) -> dict[str, np.ndarray]:
+    """Read an expert's packed vectors from disk into host memory and check them against the
+    leaf ``specs`` (shapes, layout, CRC-32). No device is touched: a reader process runs this."""
     path = Path(path).absolute()
     who = expert_id or "<unnamed expert>"
     if not path.is_dir():
         raise CheckpointError(f"expert {who}: checkpoint {path} is missing (no such directory)")
-    target = _pure(abstract_state)
-    specs = [(tuple(x.shape), np.dtype(x.dtype)) for x in jax.tree.leaves(target)]
     item: dict[str, Any] = {"leaf_sizes": jax.ShapeDtypeStruct((len(specs),), np.int64)}
     keys = sorted({_dtype_key(d) for _, d in specs})
     item["crc32"] = jax.ShapeDtypeStruct((len(keys),), np.int64)
@@ -95,18 +122,7 @@ def restore_expert(path: str | os.PathLike, abstract_state: Any, *, device: jax.
             f"expert {who}: checkpoint {path} is corrupt or unreadable: {type(e).__name__}: {e}"
         ) from e
     _check_layout(packed, item, specs, who, path)
-    if device is None:
-        leaves = _unpack_host(packed, specs)
-    else:
-        sharding = jax.sharding.SingleDeviceSharding(device)
-        flats = {k: jax.device_put(v, sharding) for k, v in packed.items() if k.startswith("flat_")}
-        leaves = _unpacker(tuple(specs))(flats)
-    tree = jax.tree.unflatten(jax.tree.structure(target), leaves)
-    if isinstance(abstract_state, nnx.State):
-        state = jax.tree.map(lambda x: x, abstract_state)  # a copy: keep the caller's template intact
-        nnx.replace_by_pure_dict(state, tree)
-        return state
-    return tree
+    return packed
 
 
 def _check_layout(packed: dict, item: dict, specs: list, who: str, path: Path) -> None:

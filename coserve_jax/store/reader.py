@@ -1,0 +1,133 @@
+"""Checkpoint reads in separate processes, so a busy Python thread cannot stall them.
+
+An Orbax restore hands work between Python threads (asyncio, tensorstore callbacks) many times,
+and each hand-off needs the GIL. Beside a thread that keeps the GIL busy — the engine's loop
+taking in a burst of arrivals — every hand-off waits up to a switch interval (5 ms). Measured on
+this 2-core machine (0.42 MB expert, ``python /tmp`` micro-benchmark described in
+``experiments/sim_validation/README.md``):
+
+| read path | idle | beside a spinning Python thread |
+| --- | --- | --- |
+| Orbax restore in a loader thread | 9 ms | 196–284 ms |
+| Orbax restore in a reader process, vectors sent back over a pipe | 14 ms | 22 ms |
+
+So the real backend reads through a ``ProcessReader``: ``processes`` spawned workers, each
+running ``read_packed`` (Orbax read + layout and CRC checks, host memory only) and sending the
+packed vectors back; the loader thread then copies them to the device and unpacks them there.
+A worker that dies is replaced, and its read fails with a ``CheckpointError``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import multiprocessing as mp
+import os
+import queue
+import threading
+import weakref
+from typing import Any
+
+import numpy as np
+
+from coserve_jax.store.checkpoint import CheckpointError
+
+log = logging.getLogger(__name__)
+
+
+def _serve(conn: Any) -> None:
+    """Worker process: read requests until None (or the pipe closes)."""
+    import jax
+
+    jax.config.update("jax_platforms", "cpu")  # a reader never needs (or grabs) an accelerator
+    from coserve_jax.store.checkpoint import read_packed
+
+    while True:
+        try:
+            msg = conn.recv()
+        except EOFError:
+            return
+        if msg is None:
+            return
+        path, specs, expert_id = msg
+        try:
+            conn.send(("ok", read_packed(path, specs, expert_id)))
+        except CheckpointError as e:
+            conn.send(("error", str(e)))
+        except Exception as e:  # noqa: BLE001 - every failure goes back to the caller
+            conn.send(("error", f"expert {expert_id}: reading {path} failed: {type(e).__name__}: {e}"))
+
+
+class _Worker:
+    def __init__(self, ctx: Any):
+        self.conn, child = ctx.Pipe()
+        self.proc = ctx.Process(target=_serve, args=(child,), daemon=True, name="coserve-reader")
+        self.proc.start()
+        child.close()
+
+    def stop(self, timeout_s: float = 5.0) -> None:
+        with contextlib.suppress(OSError, ValueError):  # already closed or dead
+            self.conn.send(None)
+        self.proc.join(timeout_s)
+        if self.proc.is_alive():
+            self.proc.terminate()
+            self.proc.join(timeout_s)
+        self.conn.close()
+
+
+class ProcessReader:
+    """``read_packed`` in ``processes`` worker processes; call it from any number of threads
+    (each call takes a free worker, waiting for one if all are busy)."""
+
+    def __init__(self, processes: int):
+        if processes < 1:
+            raise ValueError(f"backend.load_processes: need >= 1 reader process, got {processes}")
+        self._ctx = mp.get_context("spawn")  # forking a process that runs JAX threads is unsafe
+        self._idle: queue.Queue[_Worker] = queue.Queue()
+        self._all: list[_Worker] = []
+        self._lock = threading.Lock()
+        self._closed = False
+        for _ in range(processes):
+            self._spawn()
+        # Stopped on close(), or when the reader is collected, or at interpreter exit.
+        self._finalizer = weakref.finalize(self, _stop_all, self._all)
+
+    def _spawn(self) -> None:
+        w = _Worker(self._ctx)
+        with self._lock:
+            self._all.append(w)
+        self._idle.put(w)
+
+    def __call__(self, path: str | os.PathLike, specs: list, expert_id: str | None = None) -> dict[str, np.ndarray]:
+        if self._closed:
+            raise RuntimeError("ProcessReader is closed")
+        w = self._idle.get()
+        try:
+            w.conn.send((str(path), specs, expert_id))
+            status, payload = w.conn.recv()
+        except (EOFError, OSError) as e:
+            code = w.proc.exitcode
+            with self._lock:
+                self._all.remove(w)
+            w.stop(timeout_s=1.0)
+            if not self._closed:
+                self._spawn()
+            raise CheckpointError(f"expert {expert_id}: the reader process died while reading {path} "
+                                  f"(exit code {code}): {type(e).__name__}") from e
+        self._idle.put(w)
+        if status != "ok":
+            raise CheckpointError(payload)
+        return payload
+
+    def close(self) -> None:
+        self._closed = True
+        with self._lock:
+            self._finalizer()
+
+
+def _stop_all(workers: list[_Worker]) -> None:
+    stopping = list(workers)
+    workers.clear()
+    for w in stopping:
+        w.stop()
+
