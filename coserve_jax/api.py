@@ -116,7 +116,8 @@ def load_cost_model(cfg: RunConfig, model: Model, runtime: Any = None, progress:
     kinds = sorted(hw.executors)
     settings = {k: cfg.profiler.get(k) for k in ("batch_sizes", "repeats", "load_samples")}
     key = json.dumps({"devices": [str(d) for d in jax.devices()], "kinds": kinds, "settings": settings,
-                      "drop": hw.drop_page_cache, "jax": jax.__version__}, sort_keys=True)
+                      "drop": hw.drop_page_cache, "jax": jax.__version__,
+                      "reader_processes": cfg.backend.load_processes > 0}, sort_keys=True)
     path = Path(model.zoo.root) / f"profile-{hashlib.sha256(key.encode()).hexdigest()[:12]}.json"
     if path.exists():
         return CostModel.load(path)

@@ -3,8 +3,7 @@
 An Orbax restore hands work between Python threads (asyncio, tensorstore callbacks) many times,
 and each hand-off needs the GIL. Beside a thread that keeps the GIL busy — the engine's loop
 taking in a burst of arrivals — every hand-off waits up to a switch interval (5 ms). Measured on
-this 2-core machine (0.42 MB expert, ``python /tmp`` micro-benchmark described in
-``experiments/sim_validation/README.md``):
+this 2-core machine (0.42 MB expert onto a CPU device, ``python scripts/bench_reader.py``):
 
 | read path | idle | beside a spinning Python thread |
 | --- | --- | --- |
