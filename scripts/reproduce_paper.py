@@ -1,6 +1,6 @@
 """Regenerate every table and plot of experiments/paper_tables/ from scratch, in one command.
 
-    python scripts/reproduce_paper.py               # sim studies (~3.5 min) + real demo studies (~3 min)
+    python scripts/reproduce_paper.py               # sim studies (~5 min) + real demo studies (~3 min)
     python scripts/reproduce_paper.py --sim-only    # only the simulated, deterministic studies
     python scripts/reproduce_paper.py --real-only   # only the real-backend demo studies
     python scripts/reproduce_paper.py --check       # regenerate the sim tables in a temp dir and
@@ -46,6 +46,7 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # the analysis imports coserve_jax from this checkout, installed or not
 PLAN_NAME = "${model.name}-${hardware.name}-${backend.name}.yaml"
 # Folders of --out holding simulated (deterministic) tables: what --check diffs.
 SIM_DIRS = ("fig13_14", "fig15_16", "fig17_18", "budget_sweep", "compulsory_loads")
