@@ -1,12 +1,16 @@
-"""Checkpoint read latency in a loader thread vs a reader process, idle and beside a busy loop.
+"""Checkpoint read latency in a loader thread vs a reader process: alone, beside a busy thread,
+and while serving.
 
-    python scripts/bench_reader.py [--reads 10] [--switch-interval 0.005]
+    python scripts/bench_reader.py [--reads 10] [--serve-repeats 3]
 
-Reads one demo classifier (the demo zoo is built if missing) onto the first CPU device, as the
-real backend does, ``--reads`` times per cell, and prints the median and max milliseconds for:
-a read in this thread vs through ``store.reader.ProcessReader``; with the interpreter otherwise
-idle vs beside a thread that keeps the GIL busy (what the engine's loop does while it takes in a
-burst of arrivals). Numbers go into store/reader.py's docstring.
+1. Reads one demo classifier (the demo zoo is built if missing) onto the first CPU device, as
+   the real backend does, ``--reads`` times per cell: in this thread vs through
+   ``store.reader.ProcessReader``, with the interpreter otherwise idle vs beside a thread that
+   never releases the GIL on its own (a worst case for the engine's loop in a burst).
+2. Serves the default workload with ``coserve`` on the real backend with
+   ``backend.load_processes=0`` (reads in the load threads) and ``=2`` (reader processes),
+   interleaved, and reports mean seconds per load (the backend's own timing) and img/s.
+Numbers go into store/reader.py's docstring.
 """
 
 from __future__ import annotations
@@ -21,13 +25,15 @@ import time
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--reads", type=int, default=10)
-    ap.add_argument("--switch-interval", type=float, default=sys.getswitchinterval())
+    ap.add_argument("--serve-repeats", type=int, default=3)
     args = ap.parse_args(argv)
-    sys.setswitchinterval(args.switch_interval)
 
+    from coserve_jax.api import configure_jax_devices
+
+    configure_jax_devices(2)  # the default hardware's two CPU executors, before JAX starts
     import jax
 
-    from coserve_jax.api import as_run_config, load_model
+    from coserve_jax.api import as_run_config, load_model, run_experiment
     from coserve_jax.store.checkpoint import restore_expert
     from coserve_jax.store.reader import ProcessReader
 
@@ -73,6 +79,20 @@ def main(argv: list[str] | None = None) -> int:
                   f"| {statistics.median(loaded):.1f} ({max(loaded):.1f}) |")
     finally:
         reader.close()
+
+    print("\nServing (coserve, default workload), interleaved runs:")
+    print("| read path | mean s per load | img/s (median of runs) |")
+    print("| --- | --- | --- |")
+    rows: dict[str, list] = {"0": [], "2": []}
+    for _ in range(args.serve_repeats):
+        for n in rows:
+            res = run_experiment(["arms=[coserve]", "repeats=1", f"backend.load_processes={n}"],
+                                 f"runs/bench_reader/p{n}", progress=False)["arms"]["coserve"]
+            rows[n].append((res["time_s"]["load"] / max(1, res["switches"]["count"]), res["throughput_rps"]))
+    for n, label in (("0", "loader threads"), ("2", "reader processes")):
+        per_load = statistics.median(r[0] for r in rows[n])
+        rps = statistics.median(r[1] for r in rows[n])
+        print(f"| {label} | {per_load * 1e3:.1f} ms | {rps:.0f} |")
     return 0
 
 

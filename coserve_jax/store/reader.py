@@ -2,13 +2,19 @@
 
 An Orbax restore hands work between Python threads (asyncio, tensorstore callbacks) many times,
 and each hand-off needs the GIL. Beside a thread that keeps the GIL busy — the engine's loop
-taking in a burst of arrivals — every hand-off waits up to a switch interval (5 ms). Measured on
-this 2-core machine (0.42 MB expert onto a CPU device, ``python scripts/bench_reader.py``):
+taking in a burst of arrivals — every hand-off waits up to a switch interval (5 ms): in a real
+coserve run (demo, 2,000 requests every 0.1 ms) a 9 ms restore in a loader thread took 100-220 ms
+while the loop took in the burst. In a reader process only the last steps (receive the vectors,
+copy them to the device, unpack) run under this process's GIL. Measured on this 2-core machine,
+``python scripts/bench_reader.py`` (0.42 MB expert onto a CPU device):
 
-| read path | idle | beside a spinning Python thread |
-| --- | --- | --- |
-| Orbax restore in a loader thread | 9 ms | 196–284 ms |
-| Orbax restore in a reader process, vectors sent back over a pipe | 14 ms | 22 ms |
+| read path | alone | beside a thread that never yields | serving coserve: s per load, img/s |
+| --- | --- | --- | --- |
+| Orbax restore in a loader thread | 11.7 ms | 138 ms (max 392) | 24.7 ms, 1,270 img/s |
+| reader process, vectors sent back over a pipe | 10.0 ms | 112 ms (max 205) | 15.8 ms, 1,544 img/s |
+
+(The never-yielding thread is a worst case: the device copy and unpack still wait for it. The
+serving figures are medians of 3 interleaved runs each.)
 
 So the real backend reads through a ``ProcessReader``: ``processes`` spawned workers, each
 running ``read_packed`` (Orbax read + layout and CRC checks, host memory only) and sending the
