@@ -164,3 +164,34 @@ def test_next_group_prefetch_names_the_next_missing_expert():
     ex.enqueue(Task(1, "cls_A", 0, 0.0), join=True)
     ex.enqueue(Task(2, "cls_B", 0, 0.0), join=True)
     assert NextGroup().prefetch(eng, 0) == ["cls_B"]
+
+
+def test_prefetch_never_evicts_what_queued_work_on_a_shared_pool_needs():
+    from coserve_jax.coe.synthetic import synthetic_cost
+    from coserve_jax.engine.loop import Engine
+    from coserve_jax.engine.sim import SimBackend
+    from coserve_jax.engine.state import ExecutorState
+    from coserve_jax.policies.eviction import LRU
+    from coserve_jax.store.pool import Pool
+
+    g = graph_of({"A": 0.4, "B": 0.4, "C": 0.2})
+    backend = SimBackend(1)
+    shared = Pool("dev0:cpu", "cpu", 8 * MB)  # two executors, one pool: holds two experts
+    executors = [ExecutorState(i, "cpu", 0, shared, {"cls": 16}, backend.now) for i in range(2)]
+    eng = Engine(graph=g, cost=synthetic_cost(max_batch=16), executors=executors, host_cache=None,
+                 scheduler=FCFS(arranging=True), eviction=QueueAware(), host_eviction=LRU(),
+                 initialiser=None, prefetcher=NextGroup(), backend=backend, routing="trace",
+                 check_invariants=True)
+    eng.record_decisions = True
+    make_resident(shared, ("cls_A", 4 * MB), ("cls_B", 4 * MB))
+    ex0, ex1 = executors
+    ex0.enqueue(Task(1, "cls_C", 0, 0.0), join=True)
+    ex1.enqueue(Task(2, "cls_A", 0, 0.0), join=True)
+    ex1.enqueue(Task(3, "cls_B", 0, 0.0), join=True)
+    eng._prefetch(ex0)  # the other executor's queue needs both residents: no prefetch
+    assert not [d for d in eng.decisions if d[0] in ("load", "evict")]
+    assert shared.holds("cls_A") and shared.holds("cls_B")
+    ex1.drop_expert("cls_B")  # now cls_B is needed by no queue: it may make room
+    eng._prefetch(ex0)
+    assert [d[:3] for d in eng.decisions if d[0] in ("load", "evict")] == [
+        ("evict", "dev0:cpu", "cls_B"), ("load", "dev0:cpu", "cls_C")]

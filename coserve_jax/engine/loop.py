@@ -482,13 +482,14 @@ class Engine:
         for e in targets:
             if ex.pool.holds(e):
                 continue
-            # Never evict the running expert or one needed before e in the queue.
-            protect = {ex.running_expert} if ex.running is not None else set()
-            for g in ex.groups:
-                protect.add(g.expert_id)
-                if g.expert_id == e:
-                    break
-            protect.discard(None)
+            # A prefetch never evicts an expert that running or queued work on this pool needs
+            # (any executor sharing it): that would only move a load, or add a reload.
+            protect: set[str] = set()
+            for other in self._executors:
+                if other.pool is ex.pool:
+                    protect.update(other.queued_experts)
+                    if other.running is not None:
+                        protect.add(other.running_expert)
             self._begin_load(ex, e, prefetch=True, protect=protect)
             return
 
