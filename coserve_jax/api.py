@@ -180,7 +180,8 @@ class ArmRunner:
         if self.cfg.backend.name == "sim":
             from coserve_jax.engine.sim import SimBackend
 
-            backend = SimBackend(self.cfg.backend.load_threads, loop_s_per_event=self.cost.loop_s_per_event)
+            backend = SimBackend(self.cfg.backend.load_threads, loop_s_per_event=self.cost.loop_s_per_event,
+                                 host_cores=self.cost.host_cores)
         else:
             from coserve_jax.engine.real import RealBackend
 

@@ -94,3 +94,31 @@ def test_unknown_component_type_fails_only_that_request():
     assert s["requests"]["failed"] == 1
     (reason,) = s["requests"]["failure_reasons"]
     assert "no_such_type" in reason
+
+
+@pytest.mark.parametrize("cores", [2, 1])
+def test_sim_host_shares_cores_max_min_fairly(cores):
+    """Two batches (each may use every core) and a load (one core) on the host."""
+    from types import SimpleNamespace
+
+    from coserve_jax.engine.loop import BatchDone, LoadDone
+    from coserve_jax.types import Batch, LoadJob, Tier
+
+    be = SimBackend(2, host_cores=cores)
+    for i in range(2):
+        be.start_batch(Batch(i, i, f"cls_{i}", (), predicted_s=1.0),
+                       SimpleNamespace(kind="cpu", device_index=i, executor_id=i), [])
+    be.start_load(LoadJob(7, "ex0:cpu", "cls_9", 1, Tier.DISK, 0, predicted_s=0.2))
+    done = {}
+    while (ev := be.next_event(None)) is not None:
+        done["load" if isinstance(ev, LoadDone) else f"b{ev.batch.batch_id}"] = be.now()
+        assert isinstance(ev, (LoadDone, BatchDone))
+    if cores == 2:
+        # load: 0.2 s of work at 2/3 speed = 0.3 s; by then each batch did 0.1 s of its 1.0 s,
+        # then the two batches share 2 cores (1 each: half speed): 0.9 s more take 1.8 s.
+        assert done["load"] == pytest.approx(0.3)
+        assert done["b0"] == pytest.approx(2.1) and done["b1"] == pytest.approx(2.1)
+    else:
+        # one core shared by 3 jobs: the load needs 0.6 s; then 0.8 s left per batch at 1/2 speed.
+        assert done["load"] == pytest.approx(0.6)
+        assert done["b0"] == pytest.approx(2.2) and done["b1"] == pytest.approx(2.2)

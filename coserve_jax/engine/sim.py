@@ -4,11 +4,15 @@ Loads and batches take what the cost model predicted when the engine started the
 the resources they share, as on the real machines:
 - I/O lanes: loads share ``load_channels`` lanes like the real backend's loader threads; a load
   waits for a free lane (FIFO).
-- Compute, by processor sharing: with n jobs running on one device each progresses at 1/n
-  speed, and completion times are recomputed whenever one starts or ends. All CPU executors
-  share the host's cores; GPU executors on one GPU share it. With ``loads_share_host`` (the
-  default), loads into host-memory pools (CPU executors, the host cache) run on the host's cores
-  too — deserialising a checkpoint is CPU work — so they compete with CPU batches.
+- Compute, by processor sharing, recomputed whenever a job starts or ends. GPU executors on one
+  GPU share it equally (n jobs: each at 1/n speed). All CPU executors share the host, and with
+  ``loads_share_host`` (the default) so do loads into host-memory pools (CPU executors, the host
+  cache): reading and unpacking a checkpoint is CPU work. The host has ``host_cores`` cores
+  (the profile's: the measuring machine's CPU count) and shares them max-min fairly: a batch
+  may use every core (its profiled time was measured alone on the whole host), a load one core
+  (one reader process). Each job runs at (cores it gets) / (cores it may use): on 2 cores, two
+  batches and a load get 2/3 core each, so the batches run at 1/3 speed and the load at 2/3.
+  With ``host_cores`` 1 this is plain processor sharing (each of n jobs at 1/n).
 The loop itself is one thread: with ``loop_s_per_event`` (the profile's measured
 ``overheads.loop_s_per_event``) every arrival or completion it handles costs that much virtual
 time, so the simulated loop lags behind fast arrivals as the real one does.
@@ -47,9 +51,12 @@ class SimBackend:
     routing_default = "trace"
 
     def __init__(self, load_channels: int = 1, share_devices: bool = True, loads_share_host: bool = True,
-                 loop_s_per_event: float = 0.0):
+                 loop_s_per_event: float = 0.0, host_cores: int = 1):
         if load_channels < 1:
             raise ValueError("load_channels must be >= 1")
+        if host_cores < 1:
+            raise ValueError("host_cores must be >= 1")
+        self.host_cores = host_cores
         self._now = 0.0
         self._heap: list[tuple[float, int, int, Any]] = []
         self._seq = itertools.count()
@@ -94,22 +101,42 @@ class SimBackend:
         self._running.setdefault(key, {})[next(self._ids)] = _Job(item, self._now, item.predicted_s)
         self._reschedule(key)
 
+    def _rates(self, key: tuple, running: dict[int, _Job]) -> dict[int, float]:
+        """Each running job's speed (1: as fast as alone); see the module docstring."""
+        if key != HOST or self.host_cores == 1:
+            return {jid: 1.0 / len(running) for jid in running}
+        cores = self.host_cores
+        want = {jid: 1 if isinstance(r.item, LoadJob) else cores for jid, r in running.items()}
+        rates: dict[int, float] = {}
+        left, free = sorted(want, key=lambda j: (want[j], j)), float(cores)
+        while left:  # max-min fair (water-filling): the smallest demands are met first
+            share = free / len(left)
+            jid = left[0]
+            if want[jid] > share:
+                for j in left:
+                    rates[j] = share / want[j]
+                break
+            rates[jid] = 1.0
+            free -= want[jid]
+            left.pop(0)
+        return rates
+
     def _advance(self, key: tuple) -> None:
         running = self._running.get(key)
         last = self._updated_s.get(key, self._now)
-        if running:
-            done = (self._now - last) / len(running)
-            for r in running.values():
-                r.work_s = max(0.0, r.work_s - done)
+        if running and self._now > last:
+            rates = self._rates(key, running)
+            for jid, r in running.items():
+                r.work_s = max(0.0, r.work_s - (self._now - last) * rates[jid])
         self._updated_s[key] = self._now
 
     def _reschedule(self, key: tuple) -> None:
         running = self._running.get(key, {})
-        n = len(running)
+        rates = self._rates(key, running) if running else {}
         for jid, r in running.items():
             r.token += 1
             kind = LOAD_DONE if isinstance(r.item, LoadJob) else BATCH_DONE
-            self._push(self._now + r.work_s * n, kind, (key, jid, r.token))
+            self._push(self._now + r.work_s / rates[jid], kind, (key, jid, r.token))
 
     # ---- events --------------------------------------------------------------------------------
     def next_event(self, until_s: float | None) -> Event | None:

@@ -21,8 +21,9 @@ Schema ``coserve_jax.profile/1`` (all times in seconds, sizes in bytes)::
       },
       "host_cache_loads": {"disk": {"a_s": float, "b_s_per_byte": float}},  # disk -> host cache
       "overheads": {"dispatch_s": float,     # optional: per-batch engine overhead
-                    "loop_s_per_event": float}  # optional: the loop's own time per event
-    }
+                    "loop_s_per_event": float},  # optional: the loop's own time per event
+      "host": {"cores": int}                 # optional: cores the simulated host shares
+    }                                        # (default: device.cpu_count, else 1)
 
 Extra keys are allowed everywhere (measurement tables, provenance, citations).
 """
@@ -157,6 +158,12 @@ class CostModel:
     def loop_s_per_event(self) -> float:
         """The engine loop's own seconds per handled arrival or completion (simulator clock)."""
         return float(self.profile.get("overheads", {}).get("loop_s_per_event", 0.0))
+
+    @property
+    def host_cores(self) -> int:
+        """Cores the simulator's host shares among CPU batches and loads: the measuring machine's
+        CPU count for a measured profile; 1 (plain processor sharing) when the profile has none."""
+        return int(self.profile.get("host", {}).get("cores") or self.profile.get("device", {}).get("cpu_count") or 1)
 
     @property
     def dispatch_s(self) -> float:
