@@ -25,5 +25,10 @@ at a time, on the real demo engine and in the simulator):
    starts the next missing expert's load while the current batch runs. A host->GPU copy runs
    beside GPU compute and pays (paper-scale simulation: +4..+18% with it, UMA needs it to beat
    coserve_best); a load into a CPU pool is CPU work that competes with the batch it should hide
-   behind, and it did not pay there (real demo: +6% without it; simulator: -0.3..+5%).
+   behind, and it did not pay there (real demo: +6% without it; simulator: -0.3..+5%; with
+   reads in reader processes and the rule below: neutral, 1,538 vs 1,525 img/s).
+   A prefetch never evicts an expert that running or queued work on its pool needs, on any
+   executor sharing the pool (engine/loop.py ``_prefetch``). Why: such an eviction only moves a
+   load or adds a reload; at paper scale (NUMA A2, simulated) protecting only the prefetching
+   executor's own queue let coserve_plus make 1,022 switches, this rule 169 (27.5 -> 27.9 img/s).
 """
