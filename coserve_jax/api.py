@@ -119,7 +119,7 @@ def load_cost_model(cfg: RunConfig, model: Model, runtime: Any = None, progress:
                       "drop": hw.drop_page_cache, "jax": jax.__version__,
                       "reader_processes": cfg.backend.load_processes > 0}, sort_keys=True)
     path = Path(model.zoo.root) / f"profile-{hashlib.sha256(key.encode()).hexdigest()[:12]}.json"
-    if path.exists():
+    if path.exists() and not cfg.profiler.get("refresh", False):
         return CostModel.load(path)
     rt = runtime or make_runtime(cfg, model)
     try:

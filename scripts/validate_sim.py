@@ -26,6 +26,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--requests", type=int, default=1000)
     ap.add_argument("--seeds", type=int, nargs="+", default=[0])
     ap.add_argument("--arms", nargs="+", default=ARMS)
+    ap.add_argument("--fresh-profile", action="store_true",
+                    help="re-measure the profile right before each seed's real runs (profiler.refresh=true), "
+                         "so the simulator sees the machine's speed of the moment")
     ap.add_argument("overrides", nargs="*", help="extra Hydra overrides for both backends")
     args = ap.parse_args(argv)
 
@@ -38,7 +41,8 @@ def main(argv: list[str] | None = None) -> int:
         common = [f"arms=[{','.join(args.arms)}]", f"workload.num_requests={args.requests}", f"seed={seed}",
                   *args.overrides]
         real_dir = runs / f"seed{seed}" / "real"
-        real = run_experiment(common + ["backend=real"], real_dir)
+        real = run_experiment(common + ["backend=real"] + (["profiler.refresh=true"] if args.fresh_profile else []),
+                              real_dir)
         profile = real_dir / "profile.json"
         sim = run_experiment(common + ["backend=sim", f"hardware.profile={profile.resolve()}"],
                              runs / f"seed{seed}" / "sim")
