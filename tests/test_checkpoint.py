@@ -50,13 +50,18 @@ def test_missing_checkpoint(tmp_path):
     assert "missing" in str(err.value)
 
 
-def test_corrupt_checkpoint(saved, tmp_path):
-    path, _ = saved
-    bad = tmp_path / "cls_007"
+def _corrupt_copy(path, bad):
+    """A copy of the checkpoint at path whose every file is garbage."""
     shutil.copytree(path, bad)
     for f in bad.rglob("*"):
         if f.is_file() and f.stat().st_size > 0:
             f.write_bytes(b"\x00garbage" * 4)
+    return bad
+
+
+def test_corrupt_checkpoint(saved, tmp_path):
+    path, _ = saved
+    bad = _corrupt_copy(path, tmp_path / "cls_007")
     with pytest.raises(CheckpointError) as err:
         restore_expert(bad, abstract_state(SPEC)[1], expert_id="cls_007")
     assert "cls_007" in str(err.value) and str(bad) in str(err.value)
@@ -91,11 +96,7 @@ def test_process_reader_matches_in_thread_read(saved, reader):
 
 def test_process_reader_reports_corrupt_and_missing(saved, reader, tmp_path):
     path, _ = saved
-    bad = tmp_path / "cls_007"
-    shutil.copytree(path, bad)
-    for f in bad.rglob("*"):
-        if f.is_file() and f.stat().st_size > 0:
-            f.write_bytes(b"\x00garbage" * 4)
+    bad = _corrupt_copy(path, tmp_path / "cls_007")
     with pytest.raises(CheckpointError, match="cls_007"):
         restore_expert(bad, abstract_state(SPEC)[1], expert_id="cls_007", reader=reader)
     with pytest.raises(CheckpointError, match="missing"):
