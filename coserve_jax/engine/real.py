@@ -1,4 +1,4 @@
-"""The real backend: wall clock, Orbax loads on I/O threads, jit-compiled batches on executor threads.
+"""The real backend: wall clock, Orbax reads in reader processes driven by I/O threads, jit-compiled batches on executor threads.
 
 ``Runtime`` is shared by every arm of a run: the zoo, the JAX devices, one jit-compiled forward
 per architecture (XLA compiles it once per (device, batch bucket); inputs are padded to
