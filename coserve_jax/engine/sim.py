@@ -148,10 +148,10 @@ class SimBackend:
                 self._now = max(self._now, t)
                 ev: Event = LoadDone(job, seconds=self._now - start)
             else:
-                _, jid, token = item
-                r = self._running.get(key, {}).get(jid)
-                if r is None or r.token != token:
+                r = self._live(item)
+                if r is None:
                     continue  # superseded by a reschedule
+                jid = item[1]
                 self._now = max(self._now, t)
                 self._advance(key)
                 del self._running[key][jid]
@@ -173,15 +173,17 @@ class SimBackend:
             t, _, _, item = self._heap[0]
             if t > self._now:
                 return None
-            key = item[0]
-            if key is not None:
-                _, jid, token = item
-                r = self._running.get(key, {}).get(jid)
-                if r is None or r.token != token:
-                    heapq.heappop(self._heap)  # superseded by a reschedule
-                    continue
+            if item[0] is not None and self._live(item) is None:
+                heapq.heappop(self._heap)  # superseded by a reschedule
+                continue
             return t
         return None
+
+    def _live(self, item: tuple) -> _Job | None:
+        """The running job a shared-resource heap entry (key, job id, token) still stands for."""
+        key, jid, token = item
+        r = self._running.get(key, {}).get(jid)
+        return r if r is not None and r.token == token else None
 
     def charge(self) -> None:
         """The loop handled one arrival or event: its own time passes (one Python thread)."""

@@ -25,7 +25,6 @@ A worker that dies is replaced, and its read fails with a ``CheckpointError``.
 from __future__ import annotations
 
 import contextlib
-import logging
 import multiprocessing as mp
 import os
 import queue
@@ -36,9 +35,6 @@ from typing import Any
 import numpy as np
 
 from coserve_jax.store.checkpoint import CheckpointError
-
-log = logging.getLogger(__name__)
-
 
 def _serve(conn: Any) -> None:
     """Worker process: read requests until None (or the pipe closes)."""
