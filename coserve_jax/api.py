@@ -111,13 +111,13 @@ def load_cost_model(cfg: RunConfig, model: Model, runtime: Any = None, progress:
         raise ConfigError("hardware.profile: a paper-scale model needs hardware.profile or hardware.paper_profile")
     import jax
 
-    from coserve_jax.profiler.microbench import measure_profile
+    from coserve_jax.profiler.microbench import PATHS_VERSION, measure_profile
 
     kinds = sorted(hw.executors)
     settings = {k: cfg.profiler.get(k) for k in ("batch_sizes", "repeats", "load_samples")}
     key = json.dumps({"devices": [str(d) for d in jax.devices()], "kinds": kinds, "settings": settings,
                       "drop": hw.drop_page_cache, "jax": jax.__version__,
-                      "reader_processes": cfg.backend.load_processes > 0}, sort_keys=True)
+                      "reader_processes": cfg.backend.load_processes > 0, "paths": PATHS_VERSION}, sort_keys=True)
     path = Path(model.zoo.root) / f"profile-{hashlib.sha256(key.encode()).hexdigest()[:12]}.json"
     if path.exists() and not cfg.profiler.get("refresh", False):
         return CostModel.load(path)

@@ -154,7 +154,7 @@ def test_forward_compiles_once_per_arch_device_bucket(real):
         for dev in devices:
             x = jax.device_put(np.zeros((b, *zoo.archs[arch].input_shape), np.float32), dev)
             for e in experts:
-                jax.block_until_ready(fwd(zoo.restore(e, device=dev), x))
+                jax.block_until_ready(fwd(rt.restore(e, dev), x))
         assert rt.traces[arch] - before_traces <= 1
         assert fwd._cache_size() - before_compiled <= len(devices)
         # the same padded forward, checked by chex: many experts, one trace

@@ -28,9 +28,13 @@ from typing import Any
 import jax
 import numpy as np
 
-from coserve_jax.engine.real import Runtime, bucket_size, run_padded, to_device
+from coserve_jax.engine.real import Runtime, bucket_size, run_padded
 from coserve_jax.profiler.cost_model import SCHEMA
 from coserve_jax.store.disk import drop_page_cache
+
+# Which serving paths a profile measured; part of the cached profile's key, so a change to how
+# the engine loads or calls an expert re-measures. 2: served weights are a flat list of leaves.
+PATHS_VERSION = 2
 
 
 def fit_linear(x: Sequence[float], y: Sequence[float]) -> tuple[float, float]:
@@ -150,8 +154,8 @@ def measure_loads(rt: Runtime, device: jax.Device | None, samples: int, drop_cac
         # compile for this device) are not load costs.
         warm = rt.restore(experts[0].expert_id, None)
         if device is not None:
-            to_device(warm, device)
-            jax.block_until_ready(rt.restore(experts[0].expert_id, device))
+            rt.put(experts[0].expert_id, warm, device)
+            rt.restore(experts[0].expert_id, device)
         for e in experts[:samples]:
             # The paths the real backend takes: disk straight onto the device (no host cache),
             # and host cache -> device (device_put of the host copy). Median of three each.
@@ -166,7 +170,7 @@ def measure_loads(rt: Runtime, device: jax.Device | None, samples: int, drop_cac
                 if device is not None:
                     host = rt.restore(e.expert_id, None)
                     t = time.perf_counter()
-                    to_device(host, device)
+                    rt.put(e.expert_id, host, device)
                     t_put.append(time.perf_counter() - t)
             disk_x.append(e.param_bytes)
             disk_y.append(float(np.median(t_disk)))
