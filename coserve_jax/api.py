@@ -117,7 +117,8 @@ def load_cost_model(cfg: RunConfig, model: Model, runtime: Any = None, progress:
     settings = {k: cfg.profiler.get(k) for k in ("batch_sizes", "repeats", "load_samples")}
     key = json.dumps({"devices": [str(d) for d in jax.devices()], "kinds": kinds, "settings": settings,
                       "drop": hw.drop_page_cache, "jax": jax.__version__,
-                      "reader_processes": cfg.backend.load_processes > 0, "paths": PATHS_VERSION}, sort_keys=True)
+                      "reader_processes": cfg.backend.load_processes > 0, "paths": PATHS_VERSION,
+                      "executors": dict(hw.executors)}, sort_keys=True)
     path = Path(model.zoo.root) / f"profile-{hashlib.sha256(key.encode()).hexdigest()[:12]}.json"
     if path.exists() and not cfg.profiler.get("refresh", False):
         return CostModel.load(path)
@@ -125,7 +126,8 @@ def load_cost_model(cfg: RunConfig, model: Model, runtime: Any = None, progress:
     try:
         prof = measure_profile(rt, kinds, batch_sizes=tuple(settings["batch_sizes"] or (1, 2, 4, 8, 16, 32)),
                                repeats=int(settings["repeats"] or 3), load_samples=int(settings["load_samples"] or 3),
-                               drop_cache=hw.drop_page_cache, seed=cfg.seed, progress=progress)
+                               drop_cache=hw.drop_page_cache, seed=cfg.seed, progress=progress,
+                               executors=dict(hw.executors))
     finally:
         if runtime is None:
             rt.close()
@@ -181,7 +183,7 @@ class ArmRunner:
             from coserve_jax.engine.sim import SimBackend
 
             backend = SimBackend(self.cfg.backend.load_threads, loop_s_per_event=self.cost.loop_s_per_event,
-                                 host_cores=self.cost.host_cores)
+                                 host_cores=self.cost.host_cores, loop_s_per_arrival=self.cost.loop_s_per_arrival)
         else:
             from coserve_jax.engine.real import RealBackend
 

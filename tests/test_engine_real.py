@@ -377,3 +377,13 @@ def test_public_engine_submit_run_close(real):
     assert not any(w.is_alive() for w in engine._engine.backend._workers.values())
     with pytest.raises(RuntimeError, match="closed"):
         engine.submit(np.zeros((32, 32, 3), np.float32), requests[0].component_type)
+
+
+def test_real_backend_accounts_the_loops_busy_time_per_kind(real):
+    """A real run's loop time splits into waits and busy time per arrival and per completion
+    (what the profiler's loop measurement reads)."""
+    _, engine, requests = run_one(real, "coserve")
+    be = engine.backend
+    assert be.charged["arrival"] == len(requests)
+    assert 0 < be.charged["event"] <= be.events_handled  # the initial loads are awaited before serving
+    assert all(s > 0 for s in be.busy_s.values()) and be.wait_s >= 0

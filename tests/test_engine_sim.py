@@ -122,3 +122,18 @@ def test_sim_host_shares_cores_max_min_fairly(cores):
         # one core shared by 3 jobs: the load needs 0.6 s; then 0.8 s left per batch at 1/2 speed.
         assert done["load"] == pytest.approx(0.6)
         assert done["b0"] == pytest.approx(2.2) and done["b1"] == pytest.approx(2.2)
+
+
+def test_sim_loop_charges_arrivals_and_completions_their_own_costs():
+    """The loop's time per arrival and per completion come from the profile, separately."""
+    be = SimBackend(1, loop_s_per_event=3e-4, loop_s_per_arrival=5e-5)
+    be.charge("arrival")
+    assert be.now() == pytest.approx(5e-5)
+    be.charge()
+    assert be.now() == pytest.approx(3.5e-4)
+    # Without a separate arrival cost, an arrival costs what a completion does (older profiles).
+    old = SimBackend(1, loop_s_per_event=2e-5)
+    old.charge("arrival")
+    old.charge("event")
+    assert old.now() == pytest.approx(4e-5)
+

@@ -68,7 +68,7 @@ class Backend(Protocol):
     def next_event(self, until_s: float | None) -> Event | None: ...
     def ready_at(self) -> float | None: ...  # when the oldest waiting event happened; None: none waits
     def drop(self, pool_id: str, expert_id: str) -> None: ...
-    def charge(self) -> None: ...  # the loop handled one arrival or event (sim: its time passes)
+    def charge(self, kind: str = "event") -> None: ...  # the loop handled an "arrival" or an "event" (sim: its time passes)
     def validate_input(self, request: Request, image: Any) -> str | None: ...
 
 
@@ -212,7 +212,7 @@ class Engine:
                     k += 1
                     self._arrive(requests[i], None if images is None else images[i], next_t)
                     self._dispatch_all()
-                    self.backend.charge()
+                    self.backend.charge("arrival")
                     if k == len(order):
                         self._ingested_s = self.backend.now() - first_arrival
                     continue

@@ -196,6 +196,13 @@ class RealBackend:
         self._pool_device: dict[str, jax.Device] = {}
         self._t0 = time.perf_counter()
         self._closed = False
+        self.events_handled = 0  # events next_event returned
+        self.wait_s = 0.0  # seconds the loop spent blocked in next_event (the rest it was busy)
+        # The loop's busy seconds and count per kind of work it charged ("arrival", "event"):
+        # from the end of its last wait or charge to the next charge.
+        self.busy_s: dict[str, float] = {}
+        self.charged: dict[str, int] = {}
+        self._mark = time.perf_counter()
 
     # ---- clock and events ------------------------------------------------------------------
     def now(self) -> float:
@@ -204,12 +211,19 @@ class RealBackend:
     def next_event(self, until_s: float | None) -> Event | None:
         if self._held is not None:
             ev, self._held = self._held[1], None
+            self.events_handled += 1
             return ev
         timeout = self.stall_timeout_s if until_s is None else max(0.0, until_s - self.now())
+        t = time.perf_counter()
         try:
-            return self._events.get(timeout=timeout)[1]
+            ev = self._events.get(timeout=timeout)[1]
         except queue.Empty:
             return None
+        finally:
+            self._mark = time.perf_counter()
+            self.wait_s += self._mark - t
+        self.events_handled += 1
+        return ev
 
     def ready_at(self) -> float | None:
         """When the oldest waiting event happened (backend clock), or None if none waits."""
@@ -223,8 +237,12 @@ class RealBackend:
     def _put(self, ev: Event) -> None:
         self._events.put((self.now(), ev))
 
-    def charge(self) -> None:
-        """Real time passes by itself while the loop works."""
+    def charge(self, kind: str = "event") -> None:
+        """Real time passes by itself while the loop works; record how much this piece took."""
+        now = time.perf_counter()
+        self.busy_s[kind] = self.busy_s.get(kind, 0.0) + now - self._mark
+        self.charged[kind] = self.charged.get(kind, 0) + 1
+        self._mark = now
 
     def has_events(self) -> bool:
         """Whether completions or submissions are waiting for the loop."""

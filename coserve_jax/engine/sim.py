@@ -13,9 +13,9 @@ the resources they share, as on the real machines:
   (one reader process). Each job runs at (cores it gets) / (cores it may use): on 2 cores, two
   batches and a load get 2/3 core each, so the batches run at 1/3 speed and the load at 2/3.
   With ``host_cores`` 1 this is plain processor sharing (each of n jobs at 1/n).
-The loop itself is one thread: with ``loop_s_per_event`` (the profile's measured
-``overheads.loop_s_per_event``) every arrival or completion it handles costs that much virtual
-time, so the simulated loop lags behind fast arrivals as the real one does.
+The loop itself is one thread: every arrival it takes in costs ``loop_s_per_arrival`` and every
+completion ``loop_s_per_event`` of virtual time (the profile's ``overheads``, measured while
+serving), so the simulated loop lags behind fast arrivals as the real one does.
 The profile's figures are each job alone on its device. Identical inputs give identical
 schedules.
 """
@@ -51,7 +51,8 @@ class SimBackend:
     routing_default = "trace"
 
     def __init__(self, load_channels: int = 1, share_devices: bool = True, loads_share_host: bool = True,
-                 loop_s_per_event: float = 0.0, host_cores: int = 1):
+                 loop_s_per_event: float = 0.0, host_cores: int = 1,
+                 loop_s_per_arrival: float | None = None):
         if load_channels < 1:
             raise ValueError("load_channels must be >= 1")
         if host_cores < 1:
@@ -66,6 +67,7 @@ class SimBackend:
         self.share_devices = share_devices
         self.loads_share_host = loads_share_host
         self.loop_s_per_event = loop_s_per_event
+        self.loop_s_per_arrival = loop_s_per_event if loop_s_per_arrival is None else loop_s_per_arrival
         self._running: dict[tuple, dict[int, _Job]] = {}
         self._updated_s: dict[tuple, float] = {}
         self.events_handled = 0
@@ -185,9 +187,9 @@ class SimBackend:
         r = self._running.get(key, {}).get(jid)
         return r if r is not None and r.token == token else None
 
-    def charge(self) -> None:
+    def charge(self, kind: str = "event") -> None:
         """The loop handled one arrival or event: its own time passes (one Python thread)."""
-        self._now += self.loop_s_per_event
+        self._now += self.loop_s_per_arrival if kind == "arrival" else self.loop_s_per_event
 
     def drop(self, pool_id: str, expert_id: str) -> None:
         pass

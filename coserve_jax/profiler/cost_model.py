@@ -21,7 +21,8 @@ Schema ``coserve_jax.profile/1`` (all times in seconds, sizes in bytes)::
       },
       "host_cache_loads": {"disk": {"a_s": float, "b_s_per_byte": float}},  # disk -> host cache
       "overheads": {"dispatch_s": float,     # optional: per-batch engine overhead
-                    "loop_s_per_event": float},  # optional: the loop's own time per event
+                    "loop_s_per_event": float,   # optional: the loop's own time per completion
+                    "loop_s_per_arrival": float},  # optional: ... per arrival (default: per event)
       "host": {"cores": int}                 # optional: cores the simulated host shares
     }                                        # (default: device.cpu_count, else 1)
 
@@ -158,6 +159,11 @@ class CostModel:
     def loop_s_per_event(self) -> float:
         """The engine loop's own seconds per handled arrival or completion (simulator clock)."""
         return float(self.profile.get("overheads", {}).get("loop_s_per_event", 0.0))
+
+    @property
+    def loop_s_per_arrival(self) -> float:
+        """The engine loop's own seconds per arrival it takes in (default: ``loop_s_per_event``)."""
+        return float(self.profile.get("overheads", {}).get("loop_s_per_arrival", self.loop_s_per_event))
 
     @property
     def host_cores(self) -> int:

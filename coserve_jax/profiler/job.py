@@ -98,7 +98,7 @@ def run_profile_job(cfg: DictConfig, out_dir: str | Path, progress: bool = True)
         t0 = time.perf_counter()
         prof = measure_profile(rt, kinds, batch_sizes=batch_sizes, repeats=repeats, load_samples=load_samples,
                                drop_cache=hw.drop_page_cache, seed=run_cfg.seed, progress=progress,
-                               heldout_sizes=heldout, warmup=warmup)
+                               heldout_sizes=heldout, warmup=warmup, executors=dict(hw.executors))
         # The other page-cache setting, so both load fits are on record.
         other = not hw.drop_page_cache
         variants: dict[str, Any] = {k: {_pc(hw.drop_page_cache): prof["kinds"][k]["loads"]} for k in kinds}

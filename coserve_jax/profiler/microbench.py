@@ -33,8 +33,9 @@ from coserve_jax.profiler.cost_model import SCHEMA
 from coserve_jax.store.disk import drop_page_cache
 
 # Which serving paths a profile measured; part of the cached profile's key, so a change to how
-# the engine loads or calls an expert re-measures. 2: served weights are a flat list of leaves.
-PATHS_VERSION = 2
+# the engine loads or calls an expert re-measures. 2: served weights are a flat list of leaves;
+# 3: the loop's cost per event is timed while serving.
+PATHS_VERSION = 3
 
 
 def fit_linear(x: Sequence[float], y: Sequence[float]) -> tuple[float, float]:
@@ -188,8 +189,11 @@ def measure_loads(rt: Runtime, device: jax.Device | None, samples: int, drop_cac
 def measure_profile(rt: Runtime, kinds: Sequence[str], batch_sizes: Sequence[int] = (1, 2, 4, 8, 16, 32),
                     repeats: int = 3, load_samples: int = 3, drop_cache: bool = False,
                     seed: int = 0, progress: bool = False,
-                    heldout_sizes: Sequence[int] = (), warmup: int = 2) -> dict[str, Any]:
-    """Measure every architecture on one device of each kind; return a Profile dict."""
+                    heldout_sizes: Sequence[int] = (), warmup: int = 2,
+                    executors: dict[str, int] | None = None) -> dict[str, Any]:
+    """Measure every architecture on one device of each kind; return a Profile dict.
+    ``executors`` (the hardware's, e.g. ``{"cpu": 2}``): time the loop's cost per event while
+    serving on them (``loop_overhead``); None: time the policies over the simulator backend."""
     rng = np.random.default_rng(seed)
     archs = sorted({e.arch for e in rt.zoo.graph.experts.values()})
     work = [(k, a) for k in kinds for a in archs]
@@ -225,8 +229,14 @@ def measure_profile(rt: Runtime, kinds: Sequence[str], batch_sizes: Sequence[int
         "kinds": out_kinds,
         "host_cache_loads": {"disk": host["disk"]},
     }
-    # The simulator's clock also needs the loop's own cost per event, timed on this profile.
-    from coserve_jax.profiler.loop_overhead import measure_loop_s_per_event
+    # The simulator's clock also needs the loop's own cost per event, timed on this profile:
+    # serving on these executors when they are given, else the policies' cost alone.
+    from coserve_jax.profiler.loop_overhead import measure_loop_s_per_event, measure_serving_loop_s
 
-    profile["overheads"] = {"loop_s_per_event": measure_loop_s_per_event(rt.zoo.graph, profile)}
+    if executors:
+        profile["overheads"] = {**measure_serving_loop_s(rt, profile, dict(executors), seed=seed),
+                                "loop_measured": "serving"}
+    else:
+        profile["overheads"] = {"loop_s_per_event": measure_loop_s_per_event(rt.zoo.graph, profile),
+                                "loop_measured": "policies"}
     return profile
