@@ -4,17 +4,18 @@ The real engine's loop is one Python thread: every arrival and completion it han
 decisions, queue and pool bookkeeping, dispatch) takes wall time during which later arrivals
 wait. When arrivals come faster than that (the default workload: one every 0.1 ms), the loop
 lags and sees requests in bursts, which changes grouping and switches. The simulator charges
-``overheads.loop_s_per_event`` of virtual time per handled arrival or completion; this module
-measures it on the profile being built, in one of two ways:
+``overheads.loop_s_per_arrival`` of virtual time per arrival and ``loop_s_per_event`` per
+completion; this module measures them on the profile being built, in one of two ways:
 
 - ``measure_serving_loop_s`` (a real engine's profile): the real backend serves a
   trace with the coserve arm and the hardware's executors, and the loop's busy time (its run's
   wall time less the time it sat blocked waiting for an event) is divided by the arrivals and
-  the completions it handled, separately. This counts what serving adds to the policies' own cost: input checks,
-  hand-offs to executor and I/O threads, and the GIL and cores the loop shares with them. On
-  this 2-core machine that is ~110 µs per event against ~28 µs for the same loop over the
-  simulator backend; with the smaller figure the simulator saw arrivals ~4× sooner than the real
-  loop does, made smaller groups, and counted 26–40% more switches than the real runs.
+  the completions it handled, separately. This counts what serving adds to the policies' own
+  cost: input checks, hand-offs to executor and I/O threads, and the GIL and cores the loop
+  shares with them. On
+  this 2-core machine (demo CoE, 2 CPU executors) that is 52–60 µs per arrival and 330–390 µs
+  per completion (which routes a whole batch's tasks), against ~28 µs per event for the same
+  loop over the simulator backend (experiments/sim_validation/README.md).
 - ``measure_loop_s_per_event``: the same loop and policies over the simulator backend (whose
   own cost is negligible beside them); the policies' cost alone, for profiles without a real
   engine to serve with.
