@@ -183,7 +183,8 @@ class ArmRunner:
             from coserve_jax.engine.sim import SimBackend
 
             backend = SimBackend(self.cfg.backend.load_threads, loop_s_per_event=self.cost.loop_s_per_event,
-                                 host_cores=self.cost.host_cores, loop_s_per_arrival=self.cost.loop_s_per_arrival)
+                                 host_cores=self.cost.host_cores, loop_s_per_arrival=self.cost.loop_s_per_arrival,
+                                 loop_shares_host=self.cfg.backend.loop_shares_host)
         else:
             from coserve_jax.engine.real import RealBackend
 

@@ -119,6 +119,7 @@ class BackendConfig:
     stall_timeout_s: float = 120.0
     compilation_cache_dir: str | None = None  # None: ~/.cache/coserve_jax/jax_cache
     check_invariants: bool = False  # re-verify byte accounting after every event
+    loop_shares_host: bool = True  # sim: the loop's busy time takes a host core from CPU jobs
 
 
 @dataclasses.dataclass(frozen=True)

@@ -137,3 +137,26 @@ def test_sim_loop_charges_arrivals_and_completions_their_own_costs():
     old.charge("event")
     assert old.now() == pytest.approx(4e-5)
 
+
+
+@pytest.mark.parametrize("shares", [True, False])
+def test_sim_loop_takes_a_host_core_while_busy(shares):
+    """The loop's own work runs on the host beside CPU batches: while it is busy, a batch that
+    may use both cores gets one (2 cores: the loop takes the other)."""
+    from types import SimpleNamespace
+
+    from coserve_jax.engine.loop import BatchDone
+    from coserve_jax.types import Batch
+
+    be = SimBackend(1, host_cores=2, loop_s_per_event=0.5, loop_shares_host=shares)
+    be.start_batch(Batch(1, 0, "cls_0", (), predicted_s=1.0), SimpleNamespace(kind="cpu", device_index=0), [])
+    be.charge()  # 0.5 s of loop work: the batch runs at half speed meanwhile (0.25 s of its 1.0 s)
+    ev = be.next_event(None)
+    assert isinstance(ev, BatchDone)
+    assert be.now() == pytest.approx(1.25 if shares else 1.0)
+    # A GPU batch does not share the host with the loop.
+    gpu = SimBackend(1, host_cores=2, loop_s_per_event=0.5, loop_shares_host=True)
+    gpu.start_batch(Batch(2, 0, "cls_0", (), predicted_s=1.0), SimpleNamespace(kind="gpu", device_index=0), [])
+    gpu.charge()
+    gpu.next_event(None)
+    assert gpu.now() == pytest.approx(1.0)
