@@ -10,11 +10,12 @@ copy them to the device, unpack) run under this process's GIL. Measured on this 
 
 | read path | alone | beside a thread that never yields | serving coserve: s per load, img/s |
 | --- | --- | --- | --- |
-| Orbax restore in a loader thread | 11.7 ms | 138 ms (max 392) | 24.7 ms, 1,270 img/s |
-| reader process, vectors sent back over a pipe | 10.0 ms | 112 ms (max 205) | 15.8 ms, 1,544 img/s |
+| Orbax restore in a loader thread | 8.4 ms | 124 ms (max 186) | 11.8 ms, 2,086 img/s |
+| reader process, vectors sent back over a pipe | 5.6 ms | 65 ms (max 91) | 10.0 ms, 2,186 img/s |
 
-(The never-yielding thread is a worst case: the device copy and unpack still wait for it. The
-serving figures are medians of 3 interleaved runs each.)
+(Re-measured 2026-11-29 with the flat-leaves engine: 10 reads per cell; serving figures are
+medians of 3 interleaved runs. The never-yielding thread is a worst case: the device copy and
+unpack still wait for it.)
 
 So the real backend reads through a ``ProcessReader``: ``processes`` spawned workers, each
 running ``read_packed`` (Orbax read + layout and CRC checks, host memory only) and sending the
