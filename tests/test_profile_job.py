@@ -31,6 +31,47 @@ def test_heldout_errors_and_usage_summaries():
     assert usage_gap(u, {"c0": 0.7, "d0": 0.6}) == pytest.approx(0.25)
 
 
+class _CountingRuntime:
+    """Stands in for ``engine.real.Runtime``: records which expert each read and copy was for."""
+
+    def __init__(self, sizes):
+        from types import SimpleNamespace
+
+        self.zoo = SimpleNamespace(graph=SimpleNamespace(experts={
+            eid: SimpleNamespace(expert_id=eid, arch=arch, param_bytes=b, checkpoint_path=f"/nowhere/{eid}")
+            for eid, (arch, b) in sizes.items()}))
+        self.reads, self.puts = [], []
+
+    def restore(self, expert_id, device):
+        self.reads.append((expert_id, device))
+        return [0]
+
+    def put(self, expert_id, host, device):
+        self.puts.append(expert_id)
+        return [0]
+
+
+def test_load_sampler_cycles_over_experts_of_each_arch():
+    from coserve_jax.profiler.microbench import LoadSampler
+
+    rt = _CountingRuntime({"a0": ("a", 100), "a1": ("a", 100), "a2": ("a", 100), "b0": ("b", 400)})
+    s = LoadSampler(rt, device="dev", samples=2, drop_cache=False)
+    assert [e.expert_id for e in s.experts] == ["a0", "a1", "b0"]  # samples per arch, sorted
+    warm = len(rt.reads)
+    for _ in range(4):
+        s.sample()
+    timed = [e for e, dev in rt.reads[warm:] if dev == "dev"]
+    assert timed == ["a0", "a1", "b0", "a0"] and rt.puts[-4:] == timed
+    s.fill(3)
+    assert s.count == 9
+    fit = s.fit()
+    assert fit["disk"]["timings_per_expert"] == 3 and fit["disk"]["samples"]["bytes"] == [100, 100, 400]
+    assert fit["disk"]["a_s"] >= 0 and fit["disk"]["b_s_per_byte"] >= 0
+    s_host = LoadSampler(rt, device=None, samples=1, drop_cache=False)
+    s_host.fill(2)
+    assert s_host.fit()["host"]["samples"]["seconds"] == [0.0, 0.0]  # no device: no copy timed
+
+
 def _tiny_zoo_available() -> bool:
     try:
         from coserve_jax.coe import zoo
@@ -57,4 +98,7 @@ def test_profile_job_on_the_tiny_zoo(tmp_path, monkeypatch):
     assert p["usage"]["router_requests"] == 30
     prof = json.loads((tmp_path / "run" / "profile.json").read_text())
     CostModel(prof)  # the measured profile is a valid cost model
+    # loads are timed between batch rounds: 2 archs x 2 rounds spread over 2 experts per arch,
+    # then topped up to three timings each
+    assert prof["kinds"]["cpu"]["loads"]["disk"]["timings_per_expert"] >= 3
     assert (tmp_path / "run" / "profile_summary.md").is_file()

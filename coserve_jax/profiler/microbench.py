@@ -7,7 +7,7 @@ shape), fitted as latency = K·n + B by least squares; the maximum batch size is
 the smallest n whose per-image latency is within ``plateau_tol`` of the best measured (the
 paper's "per-image latency plateaus", Fig. 5); activation bytes per batch size from XLA's
 compiled memory analysis; load seconds per tier transition fitted as a + b·bytes over experts of
-different sizes.
+different sizes, each load timed between two batch rounds (``LoadSampler``).
 
 Held-out check (``heldout_sizes``): batch sizes left out of the fit (e.g. 3, 6, 12, 24) are
 measured too and the line's relative error on them is reported, twice: with inputs of exactly n
@@ -22,7 +22,7 @@ from __future__ import annotations
 import os
 import platform
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import jax
@@ -34,8 +34,8 @@ from coserve_jax.store.disk import drop_page_cache
 
 # Which serving paths a profile measured; part of the cached profile's key, so a change to how
 # the engine loads or calls an expert re-measures. 2: served weights are a flat list of leaves;
-# 3: the loop's cost per event is timed while serving.
-PATHS_VERSION = 3
+# 3: the loop's cost per event is timed while serving; 4: loads are timed between batch rounds.
+PATHS_VERSION = 4
 
 
 def fit_linear(x: Sequence[float], y: Sequence[float]) -> tuple[float, float]:
@@ -90,9 +90,11 @@ def _activation_bytes(fwd: Any, state: Any, shape: tuple[int, ...], n: int, devi
 
 def measure_batches(rt: Runtime, kind: str, device: jax.Device, arch: str, batch_sizes: Sequence[int],
                     repeats: int, rng: np.random.Generator,
-                    heldout_sizes: Sequence[int] = (), warmup: int = 2) -> dict[str, Any]:
+                    heldout_sizes: Sequence[int] = (), warmup: int = 2,
+                    between_rounds: Callable[[], None] | None = None) -> dict[str, Any]:
     """K, B (fitted on ``batch_sizes``), max batch, compile seconds, bytes; with ``heldout_sizes``
     also the line's errors on sizes left out of the fit (see the module docstring).
+    ``between_rounds`` runs after each timed round (``measure_profile`` times a load there).
 
     Every shape (fit sizes, held-out sizes exact and padded) is compiled and run ``warmup`` times
     untimed, then timed in ``repeats`` interleaved rounds — each round runs every shape once, in a
@@ -119,6 +121,8 @@ def measure_batches(rt: Runtime, kind: str, device: jax.Device, arch: str, batch
         for i in rng.permutation(len(probes)):
             _, n, pad = probes[i]
             times[i].append(_time_batch(fwd, state, images[n], device, pad))
+        if between_rounds is not None:
+            between_rounds()
     med = [float(np.median(ts)) for ts in times]
     lat = [m for (lbl, _, _), m in zip(probes, med) if lbl == "fit"]
     k, b = fit_linear_nonneg(batch_sizes, lat)
@@ -143,47 +147,84 @@ def measure_batches(rt: Runtime, kind: str, device: jax.Device, arch: str, batch
     return out
 
 
-def measure_loads(rt: Runtime, device: jax.Device | None, samples: int, drop_cache: bool) -> dict[str, Any]:
-    """Fit disk->pool, host->pool (and disk->host when device is None) as a + b·bytes."""
-    zoo = rt.zoo
-    by_arch: dict[str, list] = {}
-    for e in sorted(zoo.graph.experts.values(), key=lambda e: e.expert_id):
-        by_arch.setdefault(e.arch, []).append(e)
-    disk_x, disk_y, host_y = [], [], []
-    for experts in by_arch.values():
-        # Untimed first restores: Orbax's and the device's one-time start-up (and the unpacker's
-        # compile for this device) are not load costs.
-        warm = rt.restore(experts[0].expert_id, None)
+class LoadSampler:
+    """Times loads of a zoo's experts one at a time, so the samples can be spread over a profile.
+
+    Each ``sample()`` reads the next of ``samples`` experts per architecture (round-robin over
+    experts of different sizes) the ways the real backend does: disk straight onto ``device``
+    (no host cache) and, when ``device`` is given, host copy -> device. ``fit()`` takes each
+    expert's median and fits seconds = a + b·bytes per path.
+
+    Why spread them: timed back to back, all loads land in one second of a shared machine's
+    drift. On this 2-core machine three fresh profiles fitted a classifier load of 6.6, 5.7 and
+    5.1 ms while their batch fits agreed within 6% (``experiments/sim_validation``), and the
+    simulator inherits such an error in every load. ``measure_profile`` takes one sample between
+    batch rounds instead, so loads and batches are timed over the same minutes: three fresh
+    profiles then fitted 6.8, 7.6 and 6.8 ms (``scripts/validate_sim.py --fresh-profile``).
+    """
+
+    def __init__(self, rt: Runtime, device: jax.Device | None, samples: int, drop_cache: bool):
+        by_arch: dict[str, list] = {}
+        for e in sorted(rt.zoo.graph.experts.values(), key=lambda e: e.expert_id):
+            by_arch.setdefault(e.arch, []).append(e)
+        self.rt, self.device, self.drop_cache = rt, device, drop_cache
+        self.experts = [e for experts in by_arch.values() for e in experts[:max(samples, 1)]]
+        for experts in by_arch.values():
+            # Untimed first restores: Orbax's and the device's one-time start-up (and the
+            # unpacker's compile for this device) are not load costs.
+            warm = rt.restore(experts[0].expert_id, None)
+            if device is not None:
+                rt.put(experts[0].expert_id, warm, device)
+                rt.restore(experts[0].expert_id, device)
+        self._disk: list[list[float]] = [[] for _ in self.experts]
+        self._put: list[list[float]] = [[] for _ in self.experts]
+        self._next = 0
+
+    @property
+    def count(self) -> int:
+        return sum(len(ts) for ts in self._disk)
+
+    def sample(self) -> None:
+        i = self._next % len(self.experts)
+        self._next += 1
+        e, rt, device = self.experts[i], self.rt, self.device
+        if self.drop_cache:
+            drop_page_cache(e.checkpoint_path)
+        t = time.perf_counter()
+        jax.block_until_ready(rt.restore(e.expert_id, device))
+        self._disk[i].append(time.perf_counter() - t)
         if device is not None:
-            rt.put(experts[0].expert_id, warm, device)
-            rt.restore(experts[0].expert_id, device)
-        for e in experts[:samples]:
-            # The paths the real backend takes: disk straight onto the device (no host cache),
-            # and host cache -> device (device_put of the host copy). Median of three each.
-            t_disk, t_put = [], []
-            for _ in range(3):
-                if drop_cache:
-                    drop_page_cache(e.checkpoint_path)
-                t = time.perf_counter()
-                host = rt.restore(e.expert_id, device)
-                jax.block_until_ready(host)
-                t_disk.append(time.perf_counter() - t)
-                if device is not None:
-                    host = rt.restore(e.expert_id, None)
-                    t = time.perf_counter()
-                    rt.put(e.expert_id, host, device)
-                    t_put.append(time.perf_counter() - t)
-            disk_x.append(e.param_bytes)
-            disk_y.append(float(np.median(t_disk)))
-            host_y.append(float(np.median(t_put)) if t_put else 0.0)
-    bd, ad = fit_linear_nonneg(disk_x, disk_y)
-    bh, ah = fit_linear_nonneg(disk_x, host_y)
-    return {
-        "disk": {"a_s": ad, "b_s_per_byte": bd,
-                 "samples": {"bytes": disk_x, "seconds": disk_y}, "page_cache_dropped": drop_cache},
-        "host": {"a_s": ah, "b_s_per_byte": bh,
-                 "samples": {"bytes": disk_x, "seconds": host_y}},
-    }
+            host = rt.restore(e.expert_id, None)
+            t = time.perf_counter()
+            jax.block_until_ready(rt.put(e.expert_id, host, device))
+            self._put[i].append(time.perf_counter() - t)
+
+    def fill(self, per_expert: int) -> None:
+        """Sample until every expert has at least ``per_expert`` timings."""
+        while min(len(ts) for ts in self._disk) < per_expert:
+            self.sample()
+
+    def fit(self) -> dict[str, Any]:
+        x = [e.param_bytes for e in self.experts]
+        disk_y = [float(np.median(ts)) for ts in self._disk]
+        host_y = [float(np.median(ts)) if ts else 0.0 for ts in self._put]
+        bd, ad = fit_linear_nonneg(x, disk_y)
+        bh, ah = fit_linear_nonneg(x, host_y)
+        return {
+            "disk": {"a_s": ad, "b_s_per_byte": bd, "samples": {"bytes": x, "seconds": disk_y},
+                     "page_cache_dropped": self.drop_cache,
+                     "timings_per_expert": min(len(ts) for ts in self._disk)},
+            "host": {"a_s": ah, "b_s_per_byte": bh, "samples": {"bytes": x, "seconds": host_y}},
+        }
+
+
+def measure_loads(rt: Runtime, device: jax.Device | None, samples: int, drop_cache: bool,
+                  per_expert: int = 3) -> dict[str, Any]:
+    """Fit disk->pool, host->pool (and disk->host when device is None) as a + b·bytes, timing
+    ``per_expert`` loads of each of ``samples`` experts per architecture back to back."""
+    sampler = LoadSampler(rt, device, samples, drop_cache)
+    sampler.fill(per_expert)
+    return sampler.fit()
 
 
 def measure_profile(rt: Runtime, kinds: Sequence[str], batch_sizes: Sequence[int] = (1, 2, 4, 8, 16, 32),
@@ -206,12 +247,14 @@ def measure_profile(rt: Runtime, kinds: Sequence[str], batch_sizes: Sequence[int
     for kind in kinds:
         dev = rt.device(kind, 0)
         out_kinds[kind] = {"archs": {}, "device": str(dev)}
+        loads = LoadSampler(rt, dev, load_samples, drop_cache)  # one load between batch rounds
         for arch in archs:
             out_kinds[kind]["archs"][arch] = measure_batches(rt, kind, dev, arch, batch_sizes, repeats, rng,
-                                                              heldout_sizes, warmup)
+                                                              heldout_sizes, warmup, loads.sample)
             if bar:
                 bar.update()
-        out_kinds[kind]["loads"] = measure_loads(rt, dev, load_samples, drop_cache)
+        loads.fill(3)  # at least three timings per expert (short profiles)
+        out_kinds[kind]["loads"] = loads.fit()
         if bar:
             bar.update()
     host = measure_loads(rt, None, load_samples, drop_cache)
