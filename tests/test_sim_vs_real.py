@@ -46,3 +46,34 @@ def test_same_decisions_real_and_sim(arm):
         decisions[backend] = engine.decisions
     assert len(decisions["sim"]) > 60
     assert decisions["real"] == decisions["sim"]
+
+
+def test_validate_sim_tabulates_saved_runs(tmp_path):
+    """scripts/validate_sim.py --from-runs: real switches are the median over the real runs."""
+    import importlib.util
+    import json
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location(
+        "validate_sim", Path(__file__).resolve().parents[1] / "scripts" / "validate_sim.py")
+    vs = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(vs)
+
+    def arm(rps, sw, reps=None):
+        a = {"throughput_rps": rps, "switches": {"count": sw}}
+        if reps:
+            a["repeats"] = {"throughput_rps": [r for r, _ in reps], "switches": [s for _, s in reps]}
+        return a
+
+    runs = tmp_path / "runs"
+    for side, arms in {"real": {"coserve": arm(100.0, 70, [(90.0, 80), (100.0, 70), (110.0, 84)])},
+                       "sim": {"coserve": arm(110.0, 88)}}.items():
+        (runs / "seed3" / side).mkdir(parents=True)
+        (runs / "seed3" / side / "results.json").write_text(json.dumps({"arms": arms}))
+    assert vs.main(["--from-runs", "--runs", str(runs), "--seeds", "3", "--arms", "coserve",
+                    "--out", str(tmp_path / "out")]) == 0
+    (row,) = json.loads((tmp_path / "out" / "validation.json").read_text())
+    assert row["real_switches"] == 80 and row["real_switches_of_median_run"] == 70
+    assert row["switch_error"] == pytest.approx(0.10) and row["rps_error"] == pytest.approx(0.10)
+    assert (tmp_path / "out" / "validation.png").is_file()
+    assert "| 3 | coserve | 100.0 (90–110, 3 runs) |" in (tmp_path / "out" / "validation.md").read_text()
