@@ -121,6 +121,11 @@ class ProcessReader:
             raise CheckpointError(payload)
         return payload
 
+    def pids(self) -> list[int]:
+        """Process ids of the live reader processes (e.g. to account their CPU time)."""
+        with self._lock:
+            return [w.proc.pid for w in self._all if w.proc.pid is not None]
+
     def close(self) -> None:
         self._closed = True
         with self._lock:
