@@ -35,6 +35,7 @@ log = logging.getLogger(__name__)
 def measure_loop_s_per_event(graph: CoEGraph, profile: dict[str, Any], num_requests: int = 1500,
                              seed: int = 0) -> float:
     """Median wall seconds per handled event of the coserve arm's loop over three runs."""
+    from coserve_jax.api import frozen_heap
     from coserve_jax.config import compose, parse_config
     from coserve_jax.engine.build import build_engine
     from coserve_jax.engine.sim import SimBackend
@@ -51,7 +52,8 @@ def measure_loop_s_per_event(graph: CoEGraph, profile: dict[str, Any], num_reque
         backend = SimBackend(cfg.backend.load_threads)
         engine = build_engine(cfg, cfg.arms[0], graph, cost, backend, "trace")
         t0 = time.perf_counter()
-        engine.run(trace)
+        with frozen_heap:
+            engine.run(trace)
         per_event.append((time.perf_counter() - t0) / max(1, backend.events_handled + len(trace)))
     return sorted(per_event)[1]
 
@@ -64,7 +66,7 @@ def measure_serving_loop_s(runtime: Any, profile: dict[str, Any], executors: dic
     after one untimed run (which compiles every batch bucket)."""
     import jax
 
-    from coserve_jax.api import ArmRunner, Model, make_trace
+    from coserve_jax.api import ArmRunner, Model, frozen_heap, make_trace
     from coserve_jax.config import ConfigError, compose, parse_config
     from coserve_jax.profiler.cost_model import CostModel
 
@@ -98,7 +100,8 @@ def measure_serving_loop_s(runtime: Any, profile: dict[str, Any], executors: dic
         engine = runner.new_engine(cfg.arms[0], trace)
         backend = engine.backend
         try:
-            engine.run(trace, images)
+            with frozen_heap:  # as in every timed run (api.ArmRunner.run_arm)
+                engine.run(trace, images)
         finally:
             backend.close()
         if i:
