@@ -6,6 +6,7 @@ real multirun and regenerate the committed paper tables (scripts/reproduce_paper
 
 from __future__ import annotations
 
+import gc
 import json
 import subprocess
 import sys
@@ -14,7 +15,7 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
-from coserve_jax.api import as_run_config, run_experiment
+from coserve_jax.api import as_run_config, frozen_heap, run_experiment
 from coserve_jax.config import CONF_DIR, compose
 from coserve_jax.jobs import run_job
 
@@ -93,8 +94,6 @@ def test_task_experiment_runs_tiny_on_the_simulator(tmp_path: Path) -> None:
     res = run_experiment(["+experiment=task_b2", "workload.num_requests=60",
                           "arms=[samba,coserve,coserve_plus]"], out_dir=tmp_path, progress=False)
     assert res["config"]["task"] == "B2" and res["config"]["hardware"] == "numa_3080ti"
-    import gc
-
     assert gc.get_freeze_count() == 0  # each arm's run froze the heap and let it go
     for arm in res["arms"].values():
         assert arm["requests"]["completed"] == 60
@@ -102,10 +101,6 @@ def test_task_experiment_runs_tiny_on_the_simulator(tmp_path: Path) -> None:
 
 def test_frozen_heap_holds_while_any_user_serves() -> None:
     """The collector skips long-lived objects while an arm runs; the count survives nesting."""
-    import gc
-
-    from coserve_jax.api import frozen_heap
-
     assert gc.get_freeze_count() == 0
     with frozen_heap:
         frozen = gc.get_freeze_count()
