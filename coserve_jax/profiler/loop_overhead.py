@@ -66,7 +66,7 @@ def measure_serving_loop_s(runtime: Any, profile: dict[str, Any], executors: dic
     after one untimed run (which compiles every batch bucket)."""
     import jax
 
-    from coserve_jax.api import ArmRunner, Model, frozen_heap, make_trace
+    from coserve_jax.api import ArmRunner, Model, make_trace
     from coserve_jax.config import ConfigError, compose, parse_config
     from coserve_jax.profiler.cost_model import CostModel
 
@@ -97,13 +97,8 @@ def measure_serving_loop_s(runtime: Any, profile: dict[str, Any], executors: dic
     images = runner.images(trace)
     runs: dict[str, list[float]] = {"arrival": [], "event": []}
     for i in range(4):
-        engine = runner.new_engine(cfg.arms[0], trace)
+        _, engine = runner.run_arm(cfg.arms[0], trace, images, progress=False)
         backend = engine.backend
-        try:
-            with frozen_heap:  # as in every timed run (api.ArmRunner.run_arm)
-                engine.run(trace, images)
-        finally:
-            backend.close()
         if i:
             for kind, per in runs.items():
                 per.append(backend.busy_s.get(kind, 0.0) / max(1, backend.charged.get(kind, 0)))
