@@ -8,6 +8,12 @@ profile (the one the real run used, pinned by path), and writes a Markdown/CSV t
 with throughput and switch errors per arm. Run on a quiet machine: the real side is timed.
 Real switches are the median over the real runs (the median-throughput run's own count is in
 the CSV). ``--from-runs`` re-tabulates the run dirs of an earlier call without running anything.
+
+``--blocks B`` (with ``--fresh-profile``) splits each seed's real runs into B blocks, each
+right after its own fresh profile, and simulates every block's profile: the simulated figure is
+the median over the B profiles, the real one the median over all real runs. The profiles then
+sample the same minutes of this shared machine as the real runs they are compared with; one
+10-second profile catches one phase of its speed, which drifts by about as much as the target.
 """
 
 from __future__ import annotations
@@ -15,6 +21,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import shutil
 import statistics
 import sys
 from pathlib import Path
@@ -30,42 +37,42 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seeds", type=int, nargs="+", default=[0])
     ap.add_argument("--arms", nargs="+", default=ARMS)
     ap.add_argument("--fresh-profile", action="store_true",
-                    help="re-measure the profile right before each seed's real runs (profiler.refresh=true), "
+                    help="re-measure the profile right before each block's real runs (profiler.refresh=true), "
                          "so the simulator sees the machine's speed of the moment")
+    ap.add_argument("--blocks", type=int, default=1,
+                    help="per seed: blocks of real runs, each after its own profile (with --fresh-profile); "
+                         "the simulated figures are the median over the blocks' profiles")
+    ap.add_argument("--repeats", type=int, default=9, help="real runs per arm and seed, split over the blocks")
     ap.add_argument("--from-runs", action="store_true",
                     help="run nothing: tabulate the run dirs a previous call left under --runs")
     ap.add_argument("overrides", nargs="*", help="extra Hydra overrides for both backends")
     args = ap.parse_args(argv)
 
+    if args.blocks < 1 or args.repeats < args.blocks:
+        ap.error(f"--blocks must be >= 1 and <= --repeats, got --blocks {args.blocks} --repeats {args.repeats}")
     out, runs = Path(args.out), Path(args.runs)
     out.mkdir(parents=True, exist_ok=True)
     rows = []
     for seed in args.seeds:
-        real_dir, sim_dir = runs / f"seed{seed}" / "real", runs / f"seed{seed}" / "sim"
-        if args.from_runs:
-            real, sim = (json.loads((d / "results.json").read_text()) for d in (real_dir, sim_dir))
-        else:
-            from coserve_jax.api import run_experiment
-
-            common = [f"arms=[{','.join(args.arms)}]", f"workload.num_requests={args.requests}", f"seed={seed}",
-                      *args.overrides]
-            real = run_experiment(common + ["backend=real"] + (["profiler.refresh=true"] if args.fresh_profile else []),
-                                  real_dir)
-            sim = run_experiment(common + ["backend=sim", f"hardware.profile={(real_dir / 'profile.json').resolve()}"],
-                                 sim_dir)
-        rows += [compare(seed, arm, real["arms"][arm], sim["arms"][arm]) for arm in args.arms]
+        pairs = (block_dirs(runs / f"seed{seed}") if args.from_runs
+                 else run_blocks(runs / f"seed{seed}", seed, args))
+        reals, sims = zip(*((json.loads((r / "results.json").read_text()), json.loads((s / "results.json").read_text()))
+                            for r, s in pairs))
+        rows += [compare(seed, arm, [r["arms"][arm] for r in reals], [s["arms"][arm] for s in sims])
+                 for arm in args.arms]
     with open(out / "validation.csv", "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=list(rows[0]))
         w.writeheader()
         w.writerows(rows)
-    lines = ["| seed | arm | real img/s (range over runs) | sim img/s | error | real switches, median (range) "
-             "| sim switches | error |",
+    sim_head = "sim" if all(r["profiles"] == 1 for r in rows) else "sim, median over profiles"
+    lines = [f"| seed | arm | real img/s (range over runs) | {sim_head} img/s | error "
+             f"| real switches, median (range) | {sim_head} switches | error |",
              "| --- | --- | --- | --- | --- | --- | --- | --- |"]
     for r in rows:
         lines.append(f"| {r['seed']} | {r['arm']} | {r['real_rps']:.1f} ({r['real_rps_min']:.0f}–{r['real_rps_max']:.0f}, "
                      f"{r['real_runs']} runs) | {r['sim_rps']:.1f} | {r['rps_error']:+.1%} "
                      f"| {r['real_switches']:g} ({r['real_switches_min']}–{r['real_switches_max']}) "
-                     f"| {r['sim_switches']} | {r['switch_error']:+.1%} |")
+                     f"| {r['sim_switches']:g} | {r['switch_error']:+.1%} |")
     (out / "validation.md").write_text("\n".join(lines) + "\n")
     (out / "validation.json").write_text(json.dumps(rows, indent=2) + "\n")
     plot(rows, out / "validation.png")
@@ -76,21 +83,64 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def compare(seed: int, arm: str, r: dict, s: dict) -> dict:
-    """One table row. Real throughput is the median run's; real switches are the median over the
-    runs: the median-throughput run's own count is one draw from a spread of about ±10%."""
-    reps = r.get("repeats", {}).get("throughput_rps") or [r["throughput_rps"]]
-    sw_reps = r.get("repeats", {}).get("switches") or [r["switches"]["count"]]
-    sw_r, sw_s = statistics.median(sw_reps), s["switches"]["count"]
+def run_blocks(seed_dir: Path, seed: int, args: argparse.Namespace) -> list[tuple[Path, Path]]:
+    """Run each block's real runs (after a fresh profile with ``--fresh-profile``), then simulate
+    the same trace with that block's profile. Returns the (real dir, sim dir) pairs. The seed's
+    scratch folder is emptied first, so ``--from-runs`` never mixes in an earlier call's blocks."""
+    from coserve_jax.api import run_experiment
+
+    shutil.rmtree(seed_dir, ignore_errors=True)
+
+    common = [f"arms=[{','.join(args.arms)}]", f"workload.num_requests={args.requests}", f"seed={seed}",
+              *args.overrides]
+    pairs = []
+    for b in range(args.blocks):
+        suffix = "" if args.blocks == 1 else str(b)
+        real_dir, sim_dir = seed_dir / f"real{suffix}", seed_dir / f"sim{suffix}"
+        reps = args.repeats // args.blocks + (b < args.repeats % args.blocks)
+        run_experiment(common + ["backend=real", f"repeats={reps}"]
+                       + (["profiler.refresh=true"] if args.fresh_profile else []), real_dir)
+        run_experiment(common + ["backend=sim", f"hardware.profile={(real_dir / 'profile.json').resolve()}"], sim_dir)
+        pairs.append((real_dir, sim_dir))
+    return pairs
+
+
+def block_dirs(seed_dir: Path) -> list[tuple[Path, Path]]:
+    """The (real, sim) run dirs an earlier call left: ``real``/``sim``, or ``real0``/``sim0``, ..."""
+    if (seed_dir / "real").is_dir():
+        return [(seed_dir / "real", seed_dir / "sim")]
+    blocks = sorted(int(d.name[4:]) for d in seed_dir.glob("real*") if d.name[4:].isdigit())
+    if not blocks:
+        raise SystemExit(f"--from-runs: no real run dirs under {seed_dir}")
+    return [(seed_dir / f"real{b}", seed_dir / f"sim{b}") for b in blocks]
+
+
+def compare(seed: int, arm: str, reals: list[dict], sims: list[dict]) -> dict:
+    """One table row from a seed's blocks (one real and one simulated result per block).
+    Real throughput is the median run's over all blocks' runs; real switches are the median over
+    those runs (the median-throughput run's own count is one draw from a spread of about ±10%).
+    Simulated throughput and switches are the medians over the blocks' profiles."""
+    runs = []  # (img/s, switches) of every real run
+    for r in reals:
+        rep = r.get("repeats") or {}
+        runs += list(zip(rep.get("throughput_rps") or [r["throughput_rps"]],
+                         rep.get("switches") or [r["switches"]["count"]]))
+    median_rps, median_run_sw = sorted(runs)[(len(runs) - 1) // 2]
+    sw_reps = [sw for _, sw in runs]
+    sw_r = statistics.median(sw_reps)
+    sim_rps = [s["throughput_rps"] for s in sims]
+    sim_sw = [s["switches"]["count"] for s in sims]
+    rps_s, sw_s = statistics.median(sim_rps), statistics.median(sim_sw)
     return {
         "seed": seed, "arm": arm,
-        "real_rps": r["throughput_rps"], "sim_rps": s["throughput_rps"],
-        "rps_error": s["throughput_rps"] / r["throughput_rps"] - 1,
-        "real_rps_min": min(reps), "real_rps_max": max(reps), "real_runs": len(reps),
+        "real_rps": median_rps, "sim_rps": rps_s,
+        "rps_error": rps_s / median_rps - 1,
+        "real_rps_min": min(r for r, _ in runs), "real_rps_max": max(r for r, _ in runs), "real_runs": len(runs),
         "real_switches": sw_r, "sim_switches": sw_s,
         "switch_error": (sw_s - sw_r) / max(sw_r, 1),
         "real_switches_min": min(sw_reps), "real_switches_max": max(sw_reps),
-        "real_switches_of_median_run": r["switches"]["count"],
+        "real_switches_of_median_run": median_run_sw,
+        "profiles": len(sims), "sim_rps_per_profile": sim_rps, "sim_switches_per_profile": sim_sw,
     }
 
 

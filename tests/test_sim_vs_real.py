@@ -7,6 +7,10 @@ policy decisions (assign, arrange, load, evict, batch) must be identical between
 
 from __future__ import annotations
 
+import importlib.util
+import json
+from pathlib import Path
+
 import pytest
 
 from coserve_jax.api import ArmRunner, load_model, make_trace
@@ -50,14 +54,7 @@ def test_same_decisions_real_and_sim(arm):
 
 def test_validate_sim_tabulates_saved_runs(tmp_path):
     """scripts/validate_sim.py --from-runs: real switches are the median over the real runs."""
-    import importlib.util
-    import json
-    from pathlib import Path
-
-    spec = importlib.util.spec_from_file_location(
-        "validate_sim", Path(__file__).resolve().parents[1] / "scripts" / "validate_sim.py")
-    vs = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(vs)
+    vs = _validate_sim()
 
     def arm(rps, sw, reps=None):
         a = {"throughput_rps": rps, "switches": {"count": sw}}
@@ -77,3 +74,42 @@ def test_validate_sim_tabulates_saved_runs(tmp_path):
     assert row["switch_error"] == pytest.approx(0.10) and row["rps_error"] == pytest.approx(0.10)
     assert (tmp_path / "out" / "validation.png").is_file()
     assert "| 3 | coserve | 100.0 (90–110, 3 runs) |" in (tmp_path / "out" / "validation.md").read_text()
+
+
+def test_validate_sim_takes_the_median_over_blocks(tmp_path):
+    """--blocks: real figures pool every block's runs; simulated ones are the median over the
+    blocks' profiles."""
+    vs = _validate_sim()
+    blocks = [({"throughput_rps": 100.0, "switches": {"count": 60},
+                "repeats": {"throughput_rps": [100.0, 130.0], "switches": [60, 50]}},
+               {"throughput_rps": 90.0, "switches": {"count": 70}}),
+              ({"throughput_rps": 80.0, "switches": {"count": 90}}, {"throughput_rps": 120.0, "switches": {"count": 64}}),
+              ({"throughput_rps": 125.0, "switches": {"count": 40}}, {"throughput_rps": 132.0, "switches": {"count": 55}})]
+    runs = tmp_path / "runs"
+    for b, (real, sim) in enumerate(blocks):
+        for side, arm in (("real", real), ("sim", sim)):
+            (runs / "seed0" / f"{side}{b}").mkdir(parents=True)
+            (runs / "seed0" / f"{side}{b}" / "results.json").write_text(json.dumps({"arms": {"coserve": arm}}))
+    assert vs.main(["--from-runs", "--runs", str(runs), "--arms", "coserve", "--out", str(tmp_path / "out")]) == 0
+    (row,) = json.loads((tmp_path / "out" / "validation.json").read_text())
+    # Real runs 80, 100, 125, 130: the median run is 100 (60 switches); switches median of 90, 60, 40, 50.
+    assert row["real_runs"] == 4 and row["real_rps"] == 100.0 and row["real_switches_of_median_run"] == 60
+    assert row["real_switches"] == 55 and (row["real_rps_min"], row["real_rps_max"]) == (80.0, 130.0)
+    assert row["profiles"] == 3 and row["sim_rps"] == 120.0 and row["sim_switches"] == 64
+    assert row["rps_error"] == pytest.approx(0.20)
+    assert "sim, median over profiles" in (tmp_path / "out" / "validation.md").read_text()
+
+
+def test_validate_sim_rejects_more_blocks_than_runs(tmp_path):
+    vs = _validate_sim()
+    with pytest.raises(SystemExit):
+        vs.main(["--blocks", "4", "--repeats", "3", "--out", str(tmp_path / "out")])
+
+
+def _validate_sim():
+    """scripts/validate_sim.py as a module (scripts/ is not a package)."""
+    spec = importlib.util.spec_from_file_location(
+        "validate_sim", Path(__file__).resolve().parents[1] / "scripts" / "validate_sim.py")
+    vs = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(vs)
+    return vs
