@@ -221,7 +221,8 @@ class ArmRunner:
 
             backend = SimBackend(self.cfg.backend.load_threads, loop_s_per_event=self.cost.loop_s_per_event,
                                  host_cores=self.cost.host_cores, loop_s_per_arrival=self.cost.loop_s_per_arrival,
-                                 loop_shares_host=self.cfg.backend.loop_shares_host)
+                                 loop_shares_host=self.cfg.backend.loop_shares_host,
+                                 load_slowdown=self.cost.load_slowdown)
         else:
             from coserve_jax.engine.real import RealBackend
 

@@ -124,6 +124,33 @@ def test_sim_host_shares_cores_max_min_fairly(cores):
         assert done["b0"] == pytest.approx(2.2) and done["b1"] == pytest.approx(2.2)
 
 
+def test_sim_caps_a_host_load_beside_batches_at_the_measured_slowdown():
+    """load_slowdown [1, 2, 4]: a load runs at most 1/2 speed beside one CPU batch, 1/4 beside
+    two, whatever its core share; batches keep their max-min shares."""
+    from types import SimpleNamespace
+
+    from coserve_jax.engine.loop import LoadDone
+    from coserve_jax.types import Batch, LoadJob, Tier
+
+    be = SimBackend(2, host_cores=2, load_slowdown=(1.0, 2.0, 4.0))
+    be.start_batch(Batch(0, 0, "cls_0", (), predicted_s=1.0), SimpleNamespace(kind="cpu", device_index=0, executor_id=0), [])
+    be.start_load(LoadJob(7, "ex0:cpu", "cls_9", 1, Tier.DISK, 0, predicted_s=0.2))
+    done = {}
+    while (ev := be.next_event(None)) is not None:
+        done["load" if isinstance(ev, LoadDone) else "batch"] = be.now()
+    # Max-min gives the load its core (0.2 s); the cap halves its speed: 0.4 s. The batch runs at
+    # 1/2 (one of its two cores) meanwhile: 0.2 s of work, then 0.8 s alone: done at 1.2 s.
+    assert done["load"] == pytest.approx(0.4) and done["batch"] == pytest.approx(1.2)
+    be = SimBackend(2, host_cores=2, load_slowdown=(1.0, 2.0, 4.0))
+    for i in range(3):  # beyond the list: its last ratio
+        be.start_batch(Batch(i, i, f"cls_{i}", (), predicted_s=10.0),
+                       SimpleNamespace(kind="cpu", device_index=i, executor_id=i), [])
+    be.start_load(LoadJob(7, "ex0:cpu", "cls_9", 1, Tier.DISK, 0, predicted_s=0.2))
+    assert isinstance(ev := be.next_event(None), LoadDone) and be.now() == pytest.approx(0.8)
+    with pytest.raises(ValueError, match="load_slowdown"):
+        SimBackend(1, load_slowdown=(1.0, 0.5))
+
+
 def test_sim_loop_charges_arrivals_and_completions_their_own_costs():
     """The loop's time per arrival and per completion come from the profile, separately."""
     be = SimBackend(1, loop_s_per_event=3e-4, loop_s_per_arrival=5e-5)

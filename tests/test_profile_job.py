@@ -101,4 +101,8 @@ def test_profile_job_on_the_tiny_zoo(tmp_path, monkeypatch):
     # loads are timed between batch rounds: 2 archs x 2 rounds spread over 2 experts per arch,
     # then topped up to three timings each
     assert prof["kinds"]["cpu"]["loads"]["disk"]["timings_per_expert"] >= 3
+    # loads timed beside 0, 1, ... threads serving CPU batches (one per CPU executor)
+    slowdown = prof["host"]["load_slowdown_beside_batches"]
+    assert len(slowdown) == 1 + cfg.hardware.executors.cpu and slowdown[0] == 1.0 and min(slowdown) >= 1.0
+    assert CostModel(prof).load_slowdown == tuple(slowdown)
     assert (tmp_path / "run" / "profile_summary.md").is_file()

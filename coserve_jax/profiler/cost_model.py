@@ -23,8 +23,10 @@ Schema ``coserve_jax.profile/1`` (all times in seconds, sizes in bytes)::
       "overheads": {"dispatch_s": float,     # optional: per-batch engine overhead
                     "loop_s_per_event": float,   # optional: the loop's own time per completion
                     "loop_s_per_arrival": float},  # optional: ... per arrival (default: per event)
-      "host": {"cores": int}                 # optional: cores the simulated host shares
-    }                                        # (default: device.cpu_count, else 1)
+      "host": {"cores": int,                 # optional: cores the simulated host shares
+                                             # (default: device.cpu_count, else 1)
+               "load_slowdown_beside_batches": [1.0, float, ...]}  # optional: a host load runs
+    }                                        # that many times slower beside 0, 1, ... CPU batches
 
 Extra keys are allowed everywhere (measurement tables, provenance, citations).
 """
@@ -170,6 +172,12 @@ class CostModel:
         """Cores the simulator's host shares among CPU batches and loads: the measuring machine's
         CPU count for a measured profile; 1 (plain processor sharing) when the profile has none."""
         return int(self.profile.get("host", {}).get("cores") or self.profile.get("device", {}).get("cpu_count") or 1)
+
+    @property
+    def load_slowdown(self) -> tuple[float, ...]:
+        """How much slower a host load runs beside 0, 1, 2, ... CPU batches (profiler-measured;
+        empty when the profile has none, e.g. the paper's hardware: core sharing alone)."""
+        return tuple(float(r) for r in self.profile.get("host", {}).get("load_slowdown_beside_batches") or ())
 
     @property
     def dispatch_s(self) -> float:

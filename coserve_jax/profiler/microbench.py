@@ -7,7 +7,9 @@ shape), fitted as latency = K·n + B by least squares; the maximum batch size is
 the smallest n whose per-image latency is within ``plateau_tol`` of the best measured (the
 paper's "per-image latency plateaus", Fig. 5); activation bytes per batch size from XLA's
 compiled memory analysis; load seconds per tier transition fitted as a + b·bytes over experts of
-different sizes, each load timed between two batch rounds (``LoadSampler``).
+different sizes, each load timed between two batch rounds (``LoadSampler``); and, for the
+host, how much slower a load runs beside 1, 2, ... threads serving CPU batches
+(``measure_load_contention``), which the simulator applies on top of its core sharing.
 
 Held-out check (``heldout_sizes``): batch sizes left out of the fit (e.g. 3, 6, 12, 24) are
 measured too and the line's relative error on them is reported, twice: with inputs of exactly n
@@ -21,6 +23,7 @@ from __future__ import annotations
 
 import os
 import platform
+import threading
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -34,8 +37,9 @@ from coserve_jax.store.disk import drop_page_cache
 
 # Which serving paths a profile measured; part of the cached profile's key, so a change to how
 # the engine loads or calls an expert re-measures. 2: served weights are a flat list of leaves;
-# 3: the loop's cost per event is timed while serving; 4: loads are timed between batch rounds.
-PATHS_VERSION = 4
+# 3: the loop's cost per event is timed while serving; 4: loads are timed between batch rounds;
+# 5: loads are also timed beside running CPU batches (``measure_load_contention``).
+PATHS_VERSION = 5
 
 
 def fit_linear(x: Sequence[float], y: Sequence[float]) -> tuple[float, float]:
@@ -218,6 +222,55 @@ class LoadSampler:
         }
 
 
+def measure_load_contention(rt: Runtime, device: jax.Device, loads: LoadSampler, max_batches: int,
+                            arch: str, batch: int = 16, passes: int = 5, seed: int = 0) -> list[float]:
+    """How much slower a load into ``device`` runs beside 0..``max_batches`` threads that each
+    serve batches of ``batch`` images of ``arch`` back to back (as CPU executors do), as ratios
+    to the same loads alone: ``[1.0, r1, r2, ...]``.
+
+    Why: on a host shared by CPU executors and reader processes, a load beside running batches
+    is slower than splitting cores says. Measured on this 2-core machine (classifier loads,
+    batches of 16): ×1.4-1.6 beside one batch thread and ×2.0-2.7 beside two, where max-min core
+    sharing gives ×1.0 and ×1.5; the real engine's loads while serving coserve took ~40% longer
+    than the simulator's (``experiments/sim_validation``). The simulator caps a host load's speed
+    at 1/r_n while n batches run on the host. ``passes`` rounds each time every count in turn,
+    so alone and beside are timed over the same seconds; each ratio is the median over the
+    sampled experts of (median beside / median alone)."""
+    rng = np.random.default_rng(seed)
+    expert = next(e for e in rt.zoo.graph.experts.values() if e.arch == arch)
+    state = rt.restore(expert.expert_id, device)
+    fwd = rt.forward(arch)
+    images = rng.random((batch, *tuple(rt.zoo.archs[arch].input_shape)), np.float32)
+    run_padded(fwd, state, images, device)  # compiled before anything is timed
+    times = {n: [[] for _ in loads.experts] for n in range(max_batches + 1)}
+    for _ in range(max(passes, 1)):
+        for n in range(max_batches + 1):
+            stop = threading.Event()
+
+            def serve() -> None:
+                while not stop.is_set():
+                    run_padded(fwd, state, images, device)
+
+            threads = [threading.Thread(target=serve, daemon=True) for _ in range(n)]
+            for t in threads:
+                t.start()
+            try:
+                if n:
+                    time.sleep(0.02)  # the batch threads are running before the first load
+                for i, e in enumerate(loads.experts):
+                    t0 = time.perf_counter()
+                    jax.block_until_ready(rt.restore(e.expert_id, device))
+                    times[n][i].append(time.perf_counter() - t0)
+            finally:
+                stop.set()
+                for t in threads:
+                    t.join()
+    alone = [float(np.median(ts)) for ts in times[0]]
+    # Never below 1: a load beside batches is not faster than alone (a ratio under 1 is noise).
+    return [1.0] + [max(1.0, float(np.median([np.median(ts) / a for ts, a in zip(times[n], alone)])))
+                    for n in range(1, max_batches + 1)]
+
+
 def measure_loads(rt: Runtime, device: jax.Device | None, samples: int, drop_cache: bool,
                   per_expert: int = 3) -> dict[str, Any]:
     """Fit disk->pool, host->pool (and disk->host when device is None) as a + b·bytes, timing
@@ -244,6 +297,7 @@ def measure_profile(rt: Runtime, kinds: Sequence[str], batch_sizes: Sequence[int
 
         bar = tqdm(total=len(work) + len(kinds) + 1, desc="profile", unit="step")
     out_kinds: dict[str, Any] = {}
+    host_contention: dict[str, Any] | None = None
     for kind in kinds:
         dev = rt.device(kind, 0)
         out_kinds[kind] = {"archs": {}, "device": str(dev)}
@@ -255,6 +309,11 @@ def measure_profile(rt: Runtime, kinds: Sequence[str], batch_sizes: Sequence[int
                 bar.update()
         loads.fill(3)  # at least three timings per expert (short profiles)
         out_kinds[kind]["loads"] = loads.fit()
+        if kind == "cpu" and (executors or {}).get("cpu"):
+            # The most common architecture's batches stand for what the CPU executors serve.
+            common = max(archs, key=lambda a: sum(e.arch == a for e in rt.zoo.graph.experts.values()))
+            host_contention = {"load_slowdown_beside_batches": measure_load_contention(
+                rt, dev, loads, int(executors["cpu"]), common, seed=seed), "batch_arch": common}
         if bar:
             bar.update()
     host = measure_loads(rt, None, load_samples, drop_cache)
@@ -272,6 +331,8 @@ def measure_profile(rt: Runtime, kinds: Sequence[str], batch_sizes: Sequence[int
         "kinds": out_kinds,
         "host_cache_loads": {"disk": host["disk"]},
     }
+    if host_contention is not None:
+        profile["host"] = {"cores": os.cpu_count(), **host_contention}
     # The simulator's clock also needs the loop's own cost per event, timed on this profile:
     # serving on these executors when they are given, else the policies' cost alone.
     from coserve_jax.profiler.loop_overhead import measure_loop_s_per_event, measure_serving_loop_s
