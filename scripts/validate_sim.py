@@ -1,6 +1,7 @@
 """Simulated vs real runs of the same workload, arms and profile, side by side (issue: sim validation).
 
     python scripts/validate_sim.py --out experiments/sim_validation [--requests 1000] [--seeds 0 1]
+        [--fresh-profile --blocks 3]
 
 Runs the real engine on the demo CoE (the run's median of interleaved repeats per arm; the table
 also shows the range over the repeats), then the simulator on the same trace with the same
