@@ -72,6 +72,53 @@ def test_load_sampler_cycles_over_experts_of_each_arch():
     assert s_host.fit()["host"]["samples"]["seconds"] == [0.0, 0.0]  # no device: no copy timed
 
 
+def test_load_contention_ratios_and_a_failing_batch():
+    """measure_load_contention: [1.0, r1, ...], never below 1; a batch that fails while loads
+    are timed beside it fails the measurement, naming the architecture."""
+    import time
+    from types import SimpleNamespace
+
+    import jax
+
+    from coserve_jax.profiler.microbench import LoadSampler, measure_load_contention
+
+    rt = _CountingRuntime({"a0": ("a", 100), "a1": ("a", 100)})
+    rt.zoo.archs = {"a": SimpleNamespace(input_shape=(2, 2, 1))}
+    busy = []
+
+    def restore(expert_id, device):  # a load is slower while batch threads run
+        time.sleep(0.001 * (1 + len(busy)))
+        return [0]
+
+    def forward(arch):
+        def fwd(state, x):
+            busy.append(1)
+            time.sleep(0.001)
+            busy.pop()
+            return x
+        return fwd
+
+    rt.restore, rt.forward = restore, forward
+    loads = LoadSampler(rt, device=None, samples=2, drop_cache=False)
+    dev = jax.devices("cpu")[0]
+    ratios = measure_load_contention(rt, dev, loads, max_batches=2, arch="a", passes=2)
+    assert len(ratios) == 3 and ratios[0] == 1.0 and all(r >= 1.0 for r in ratios)
+
+    def broken(arch):
+        calls = []
+
+        def fwd(state, x):  # the untimed first call (compile) works; the batch threads' fail
+            calls.append(1)
+            if len(calls) > 1:
+                raise ValueError("boom")
+            return x
+        return fwd
+
+    rt.forward = broken
+    with pytest.raises(RuntimeError, match="a batch of a failed.*boom"):
+        measure_load_contention(rt, dev, loads, max_batches=1, arch="a", passes=1)
+
+
 def _tiny_zoo_available() -> bool:
     try:
         from coserve_jax.coe import zoo

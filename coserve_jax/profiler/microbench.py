@@ -231,8 +231,8 @@ def measure_load_contention(rt: Runtime, device: jax.Device, loads: LoadSampler,
     Why: on a host shared by CPU executors and reader processes, a load beside running batches
     is slower than splitting cores says. Measured on this 2-core machine (classifier loads,
     batches of 16): ×1.4-1.6 beside one batch thread and ×2.0-2.7 beside two, where max-min core
-    sharing gives ×1.0 and ×1.5; the real engine's loads while serving coserve took ~40% longer
-    than the simulator's (``experiments/sim_validation``). The simulator caps a host load's speed
+    sharing gives ×1.0 and ×1.5; the real engine's loads while serving coserve_plus took ~40%
+    longer than the simulator's (``experiments/sim_validation``). The simulator caps a host load's speed
     at 1/r_n while n batches run on the host. ``passes`` rounds each time every count in turn,
     so alone and beside are timed over the same seconds; each ratio is the median over the
     sampled experts of (median beside / median alone)."""
@@ -243,13 +243,17 @@ def measure_load_contention(rt: Runtime, device: jax.Device, loads: LoadSampler,
     images = rng.random((batch, *tuple(rt.zoo.archs[arch].input_shape)), np.float32)
     run_padded(fwd, state, images, device)  # compiled before anything is timed
     times = {n: [[] for _ in loads.experts] for n in range(max_batches + 1)}
+    failures: list[BaseException] = []
     for _ in range(max(passes, 1)):
         for n in range(max_batches + 1):
             stop = threading.Event()
 
             def serve() -> None:
-                while not stop.is_set():
-                    run_padded(fwd, state, images, device)
+                try:
+                    while not stop.is_set():
+                        run_padded(fwd, state, images, device)
+                except BaseException as e:  # noqa: BLE001 - re-raised below, in the caller's thread
+                    failures.append(e)
 
             threads = [threading.Thread(target=serve, daemon=True) for _ in range(n)]
             for t in threads:
@@ -265,6 +269,9 @@ def measure_load_contention(rt: Runtime, device: jax.Device, loads: LoadSampler,
                 stop.set()
                 for t in threads:
                     t.join()
+            if failures:
+                raise RuntimeError(f"profiler: a batch of {arch} failed while loads were timed beside it: "
+                                   f"{type(failures[0]).__name__}: {failures[0]}") from failures[0]
     alone = [float(np.median(ts)) for ts in times[0]]
     # Never below 1: a load beside batches is not faster than alone (a ratio under 1 is noise).
     return [1.0] + [max(1.0, float(np.median([np.median(ts) / a for ts, a in zip(times[n], alone)])))
