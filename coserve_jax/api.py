@@ -287,7 +287,8 @@ class ArmRunner:
             summary["sim_events_per_s"] = engine.backend.events_handled / max(summary["engine_s"], 1e-9)
         summary["policy"] = {k: v for k, v in dataclasses.asdict(arm).items() if v not in (None, False, "")}
         summary["executors"] = [{"id": ex.executor_id, "kind": ex.kind, "device": ex.device_index,
-                                 "pool": ex.pool.pool_id, "max_batch": dict(ex._max_batch)}
+                                 "pool": ex.pool.pool_id, "max_batch": dict(ex.max_batches),
+                                 "batch_memory": "dynamic" if ex.dynamic_batch_memory else "reserved"}
                                 for ex in engine.executors]
         if self.model.trained and self.routing == "model":
             summary["accuracy"] = accuracy(engine)

@@ -135,6 +135,9 @@ class ArmConfig:
     executors: Mapping[str, int] | None = None  # None: the hardware's
     single_executor: bool = False  # Samba-CoE: one executor of the hardware's first kind
     share_pool: bool = False  # executors on one device share one model pool (ours)
+    # reserved: each executor's batch working memory is set aside (the paper's split);
+    # dynamic: a batch takes it from the pool's free bytes when it starts (ours; engine/loop.py)
+    batch_memory: str = "reserved"
     expert_fraction: float | None = None  # None: the hardware's (None there: reserve max batch)
     expert_fraction_by_kind: Mapping[str, float] | None = None  # per executor kind (from a plan)
     unlimited_memory: bool = False  # all_resident: pools as large as the zoo
@@ -289,6 +292,7 @@ def parse_config(cfg: DictConfig | Mapping[str, Any]) -> RunConfig:
             executors=None if arm.executors is None else _executors(arm.executors, f"{f}.executors"),
             expert_fraction=_fraction(arm.expert_fraction, f"{f}.expert_fraction"),
         )
+        _check_choice(arm.batch_memory, f"{f}.batch_memory", ("reserved", "dynamic"))
         arms.append(arm)
     if len(set(names)) != len(names):
         raise ConfigError(f"arms: listed twice: {sorted(n for n in set(names) if names.count(n) > 1)}")

@@ -69,6 +69,7 @@ class Batch:
     expert_id: str
     tasks: tuple[Task, ...]
     predicted_s: float = 0.0
+    held_bytes: int = 0  # working memory taken from the pool's free bytes (dynamic batch memory)
 
 
 @dataclasses.dataclass(frozen=True)

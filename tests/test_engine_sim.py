@@ -73,6 +73,7 @@ def test_trace_round_trip(tmp_path):
     ("arms=[samba,nope]", "arms"),
     ("backend.routing=guess", "backend.routing"),
     ("+hardware.executors.tpu=2", "hardware.executors.tpu"),
+    ("arm_catalog.coserve_plus.batch_memory=elastic", "arm_catalog.coserve_plus.batch_memory"),
 ])
 def test_bad_config_names_the_field(override, field):
     with pytest.raises(ConfigError, match=field.replace(".", r"\.")):

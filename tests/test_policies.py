@@ -195,3 +195,95 @@ def test_prefetch_never_evicts_what_queued_work_on_a_shared_pool_needs():
     eng._prefetch(ex0)
     assert [d[:3] for d in eng.decisions if d[0] in ("load", "evict")] == [
         ("evict", "dev0:cpu", "cls_B"), ("load", "dev0:cpu", "cls_C")]
+
+
+def dynamic_engine(pool_bytes: int, n_exec: int = 1, prefetcher=None, reserve: int = 0, mix=None):
+    """Executors sharing one pool whose batches take working memory from its free bytes
+    (synthetic cost: 100 kB per image, max batch 16)."""
+    from coserve_jax.coe.synthetic import synthetic_cost
+    from coserve_jax.engine.loop import Engine
+    from coserve_jax.engine.sim import SimBackend
+    from coserve_jax.engine.state import ExecutorState
+    from coserve_jax.policies.eviction import LRU
+    from coserve_jax.store.pool import Pool
+
+    g = graph_of(mix or {"A": 0.4, "B": 0.4, "C": 0.2})
+    backend = SimBackend(1)
+    shared = Pool("dev0:cpu", "cpu", pool_bytes)
+    executors = [ExecutorState(i, "cpu", 0, shared, {"cls": 16}, backend.now, dynamic_batch_memory=True,
+                               initial_reserve_bytes=reserve) for i in range(n_exec)]
+    eng = Engine(graph=g, cost=synthetic_cost(max_batch=16), executors=executors, host_cache=None,
+                 scheduler=FCFS(arranging=True), eviction=QueueAware(), host_eviction=LRU(),
+                 initialiser=RoundRobinByUsage() if reserve else None, prefetcher=prefetcher,
+                 backend=backend, routing="trace", check_invariants=True)
+    eng.record_decisions = True
+    return eng, shared, executors
+
+
+def test_dynamic_batch_memory_splits_to_what_free_bytes_hold():
+    from coserve_jax.types import Request
+
+    eng, pool, (ex,) = dynamic_engine(8 * MB + 500_000)
+    make_resident(pool, ("cls_A", 4 * MB), ("cls_B", 4 * MB))
+
+    def arrive(ids, t):
+        for i in ids:
+            eng._arrive(Request(i, t, 0.0, eng.graph.truth_route(t, "ok"), "ok"), None)
+
+    arrive(range(10), "A")
+    arrive([10], "B")
+    eng._dispatch(ex, 0.0)
+    # cls_B has queued work, so it stays: 0.5 MB free holds 5 images of 100 kB, not 10.
+    assert len(ex.running.tasks) == 5 and ex.running.held_bytes == 500_000
+    assert pool.held_bytes == 500_000 and pool.free_bytes == 0
+    eng._handle(eng.backend.next_event(None))  # the batch ends: its memory goes back
+    assert ex.running is None and pool.held_bytes == 0
+    ex.drop_expert("cls_B")  # now no queued work needs cls_B
+    arrive(range(20, 31), "A")  # A's group: 5 + 11 = 16 images, 1.6 MB
+    eng._dispatch(ex, eng.backend.now())
+    # The full batch needs 1.6 MB: cls_B, needed by nothing queued, is evicted for it.
+    assert len(ex.running.tasks) == 16 and ex.running.held_bytes == 1_600_000
+    assert [d[2] for d in eng.decisions if d[0] == "evict"] == ["cls_B"]
+
+
+def test_dynamic_batch_memory_waits_when_loads_hold_the_bytes_and_serves_everything():
+    # A pool that holds one expert and one image's memory at a time still serves every request.
+    eng, pool, _ = dynamic_engine(4 * MB + 100_000, n_exec=2)
+    s = eng.run(requests_of(["A", "B", "C", "A", "B", "C"] * 5, eng.graph))
+    assert s["requests"]["completed"] == 30
+    assert s["batches"]["count"] == 30  # never more than one image's memory
+    assert max(s["peak_bytes"].values()) <= 4 * MB + 100_000
+
+
+def test_prefetch_leaves_a_full_batch_free_with_dynamic_batch_memory():
+    for pool_bytes, expect_load in [(9 * MB, False), (9 * MB + 600_000, True)]:
+        eng, pool, (ex,) = dynamic_engine(pool_bytes, prefetcher=NextGroup())
+        make_resident(pool, ("cls_A", 4 * MB))
+        ex.enqueue(Task(1, "cls_A", 0, 0.0), join=True)
+        ex.enqueue(Task(2, "cls_C", 0, 0.0), join=True)
+        eng._prefetch(ex)  # cls_C (4 MB) plus one full batch (16 x 100 kB) must fit in the free bytes
+        assert (pool.loading == {"cls_C": 4 * MB}) == expect_load, pool_bytes
+
+
+def test_initial_fill_keeps_the_batch_reserve_free_with_dynamic_batch_memory():
+    eng, pool, _ = dynamic_engine(12 * MB, n_exec=2, reserve=2 * MB)
+    eng.initialise()
+    # 12 MB less 2 x 2 MB of reserve holds two 4 MB experts, not three.
+    assert len(pool.resident) == 2
+    assert pool.held_bytes == 0 and pool.free_bytes == 4 * MB
+
+
+def test_next_group_depth_and_inflight_per_executor_kind():
+    g = graph_of({"A": 0.5, "B": 0.3, "C": 0.2})
+    eng = sim_engine(g, FCFS(arranging=True), QueueAware(), pool_bytes=[16 * MB])
+    ex = eng.executors[0]
+    for i, t in enumerate(["cls_A", "cls_B", "cls_C"]):
+        ex.enqueue(Task(i, t, 0, 0.0), join=True)
+    assert NextGroup(depth={"cpu": 2}).prefetch(eng, 0) == ["cls_A", "cls_B"]
+    assert NextGroup(depth={"gpu": 1}).prefetch(eng, 0) == []
+    assert NextGroup(max_inflight={"gpu": 1}).inflight_limit("cpu") == 0
+    assert NextGroup(max_inflight=3).inflight_limit("cpu") == 3
+    with pytest.raises(ValueError, match="NextGroup.depth"):
+        NextGroup(depth=-1)
+    with pytest.raises(ValueError, match="NextGroup.max_inflight"):
+        NextGroup(max_inflight={"cpu": -2})

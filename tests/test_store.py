@@ -15,12 +15,14 @@ from coserve_jax.workload.trace import generate_trace
 
 
 @settings(max_examples=200, deadline=None)
-@given(st.lists(st.tuples(st.sampled_from(["load", "finish", "evict", "pin", "unpin", "room"]),
+@given(st.lists(st.tuples(st.sampled_from(["load", "finish", "evict", "pin", "unpin", "room", "partial",
+                                           "hold", "release"]),
                           st.integers(0, 7), st.integers(1, 40)), max_size=60),
        st.integers(40, 120), st.integers(0, 30))
 def test_pool_never_exceeds_budget(ops, budget, reserved):
     pool = Pool("p", "cpu", budget, min(reserved, budget))
     sizes: dict[str, int] = {}
+    held: list[int] = []
     for op, k, size in ops:
         e = f"e{k}"
         try:
@@ -41,9 +43,20 @@ def test_pool_never_exceeds_budget(ops, budget, reserved):
                     assert pool.resident == before  # all or nothing
                 else:
                     assert pool.free_bytes >= size
+            elif op == "partial":
+                ok = pool.make_room(size, sorted, partial=True)
+                assert ok == (pool.free_bytes >= size)
+                if not ok:
+                    assert not pool.evictable()  # it evicted every candidate
+            elif op == "hold":
+                pool.hold(size)
+                held.append(size)
+            elif op == "release" and held:
+                pool.release(held.pop())
         except BudgetError:
             pass  # refused admissions are fine; overruns are not
         pool.check()
+        assert pool.held_bytes == sum(held)
         assert pool.used_bytes <= budget
         assert pool.peak_bytes <= budget
         assert all(e in pool.resident for e in pool.pinned)

@@ -8,6 +8,11 @@ one, the maximum batch is the largest (up to the profiled best) whose working me
 ``hardware.max_batch_memory_fraction`` of the share, and the reserve is exactly what it needs:
 "min(profiled best batch, what free memory holds)" (DESIGN §5). A share that cannot hold the
 largest expert plus one batch is a start-up error naming the setting.
+
+With ``batch_memory: dynamic`` (coserve_plus) the pool keeps no fixed reserve: a batch takes its
+working memory from the pool's free bytes when it starts (engine/loop.py), up to the profiled
+maximum batch; the reserve computed above only keeps room for batches while the pool is first
+filled.
 """
 
 from __future__ import annotations
@@ -37,6 +42,7 @@ class ExecutorPlan:
     budget_bytes: int
     reserved_bytes: int
     max_batch: dict[str, int]
+    dynamic: bool = False  # batch memory from the pool's free bytes; reserved_bytes only guides the initial fill
 
 
 def _max_batch_within(cost: CostModel, kind: str, arch: str, reserve: int) -> int:
@@ -116,21 +122,29 @@ def plan_executors(cfg: RunConfig, arm: ArmConfig, graph: CoEGraph, cost: CostMo
                     f"{field}: each {kind} executor gets {budget} B, which cannot hold the largest "
                     f"expert ({largest} B) plus one batch ({reserve} B); raise {field} or use fewer executors"
                 )
+            dynamic = arm.batch_memory == "dynamic" and not arm.unlimited_memory
+            if dynamic:
+                # Memory, not a fixed split, caps each batch (engine/loop.py): up to the profiled maximum.
+                mb = {a: cost.max_batch(kind, a) for a in archs}
             # Executors sharing one pool must sit on one JAX device (their weights live there).
             device = 0 if kind == "gpu" or arm.share_pool else (i % hw.cpu_devices)
-            plans.append(ExecutorPlan(len(plans), kind, device, budget, reserve, mb))
+            plans.append(ExecutorPlan(len(plans), kind, device, budget, reserve, mb, dynamic))
     return plans
+
+
+def _fixed_reserve(p: ExecutorPlan) -> int:
+    return 0 if p.dynamic else p.reserved_bytes
 
 
 def make_pools(plans: list[ExecutorPlan], share: bool) -> list[Pool]:
     """One pool per executor, or (share) one per device holding all its executors' bytes."""
     if not share:
-        return [Pool(f"ex{p.executor_id}:{p.kind}", p.kind, p.budget_bytes, p.reserved_bytes) for p in plans]
+        return [Pool(f"ex{p.executor_id}:{p.kind}", p.kind, p.budget_bytes, _fixed_reserve(p)) for p in plans]
     groups: dict[tuple[str, int], list[ExecutorPlan]] = {}
     for p in plans:
         groups.setdefault((p.kind, p.device_index), []).append(p)
     pools = {key: Pool(f"dev{key[1]}:{key[0]}", key[0], sum(p.budget_bytes for p in ps),
-                       sum(p.reserved_bytes for p in ps))
+                       sum(_fixed_reserve(p) for p in ps))
              for key, ps in groups.items()}
     return [pools[(p.kind, p.device_index)] for p in plans]
 
@@ -160,7 +174,9 @@ def build_engine(cfg: RunConfig, arm: ArmConfig, graph: CoEGraph, cost: CostMode
     cache = host_cache_pool(cfg, graph)
     check_profile_covers(cost, plans, graph, cache)
     clock = clock or backend.now
-    executors = [ExecutorState(p.executor_id, p.kind, p.device_index, pool, p.max_batch, clock)
+    executors = [ExecutorState(p.executor_id, p.kind, p.device_index, pool, p.max_batch, clock,
+                               dynamic_batch_memory=p.dynamic,
+                               initial_reserve_bytes=p.reserved_bytes if p.dynamic else 0)
                  for p, pool in zip(plans, make_pools(plans, arm.share_pool))]
     kw = dict(policy_kwargs or {})
     if arm.unlimited_memory and arm.initialiser is not None:

@@ -173,6 +173,11 @@ class Engine:
         if self.initialiser is None:
             return 0.0
         t0 = self.backend.now()
+        # Pools with dynamic batch memory fill as if their batch reserve were set aside, so the
+        # first batches need not evict what was just preloaded.
+        held = [(ex.pool, min(ex.initial_reserve_bytes, ex.pool.free_bytes)) for ex in self._executors]
+        for pool, b in held:
+            pool.hold(b)
         plan = self.initialiser.initial_experts(self)
         for ex in self._executors:
             for e in plan.get(ex.executor_id, []):
@@ -185,6 +190,8 @@ class Engine:
             if ev is None:
                 raise RuntimeError("engine: initial loads did not finish (backend stalled)")
             self._handle(ev)
+        for pool, b in held:
+            pool.release(b)
         return self.backend.now() - t0
 
     def run(self, requests: Sequence[Request], images: Sequence[Any] | None = None,
@@ -378,6 +385,8 @@ class Engine:
         b = ev.batch
         ex = self._executors[b.executor_id]
         ex.pool.unpin(b.expert_id)
+        if b.held_bytes:
+            ex.pool.release(b.held_bytes)
         ex.running = None
         self.metrics.record_batch(len(b.tasks), ev.seconds)
         for i, task in enumerate(b.tasks):
@@ -417,16 +426,60 @@ class Engine:
     def _launch(self, ex: ExecutorState, index: int, now: float) -> None:
         expert_id = ex.groups[index].expert_id
         arch = self.graph.experts[expert_id].arch
-        tasks = ex.take(index, ex.max_batch(arch))
+        n = min(len(ex.groups[index].tasks), ex.max_batch(arch))
+        held = 0
+        if ex.dynamic_batch_memory:
+            n = self._fit_batch(ex, expert_id, arch, n)
+            if n == 0:
+                ex.set_state("idle", now)  # running batches and loads hold the bytes; their end frees them
+                return
+            held = self.cost.activation_bytes(ex.kind, arch, n)
+            ex.pool.hold(held)
+        tasks = ex.take(index, n)
         ex.pool.pin(expert_id)
         predicted = self.cost.batch_latency_s(ex.kind, arch, len(tasks)) + self.cost.dispatch_s
         self._ids["batch"] += 1
-        batch = Batch(self._ids["batch"], ex.executor_id, expert_id, tasks, predicted_s=predicted)
+        batch = Batch(self._ids["batch"], ex.executor_id, expert_id, tasks, predicted_s=predicted,
+                      held_bytes=held)
         ex.running, ex.running_end_s = batch, now + predicted
         ex.set_state("compute", now)
         if self.record_decisions:
             self.decisions.append(("batch", ex.executor_id, expert_id, tuple(t.request_id for t in tasks)))
         self.backend.start_batch(batch, ex, [self._requests[t.request_id].image for t in tasks])
+
+    def _fit_batch(self, ex: ExecutorState, expert_id: str, arch: str, n: int) -> int:
+        """Dynamic batch memory: the largest batch, up to n, whose working memory the pool's free
+        bytes hold (the paper's split to "the largest batch free memory holds", at launch time).
+        To fit all n it first evicts experts that no queued or running work on the pool needs;
+        to fit even one image, any expert no running batch pins but this one."""
+        pool = ex.pool
+
+        def act(k: int) -> int:
+            return self.cost.activation_bytes(ex.kind, arch, k)
+
+        rank = self._rank(self.eviction, pool)
+        on_evict = lambda e: self._evicted(pool, e)  # noqa: E731
+        if act(n) > pool.free_bytes:
+            pool.make_room(act(n), rank, self._needed(pool) | {expert_id}, on_evict, partial=True)
+        if act(1) > pool.free_bytes:
+            pool.make_room(act(1), rank, {expert_id}, on_evict, partial=True)
+        while n > 0 and act(n) > pool.free_bytes:
+            n -= 1
+        return n
+
+    def _needed(self, pool: Pool) -> set[str]:
+        """Experts that running or queued work of any executor on this pool needs."""
+        out: set[str] = set()
+        for other in self._executors:
+            if other.pool is pool:
+                out.update(other.queued_experts)
+                if other.running is not None:
+                    out.add(other.running_expert)
+        return out
+
+    def _full_batch_bytes(self, ex: ExecutorState) -> int:
+        """Working memory of this executor's largest batch of any architecture."""
+        return max(self.cost.activation_bytes(ex.kind, a, n) for a, n in ex.max_batches.items())
 
     def _rank(self, policy: Eviction, pool: Pool) -> Callable[[Sequence[str]], list[str]]:
         def rank(candidates: Sequence[str]) -> list[str]:
@@ -443,11 +496,13 @@ class Engine:
         self.backend.drop(pool.pool_id, expert_id)
 
     def _begin_load(self, ex: ExecutorState, expert_id: str, *, prefetch: bool,
-                    initial: bool = False, protect: Iterable[str] = ()) -> bool:
+                    initial: bool = False, protect: Iterable[str] = (), leave_free: int = 0) -> bool:
+        """Start loading expert_id into ex's pool, evicting by policy (never ``protect``) until
+        it fits with ``leave_free`` bytes to spare; False if it cannot."""
         pool = ex.pool
         size = self.graph.experts[expert_id].param_bytes
         keep = {expert_id, *protect}
-        if not pool.make_room(size, self._rank(self.eviction, pool), keep,
+        if not pool.make_room(size + leave_free, self._rank(self.eviction, pool), keep,
                               on_evict=lambda e: self._evicted(pool, e)):
             return False
         src = source_tier(self, expert_id, pool.kind)
@@ -474,7 +529,7 @@ class Engine:
         return True
 
     def _prefetch(self, ex: ExecutorState) -> None:
-        if not ex.groups or len(ex.pool.loading) >= self.prefetcher.max_inflight:
+        if not ex.groups or len(ex.pool.loading) >= self.prefetcher.inflight_limit(ex.kind):
             return  # bounded loads per pool: a prefetch must not crowd out a demand load
         t = time.perf_counter()
         targets = self.prefetcher.prefetch(self, ex.executor_id)
@@ -483,14 +538,10 @@ class Engine:
             if ex.pool.holds(e):
                 continue
             # A prefetch never evicts an expert that running or queued work on this pool needs
-            # (any executor sharing it): that would only move a load, or add a reload.
-            protect: set[str] = set()
-            for other in self._executors:
-                if other.pool is ex.pool:
-                    protect.update(other.queued_experts)
-                    if other.running is not None:
-                        protect.add(other.running_expert)
-            self._begin_load(ex, e, prefetch=True, protect=protect)
+            # (any executor sharing it): that would only move a load, or add a reload. With
+            # dynamic batch memory it also leaves one full batch's working memory free.
+            leave = self._full_batch_bytes(ex) if ex.dynamic_batch_memory else 0
+            self._begin_load(ex, e, prefetch=True, protect=self._needed(ex.pool), leave_free=leave)
             return
 
     def _pool(self, pool_id: str) -> Pool:

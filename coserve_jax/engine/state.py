@@ -34,12 +34,19 @@ class ExecutorState:
         pool: Pool,
         max_batch: Mapping[str, int],
         clock: Callable[[], float],
+        *,
+        dynamic_batch_memory: bool = False,
+        initial_reserve_bytes: int = 0,
     ):
         self.executor_id = executor_id
         self.kind = kind
         self.device_index = device_index
         self.pool = pool
         self._max_batch = dict(max_batch)
+        # Dynamic: a batch takes its working memory from the pool's free bytes when it starts
+        # (no fixed reserve); initial_reserve_bytes is kept free while the pool is first filled.
+        self.dynamic_batch_memory = dynamic_batch_memory
+        self.initial_reserve_bytes = initial_reserve_bytes
         self._clock = clock
         self._groups: deque[Group] = deque()
         self._tail_group: dict[str, Group] = {}  # expert -> last queued group of it
@@ -75,6 +82,10 @@ class ExecutorState:
 
     def max_batch(self, arch: str) -> int:
         return self._max_batch[arch]
+
+    @property
+    def max_batches(self) -> Mapping[str, int]:
+        return self._max_batch
 
     # ---- queue mutations ---------------------------------------------------------------------
     def enqueue(self, task: Task, join: bool) -> None:

@@ -21,14 +21,25 @@ at a time, on the real demo engine and in the simulator):
    ranked by exact next use (Belady on the known future); the rest go first, cheapest expected
    reload cost per byte freed first (usage probability × reload seconds / bytes). Why: the
    arranged queue *is* the near future; probabilities only guess it.
-4. Next-group prefetch into GPU pools only (``placement.NextGroup(kinds=[gpu])``). Why: it
-   starts the next missing expert's load while the current batch runs. A host->GPU copy runs
-   beside GPU compute and pays (paper-scale simulation: +4..+18% with it, UMA needs it to beat
-   coserve_best); a load into a CPU pool is CPU work that competes with the batch it should hide
-   behind, and it did not pay there (real demo: +6% without it; simulator: -0.3..+5%; with
-   reads in reader processes and the rule below: neutral, 1,538 vs 1,525 img/s).
+4. Batch working memory from the pool's free bytes (``batch_memory: dynamic``; engine/loop.py
+   ``_fit_batch``). The paper splits each executor's memory once: a fixed share for its
+   largest batch, the rest for experts. Ours keeps no fixed share: a batch takes what its size
+   needs from the free bytes when it starts (up to the profiled maximum batch), first evicting
+   experts no queued work needs, and splits to what fits otherwise. Why: small batches leave
+   room for more experts and prefetches, and a large queued group can run a larger batch than
+   the fixed split allows (demo: batch memory for 24 classifier images is 4.5 classifiers'
+   bytes). The pool is first filled as if the fixed share were set aside, so the first batches
+   do not evict what was just preloaded.
+5. Next-group prefetch (``placement.NextGroup``): while a batch runs, start the load of the
+   next queued group's missing expert — one at a time into GPU pools, two into CPU pools.
    A prefetch never evicts an expert that running or queued work on its pool needs, on any
-   executor sharing the pool (engine/loop.py ``_prefetch``). Why: such an eviction only moves a
-   load or adds a reload; at paper scale (NUMA A2, simulated) protecting only the prefetching
-   executor's own queue let coserve_plus make 1,022 switches, this rule 169 (27.5 -> 27.9 img/s).
+   executor sharing the pool (engine/loop.py ``_prefetch``), and with dynamic batch memory it
+   leaves one full batch's working memory free. Why: an eviction of needed work only moves a
+   load or adds a reload (paper-scale NUMA A2, simulated: 1,022 switches without the rule, 169
+   with it); a prefetch that fills the room a queued batch needs only shrinks that batch.
+   Into GPU pools a host->GPU copy runs beside GPU compute; a second one in flight slows the
+   demand loads on the one disk (UMA A2, simulated: 28.05 -> 27.75 img/s), so one. Into CPU
+   pools it did not pay while batch memory was reserved (the load is CPU work beside the batch
+   it should hide behind, and the pool had no room); with dynamic batch memory two at a time
+   pay (demo, simulated, 6 seeds: 53% -> 66% of the coserve -> all_resident gap closed).
 """

@@ -130,6 +130,10 @@ class Prefetcher(Protocol):
         """Experts worth loading into this executor's pool now, most urgent first."""
         ...
 
+    def inflight_limit(self, kind: str) -> int:
+        """At most this many loads in flight per pool of this executor kind before prefetching."""
+        ...
+
 
 # ---- shared cost helpers (pure) -------------------------------------------------------------
 def source_tier(view: EngineView, expert_id: str, pool_kind: str) -> Tier:

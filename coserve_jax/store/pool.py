@@ -37,6 +37,7 @@ class Pool:
         self._last_use: dict[str, int] = {}
         self._admit: dict[str, int] = {}
         self._seq = 0
+        self._held = 0  # working memory of running batches taken from free bytes (dynamic batch memory)
         self.version = 0  # bumped on every change of what the pool holds (memo key for policies)
         self._used = self.reserved_bytes
         self.peak_bytes = self._used
@@ -69,6 +70,10 @@ class Pool:
     @property
     def free_bytes(self) -> int:
         return self.budget_bytes - self._used
+
+    @property
+    def held_bytes(self) -> int:
+        return self._held
 
     def holds(self, expert_id: str) -> bool:
         return expert_id in self._resident or expert_id in self._loading
@@ -115,6 +120,23 @@ class Pool:
     def touch(self, expert_id: str) -> None:
         self._last_use[expert_id] = self._tick()
 
+    def hold(self, size_bytes: int) -> None:
+        """Take a batch's working memory from the free bytes (pools without a fixed batch reserve)."""
+        if size_bytes < 0 or size_bytes > self.free_bytes:
+            raise BudgetError(
+                f"pool {self.pool_id}: holding {size_bytes} B of batch memory needs more than the "
+                f"{self.free_bytes} B free of {self.budget_bytes} B"
+            )
+        self._held += size_bytes
+        self._used += size_bytes
+        self.peak_bytes = max(self.peak_bytes, self._used)
+
+    def release(self, size_bytes: int) -> None:
+        if not 0 <= size_bytes <= self._held:
+            raise BudgetError(f"pool {self.pool_id}: releasing {size_bytes} B of batch memory, {self._held} B held")
+        self._held -= size_bytes
+        self._used -= size_bytes
+
     def pin(self, expert_id: str) -> None:
         if expert_id not in self._resident:
             raise BudgetError(f"pool {self.pool_id}: cannot pin {expert_id}, it is not resident")
@@ -136,13 +158,15 @@ class Pool:
         rank: Callable[[Sequence[str]], list[str]],
         protect: Iterable[str] = (),
         on_evict: Callable[[str], None] | None = None,
+        partial: bool = False,
     ) -> bool:
-        """Evict by ``rank`` until size_bytes fit. All or nothing: if even evicting every
-        candidate would not make room, nothing is evicted and False is returned."""
+        """Evict by ``rank`` until size_bytes fit; True if they do. All or nothing: if even
+        evicting every candidate would not make room, nothing is evicted — unless ``partial``,
+        which evicts every candidate then (room for as much as it can)."""
         if size_bytes <= self.free_bytes:
             return True
         candidates = self.evictable(protect)
-        if self.free_bytes + sum(self._resident[e] for e in candidates) < size_bytes:
+        if self.free_bytes + sum(self._resident[e] for e in candidates) < size_bytes and not partial:
             return False
         order = rank(candidates)
         if sorted(order) != sorted(candidates):
@@ -153,11 +177,12 @@ class Pool:
             self.evict(e)
             if on_evict is not None:
                 on_evict(e)
-        return True
+        return size_bytes <= self.free_bytes
 
     def check(self) -> None:
         """Assert the byte invariant (used by tests and after every engine step in debug)."""
-        total = self.reserved_bytes + sum(self._resident.values()) + sum(self._loading.values())
+        total = (self.reserved_bytes + self._held + sum(self._resident.values())
+                 + sum(self._loading.values()))
         if total != self._used or total > self.budget_bytes:
             raise BudgetError(
                 f"pool {self.pool_id}: accounting broken (used {self._used}, recomputed {total}, "
