@@ -287,3 +287,14 @@ def test_next_group_depth_and_inflight_per_executor_kind():
         NextGroup(depth=-1)
     with pytest.raises(ValueError, match="NextGroup.max_inflight"):
         NextGroup(max_inflight={"cpu": -2})
+
+
+def test_next_group_fastest_kind_only_leaves_cpu_helpers_beside_gpus_out():
+    g = graph_of({"A": 0.5, "B": 0.5})
+    eng = sim_engine(g, FCFS(arranging=True), QueueAware(), pool_bytes=[16 * MB, 16 * MB])
+    for ex in eng.executors:
+        ex.enqueue(Task(ex.executor_id, "cls_A", 0, 0.0), join=True)
+    pf = NextGroup(depth={"gpu": 1, "cpu": 2}, fastest_kind_only=True)
+    assert pf.prefetch(eng, 0) == ["cls_A"]  # CPU executors only: the CPU is the fastest kind
+    eng.executors[1].kind = "gpu"
+    assert pf.prefetch(eng, 0) == [] and pf.prefetch(eng, 1) == ["cls_A"]

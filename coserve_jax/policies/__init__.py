@@ -31,15 +31,18 @@ at a time, on the real demo engine and in the simulator):
    bytes). The pool is first filled as if the fixed share were set aside, so the first batches
    do not evict what was just preloaded.
 5. Next-group prefetch (``placement.NextGroup``): while a batch runs, start the load of the
-   next queued group's missing expert — one at a time into GPU pools, two into CPU pools.
+   next queued group's missing expert — one at a time into GPU pools, two into CPU pools, and
+   only into the pools of the fastest executor kind present (GPU if there is one).
    A prefetch never evicts an expert that running or queued work on its pool needs, on any
    executor sharing the pool (engine/loop.py ``_prefetch``), and with dynamic batch memory it
    leaves one full batch's working memory free. Why: an eviction of needed work only moves a
    load or adds a reload (paper-scale NUMA A2, simulated: 1,022 switches without the rule, 169
    with it); a prefetch that fills the room a queued batch needs only shrinks that batch.
    Into GPU pools a host->GPU copy runs beside GPU compute; a second one in flight slows the
-   demand loads on the one disk (UMA A2, simulated: 28.05 -> 27.75 img/s), so one. Into CPU
-   pools it did not pay while batch memory was reserved (the load is CPU work beside the batch
-   it should hide behind, and the pool had no room); with dynamic batch memory two at a time
-   pay (demo, simulated, 6 seeds: 53% -> 66% of the coserve -> all_resident gap closed).
+   demand loads on the one disk (UMA A2, simulated: 28.05 -> 27.75 img/s), so one. A CPU
+   executor beside GPUs is a helper: its prefetches share the disk with the GPUs' demand loads
+   (NUMA A2, simulated, 6-24 GiB: 27.3-28.3 img/s with them, 28.3-29.0 without). On a
+   CPU-only machine two prefetches at a time pay once batch memory is dynamic (demo, simulated,
+   6 seeds: 41-64% of the coserve -> all_resident gap closed without CPU prefetch, 57-72% with
+   it); while batch memory was reserved the pool had no room for them and they did not pay.
 """

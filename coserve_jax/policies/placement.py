@@ -48,22 +48,26 @@ class RoundRobinByUsage:
 class NextGroup:
     """Load the next queued groups' experts the pool lacks (head first), ``depth`` at a time,
     with at most ``max_inflight`` loads per pool in flight. Each may be one number for every
-    executor kind or a mapping per kind (a kind it omits gets no prefetch). coserve_plus uses
-    depth 1 / 1 in flight on GPUs (a second host->GPU copy in flight slows the demand loads on
-    the one disk: UMA A2 simulated 28.05 -> 27.75 img/s) and 2 / 2 on CPUs, where loads run in
-    reader processes beside the batches (demo, simulated: 53% -> 66% of the gap to
-    all_resident closed).
+    executor kind or a mapping per kind (a kind it omits gets no prefetch). With
+    ``fastest_kind_only``, only executors of the fastest kind present prefetch (GPU if there is
+    one): every pool loads from the same disk, so a CPU helper's prefetch delays the GPUs'
+    demand loads. coserve_plus: GPU 1 deep / 1 in flight, CPU 2 / 2, fastest kind only
+    (figures in ``policies/__init__.py``).
     """
 
-    def __init__(self, depth: int | Mapping[str, int] = 1, max_inflight: int | Mapping[str, int] = 1):
+    def __init__(self, depth: int | Mapping[str, int] = 1, max_inflight: int | Mapping[str, int] = 1,
+                 fastest_kind_only: bool = False):
         self.depth = _per_kind(depth, "depth")
         self.max_inflight = _per_kind(max_inflight, "max_inflight")
+        self.fastest_kind_only = fastest_kind_only
 
     def inflight_limit(self, kind: str) -> int:
         return self.max_inflight(kind)
 
     def prefetch(self, view: EngineView, executor_id: int) -> list[str]:
         ex = view.executors[executor_id]
+        if self.fastest_kind_only and ex.kind != "gpu" and any(o.kind == "gpu" for o in view.executors):
+            return []
         depth = self.depth(ex.kind)
         out: list[str] = []
         for g in ex.groups:
