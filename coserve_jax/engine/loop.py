@@ -450,7 +450,8 @@ class Engine:
     def _fit_batch(self, ex: ExecutorState, expert_id: str, arch: str, n: int) -> int:
         """Dynamic batch memory: the largest batch, up to n, whose working memory the pool's free
         bytes hold (the paper's split to "the largest batch free memory holds", at launch time).
-        To fit all n it first evicts experts that no queued or running work on the pool needs;
+        To fit all n it first evicts, by the eviction policy's rank, experts that no queued or
+        running work on the pool needs (as many as it takes, all of them if that is not enough);
         to fit even one image, any expert no running batch pins but this one."""
         pool = ex.pool
 
