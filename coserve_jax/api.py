@@ -3,7 +3,7 @@
     from coserve_jax.api import Engine, run_experiment
     results = run_experiment(["arms=[samba,coserve]", "workload.num_requests=300"], out_dir="runs/x")
 
-    with Engine.from_config(["model=pcb_tiny"], arm="coserve") as engine:
+    with Engine.from_config(["model=pcb_tiny", "hardware.device_budget=75%"], arm="coserve") as engine:
         fut = engine.submit(image, "type_003")      # concurrent.futures.Future
         print(fut.result(timeout=10))               # {"verdict": "ok", "experts": [...], ...}
 """
