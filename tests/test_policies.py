@@ -197,7 +197,7 @@ def test_prefetch_never_evicts_what_queued_work_on_a_shared_pool_needs():
         ("evict", "dev0:cpu", "cls_B"), ("load", "dev0:cpu", "cls_C")]
 
 
-def dynamic_engine(pool_bytes: int, n_exec: int = 1, prefetcher=None, reserve: int = 0, mix=None):
+def dynamic_engine(pool_bytes: int, n_exec: int = 1, prefetcher=None, reserve: int = 0):
     """Executors sharing one pool whose batches take working memory from its free bytes
     (synthetic cost: 100 kB per image, max batch 16)."""
     from coserve_jax.coe.synthetic import synthetic_cost
@@ -207,7 +207,7 @@ def dynamic_engine(pool_bytes: int, n_exec: int = 1, prefetcher=None, reserve: i
     from coserve_jax.policies.eviction import LRU
     from coserve_jax.store.pool import Pool
 
-    g = graph_of(mix or {"A": 0.4, "B": 0.4, "C": 0.2})
+    g = graph_of({"A": 0.4, "B": 0.4, "C": 0.2})
     backend = SimBackend(1)
     shared = Pool("dev0:cpu", "cpu", pool_bytes)
     executors = [ExecutorState(i, "cpu", 0, shared, {"cls": 16}, backend.now, dynamic_batch_memory=True,
