@@ -26,18 +26,21 @@ A worker that dies is replaced, and its read fails with a ``CheckpointError``.
 from __future__ import annotations
 
 import contextlib
-import multiprocessing as mp
 import os
 import queue
+import subprocess
+import sys
 import threading
 import weakref
+from multiprocessing.connection import Connection, Pipe
 from typing import Any
 
 import numpy as np
 
 from coserve_jax.store.checkpoint import CheckpointError
 
-def _serve(conn: Any) -> None:
+
+def _serve(conn: Connection) -> None:
     """Worker process: read requests until None (or the pipe closes)."""
     import jax
 
@@ -61,19 +64,38 @@ def _serve(conn: Any) -> None:
 
 
 class _Worker:
-    def __init__(self, ctx: Any):
-        self.conn, child = ctx.Pipe()
-        self.proc = ctx.Process(target=_serve, args=(child,), daemon=True, name="coserve-reader")
-        self.proc.start()
+    """One reader: ``python -m coserve_jax.store.reader FD``, talking over one end of a socket pair.
+
+    Started as a plain subprocess rather than through ``multiprocessing``: its spawn and
+    forkserver start methods re-import the parent's main module in the child, so a user's script
+    without an ``if __name__ == "__main__":`` guard would die with multiprocessing's
+    ``freeze_support()`` error (and fork is unsafe beside JAX's threads). Nothing of the
+    parent's ``__main__`` is needed here.
+    """
+
+    def __init__(self) -> None:
+        self.conn, child = Pipe()
+        fd = child.fileno()
+        self.proc = subprocess.Popen([sys.executable, "-m", "coserve_jax.store.reader", str(fd)],
+                                     pass_fds=(fd,), stdin=subprocess.DEVNULL)
         child.close()
+
+    @property
+    def exitcode(self) -> int | None:
+        return self.proc.poll()
 
     def stop(self, timeout_s: float = 5.0) -> None:
         with contextlib.suppress(OSError, ValueError):  # already closed or dead
             self.conn.send(None)
-        self.proc.join(timeout_s)
-        if self.proc.is_alive():
+        try:
+            self.proc.wait(timeout_s)
+        except subprocess.TimeoutExpired:
             self.proc.terminate()
-            self.proc.join(timeout_s)
+            try:
+                self.proc.wait(timeout_s)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
         self.conn.close()
 
 
@@ -84,7 +106,6 @@ class ProcessReader:
     def __init__(self, processes: int):
         if processes < 1:
             raise ValueError(f"backend.load_processes: need >= 1 reader process, got {processes}")
-        self._ctx = mp.get_context("spawn")  # forking a process that runs JAX threads is unsafe
         self._idle: queue.Queue[_Worker] = queue.Queue()
         self._all: list[_Worker] = []
         self._lock = threading.Lock()
@@ -95,7 +116,7 @@ class ProcessReader:
         self._finalizer = weakref.finalize(self, _stop_all, self._all)
 
     def _spawn(self) -> None:
-        w = _Worker(self._ctx)
+        w = _Worker()
         with self._lock:
             self._all.append(w)
         self._idle.put(w)
@@ -108,7 +129,7 @@ class ProcessReader:
             w.conn.send((str(path), specs, expert_id))
             status, payload = w.conn.recv()
         except (EOFError, OSError) as e:
-            code = w.proc.exitcode
+            code = w.exitcode
             with self._lock:
                 self._all.remove(w)
             w.stop(timeout_s=1.0)
@@ -124,7 +145,7 @@ class ProcessReader:
     def pids(self) -> list[int]:
         """Process ids of the live reader processes (e.g. to account their CPU time)."""
         with self._lock:
-            return [w.proc.pid for w in self._all if w.proc.pid is not None]
+            return [w.proc.pid for w in self._all]
 
     def close(self) -> None:
         self._closed = True
@@ -138,3 +159,7 @@ def _stop_all(workers: list[_Worker]) -> None:
     for w in stopping:
         w.stop()
 
+
+
+if __name__ == "__main__":  # a worker: python -m coserve_jax.store.reader FD
+    _serve(Connection(int(sys.argv[1])))
