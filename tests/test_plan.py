@@ -141,16 +141,7 @@ def test_sweep_table_marks_fallback_splits_and_infeasible_counts():
     assert any("median of 3" in n for n in t.notes) and any(n.startswith("*") for n in t.notes)
 
 
-def _demo_zoo_available() -> bool:
-    try:
-        from coserve_jax.coe import zoo
-    except Exception:  # noqa: BLE001 - the demo zoo is optional
-        return False
-    return hasattr(zoo, "zoo_config")
-
-
 @pytest.mark.slow
-@pytest.mark.skipif(not _demo_zoo_available(), reason="the demo zoo builder (coserve_jax.coe.zoo) is not ready")
 def test_plan_job_on_the_real_backend_tiny_zoo(tmp_path, monkeypatch):
     """The planner on the real engine: repeats, a plan coserve_best can read, tables and plots."""
     monkeypatch.setenv("COSERVE_JAX_CACHE", str(tmp_path / "cache"))

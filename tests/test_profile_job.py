@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 
 import pytest
 
@@ -34,6 +35,8 @@ def test_heldout_errors_and_usage_summaries():
 class _CountingRuntime:
     """Stands in for ``engine.real.Runtime``: records which expert each read and copy was for."""
 
+    A_S, B_S_PER_BYTE = 0.005, 5e-5
+
     def __init__(self, sizes):
         from types import SimpleNamespace
 
@@ -43,7 +46,9 @@ class _CountingRuntime:
         self.reads, self.puts = [], []
 
     def restore(self, expert_id, device):
+        """A read takes 5 ms + 50 us per byte (what the load fit must recover)."""
         self.reads.append((expert_id, device))
+        time.sleep(self.A_S + self.B_S_PER_BYTE * self.zoo.graph.experts[expert_id].param_bytes)
         return [0]
 
     def put(self, expert_id, host, device):
@@ -66,7 +71,9 @@ def test_load_sampler_cycles_over_experts_of_each_arch():
     assert s.count == 9
     fit = s.fit()
     assert fit["disk"]["timings_per_expert"] == 3 and fit["disk"]["samples"]["bytes"] == [100, 100, 400]
-    assert fit["disk"]["a_s"] >= 0 and fit["disk"]["b_s_per_byte"] >= 0
+    # medians of 3 sleeps of 10 ms (100 B) and 25 ms (400 B); a busy machine only adds time
+    assert fit["disk"]["b_s_per_byte"] == pytest.approx(_CountingRuntime.B_S_PER_BYTE, rel=0.5)
+    assert fit["disk"]["a_s"] == pytest.approx(_CountingRuntime.A_S, abs=0.004)
     s_host = LoadSampler(rt, device=None, samples=1, drop_cache=False)
     s_host.fill(2)
     assert s_host.fit()["host"]["samples"]["seconds"] == [0.0, 0.0]  # no device: no copy timed

@@ -31,6 +31,17 @@ from coserve_jax.types import Batch, LoadJob, Request, Task, Tier
 
 log = logging.getLogger(__name__)
 
+# A missing or corrupt checkpoint fails every load of that expert, in every run of the process:
+# it is logged once (expert, path, reason); its attempts and the requests it fails go to debug.
+_BROKEN = "CheckpointError"
+_broken_logged: set[str] = set()
+
+
+def _log_broken_once(expert_id: str, error: str) -> None:
+    if error not in _broken_logged:
+        _broken_logged.add(error)
+        log.warning("expert %s cannot be loaded; requests that need it fail: %s", expert_id, error)
+
 # Event kinds, in the order ties at equal times are handled (DESIGN §4: (time, kind, sequence)).
 LOAD_DONE, BATCH_DONE, ARRIVAL = 0, 1, 2
 
@@ -320,7 +331,8 @@ class Engine:
     def _fail(self, rs: RequestState, reason: str) -> None:
         if rs.done:
             return
-        log.warning("request %d failed: %s", rs.request.request_id, reason)
+        log.log(logging.DEBUG if _BROKEN in reason else logging.WARNING,
+                "request %d failed: %s", rs.request.request_id, reason)
         rs.failed, rs.done, rs.done_s = reason, True, self.backend.now()
         self._failures[reason.split(":")[0]] += 1
         self._pending -= 1
@@ -367,8 +379,11 @@ class Engine:
         if job.via_host_cache and cache is not None:
             cache.cancel_load(job.expert_id)
         self.metrics.failed_loads[job.expert_id] += 1
-        log.warning("load of %s into %s failed%s: %s", job.expert_id, job.pool_id,
-                    " (prefetch)" if job.prefetch else " (initial)" if job.initial else "", ev.error)
+        broken = ev.error.startswith(_BROKEN)
+        if broken:
+            _log_broken_once(job.expert_id, ev.error)
+        log.log(logging.DEBUG if broken else logging.WARNING, "load of %s into %s failed%s: %s", job.expert_id,
+                job.pool_id, " (prefetch)" if job.prefetch else " (initial)" if job.initial else "", ev.error)
         if job.prefetch or job.initial or job.executor_id is None:
             return  # only demand loads count toward the retry limit
         key = (job.pool_id, job.expert_id)
@@ -567,6 +582,9 @@ class Engine:
 
     def summary(self, wall_s: float, init_s: float) -> dict[str, Any]:
         done = [rs for rs in self._requests.values() if rs.done and rs.failed is None]
+        if self._failures:
+            log.warning("%d of %d requests failed (%s)", len(self._requests) - len(done), len(self._requests),
+                        ", ".join(f"{k}: {n}" for k, n in self._failures.most_common()))
         secs: Counter[str] = Counter()
         for ex in self._executors:
             secs.update(ex.seconds)

@@ -23,7 +23,10 @@ unpacks it there with one jitted call (cached per layout): per-leaf ``ArrayResto
 from __future__ import annotations
 
 import functools
+import logging
 import os
+import sys
+import threading
 import zlib
 from collections.abc import Callable
 from pathlib import Path
@@ -36,8 +39,45 @@ import orbax.checkpoint as ocp
 from flax import nnx
 
 
+log = logging.getLogger(__name__)
+
+
 class CheckpointError(RuntimeError):
     """An expert's checkpoint is missing or unreadable; the message names expert, path and reason."""
+
+
+_quiet_lock = threading.Lock()
+_quiet_installed = False
+
+
+def _quiet_abandoned_restore_callbacks() -> None:
+    """Silence the leftovers of a failed Orbax restore (installed once, after the first failure).
+
+    When a restore of a corrupt checkpoint fails, tensorstore still completes the reads it had
+    started and hands their results to the restore's asyncio loop, which Orbax has closed by
+    then: each lands in ``sys.unraisablehook`` as "RuntimeError: Event loop is closed", a bare
+    traceback on stderr, seconds later or at exit. The failure itself was already reported
+    (as a ``CheckpointError`` naming expert, path and reason), so these are dropped; every other
+    unraisable exception still reaches the previous hook.
+    """
+    global _quiet_installed
+    with _quiet_lock:
+        if _quiet_installed:
+            return
+        _quiet_installed = True
+        previous = sys.unraisablehook
+
+        def hook(u: Any) -> None:
+            tb = u.exc_traceback
+            while tb is not None and tb.tb_next is not None:
+                tb = tb.tb_next
+            if (isinstance(u.exc_value, RuntimeError) and str(u.exc_value) == "Event loop is closed"
+                    and tb is not None and tb.tb_frame.f_code.co_filename.endswith(os.path.join("asyncio", "base_events.py"))):
+                log.debug("dropped a callback of an abandoned checkpoint restore: %s", u.exc_value)
+                return
+            previous(u)
+
+        sys.unraisablehook = hook
 
 
 def _checkpointer() -> ocp.Checkpointer:
@@ -148,6 +188,7 @@ def read_packed(path: str | os.PathLike, specs: list[tuple[tuple[int, ...], np.d
     try:
         packed = _checkpointer().restore(path, args=ocp.args.PyTreeRestore(item=item, restore_args=restore_args))
     except Exception as e:  # Orbax/tensorstore raise many types; all mean "unreadable".
+        _quiet_abandoned_restore_callbacks()
         raise CheckpointError(
             f"expert {who}: checkpoint {path} is corrupt or unreadable: {type(e).__name__}: {e}"
         ) from e
