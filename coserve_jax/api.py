@@ -28,7 +28,16 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from coserve_jax.coe.graph import CoEGraph
-from coserve_jax.config import ArmConfig, ConfigError, RunConfig, compose, parse_bytes, parse_config
+from coserve_jax.config import (
+    ArmConfig,
+    BudgetError,
+    ConfigError,
+    NoFeasibleArmError,
+    RunConfig,
+    compose,
+    parse_bytes,
+    parse_config,
+)
 from coserve_jax.engine.build import build_engine, plan_executors
 from coserve_jax.engine.loop import Arrival
 from coserve_jax.engine.loop import Engine as LoopEngine
@@ -97,43 +106,107 @@ def load_model(cfg: RunConfig, progress: bool = True) -> Model:
 
 # ---- the cost model ---------------------------------------------------------------------------
 def load_cost_model(cfg: RunConfig, model: Model, runtime: Any = None, progress: bool = True) -> CostModel:
-    """hardware.profile if given; else the paper's constants; else measured here (cached)."""
+    """hardware.profile if given; else the paper's constants; else measured here (cached).
+
+    A cached measured profile is checked against live timings before a real-backend run reuses
+    it, and measured again (and cached again) when it drifted more than ``profiler.max_drift``
+    (``profiler/trust.py``; null: no check). What was found is the returned cost model's
+    ``trust`` dict, results.json's ``profile_check``: ``source`` (cached, measured, file, paper),
+    ``age_s`` and ``age_from`` (the loaded profile's ``measured_at``, else its file's mtime),
+    ``checked``, ``measurements`` (each with its ``drift``), ``max_drift``, ``passes``,
+    ``check_s``, ``refreshed`` and, when refreshed, ``after_refresh`` (the new profile's check).
+    A ``hardware.profile`` file is never checked: it is pinned on purpose (a fixed profile for
+    the simulator, maybe of other hardware), and re-measuring would overwrite the user's file or
+    silently ignore it."""
+    from coserve_jax.profiler.trust import DEFAULT_MAX_DRIFT, check_profile, profile_age
+
     hw = cfg.hardware
     if hw.profile:
-        return CostModel.load(hw.profile)
+        cost = CostModel.load(hw.profile)
+        age, age_from = profile_age(cost.profile, hw.profile)
+        cost.trust = {"source": "file", "path": str(hw.profile), "age_s": age, "age_from": age_from,
+                      "checked": False, "refreshed": False}
+        return cost
     if hw.paper_profile:
         from coserve_jax.profiler.paper_profiles import paper_profile
 
         archs = {}
         for e in model.graph.experts.values():
             archs.setdefault(e.arch, {"param_bytes": e.param_bytes, "input_shape": list(e.input_shape)})
-        return CostModel(paper_profile(dict(hw.paper_profile), archs))
+        cost = CostModel(paper_profile(dict(hw.paper_profile), archs))
+        cost.trust = {"source": "paper", "checked": False, "refreshed": False}
+        return cost
     if not model.trained:
         raise ConfigError("hardware.profile: a paper-scale model needs hardware.profile or hardware.paper_profile")
+    from coserve_jax.profiler.microbench import measure_profile
+
+    kinds = sorted(hw.executors)
+    settings = {k: cfg.profiler.get(k) for k in ("batch_sizes", "repeats", "load_samples")}
+    path = profile_cache_path(cfg, model)
+    max_drift = cfg.profiler.get("max_drift", DEFAULT_MAX_DRIFT)
+    rt = runtime
+
+    def measure() -> CostModel:
+        prof = measure_profile(rt, kinds, batch_sizes=tuple(settings["batch_sizes"] or (1, 2, 4, 8, 16, 32)),
+                               repeats=int(settings["repeats"] or 3), load_samples=int(settings["load_samples"] or 3),
+                               drop_cache=hw.drop_page_cache, seed=cfg.seed, progress=progress,
+                               executors=dict(hw.executors))
+        write_json_atomic(path, prof)
+        return CostModel(prof)
+
+    def check(c: CostModel) -> dict[str, Any]:
+        return check_profile(rt, c, kinds, drop_cache=hw.drop_page_cache, seed=cfg.seed, max_drift=max_drift)
+
+    trust: dict[str, Any] = {"source": "cached", "path": str(path), "max_drift_allowed": max_drift,
+                             "checked": False, "refreshed": False}
+    try:
+        if path.exists() and not cfg.profiler.get("refresh", False):
+            cost = CostModel.load(path)
+            trust["age_s"], trust["age_from"] = profile_age(cost.profile, path)
+            if cfg.backend.name != "real" or max_drift is None:
+                cost.trust = trust  # the simulator runs no JAX here; null max_drift: no check
+                return cost
+            rt = rt or make_runtime(cfg, model)
+            trust.update(check(cost), checked=True)
+            if trust["max_drift"] <= max_drift:
+                log.info("profile %s (%.0f s old): max drift %.2f <= profiler.max_drift=%g (checked in %.1f s)",
+                         path.name, trust["age_s"] or 0.0, trust["max_drift"], max_drift, trust["check_s"])
+                cost.trust = trust
+                return cost
+            log.warning("profile %s (%.0f s old) drifted: max drift %.2f > profiler.max_drift=%g; "
+                        "measuring this machine's profile again", path.name, trust["age_s"] or 0.0,
+                        trust["max_drift"], max_drift)
+            cost = measure()
+            after = check(cost)
+            trust.update(refreshed=True, after_refresh=after)
+            (log.info if after["max_drift"] <= max_drift else log.warning)(
+                "re-measured profile %s: max drift %.2f (profiler.max_drift=%g)", path.name, after["max_drift"],
+                max_drift)
+        else:
+            rt = rt or make_runtime(cfg, model)
+            cost = measure()
+            trust.update(source="measured", age_s=0.0, age_from="measured_at")
+    finally:
+        if runtime is None and rt is not None:
+            rt.close()
+    cost.trust = trust
+    return cost
+
+
+def profile_cache_path(cfg: RunConfig, model: Model) -> Path:
+    """Where this machine's measured profile of a trained zoo is cached (keyed by what it measured)."""
     import jax
 
-    from coserve_jax.profiler.microbench import PATHS_VERSION, measure_profile
+    from coserve_jax.profiler.microbench import PATHS_VERSION
 
+    hw = cfg.hardware
     kinds = sorted(hw.executors)
     settings = {k: cfg.profiler.get(k) for k in ("batch_sizes", "repeats", "load_samples")}
     key = json.dumps({"devices": [str(d) for d in jax.devices()], "kinds": kinds, "settings": settings,
                       "drop": hw.drop_page_cache, "jax": jax.__version__,
                       "reader_processes": cfg.backend.load_processes > 0, "paths": PATHS_VERSION,
                       "executors": dict(hw.executors)}, sort_keys=True)
-    path = Path(model.zoo.root) / f"profile-{hashlib.sha256(key.encode()).hexdigest()[:12]}.json"
-    if path.exists() and not cfg.profiler.get("refresh", False):
-        return CostModel.load(path)
-    rt = runtime or make_runtime(cfg, model)
-    try:
-        prof = measure_profile(rt, kinds, batch_sizes=tuple(settings["batch_sizes"] or (1, 2, 4, 8, 16, 32)),
-                               repeats=int(settings["repeats"] or 3), load_samples=int(settings["load_samples"] or 3),
-                               drop_cache=hw.drop_page_cache, seed=cfg.seed, progress=progress,
-                               executors=dict(hw.executors))
-    finally:
-        if runtime is None:
-            rt.close()
-    write_json_atomic(path, prof)
-    return CostModel(prof)
+    return Path(model.zoo.root) / f"profile-{hashlib.sha256(key.encode()).hexdigest()[:12]}.json"
 
 
 def make_runtime(cfg: RunConfig, model: Model):
@@ -242,10 +315,25 @@ class ArmRunner:
             engine.enable_future(requests)
         return engine
 
+    @property
+    def profile_check(self) -> dict[str, Any] | None:
+        """The cost model's profile: source, age, drift check, refreshed (``load_cost_model``)."""
+        return self.cost.trust
+
     def close(self) -> None:
         """Stop the runtime's reader processes (real backend)."""
         if self.runtime is not None:
             self.runtime.close()
+
+    def infeasible(self, arm: ArmConfig) -> str | None:
+        """Why the arm cannot fit its memory budget (a BudgetError's message), or None if it fits.
+
+        Other config errors of the arm (a missing plan, a kind the profile lacks) propagate."""
+        try:
+            plan_executors(self.cfg, arm, self.model.graph, self.cost)
+        except BudgetError as e:
+            return str(e)
+        return None
 
     def warm_up(self, arms: Sequence[ArmConfig]) -> float:
         """Compile every forward the arms can call (real backend), before any timing."""
@@ -285,7 +373,7 @@ class ArmRunner:
         if hasattr(engine.backend, "events_handled"):
             summary["sim_events"] = engine.backend.events_handled
             summary["sim_events_per_s"] = engine.backend.events_handled / max(summary["engine_s"], 1e-9)
-        summary["policy"] = {k: v for k, v in dataclasses.asdict(arm).items() if v not in (None, False, "")}
+        summary["policy"] = arm_policy(arm)
         summary["executors"] = [{"id": ex.executor_id, "kind": ex.kind, "device": ex.device_index,
                                  "pool": ex.pool.pool_id, "max_batch": dict(ex.max_batches),
                                  "batch_memory": "dynamic" if ex.dynamic_batch_memory else "reserved"}
@@ -293,6 +381,11 @@ class ArmRunner:
         if self.model.trained and self.routing == "model":
             summary["accuracy"] = accuracy(engine)
         return summary, engine
+
+
+def arm_policy(arm: ArmConfig) -> dict[str, Any]:
+    """The arm's settings for results.json (``policy``): the fields it sets."""
+    return {k: v for k, v in dataclasses.asdict(arm).items() if v not in (None, False, "")}
 
 
 def accuracy(engine: LoopEngine) -> dict[str, Any]:
@@ -307,22 +400,33 @@ def accuracy(engine: LoopEngine) -> dict[str, Any]:
 # ---- experiments ------------------------------------------------------------------------------
 def run_experiment(cfg: RunConfig | DictConfig | Sequence[str] | None = None,
                    out_dir: str | Path | None = None, progress: bool = True) -> dict[str, Any]:
-    """Run every arm of the config on one workload; write results.json in out_dir."""
+    """Run every arm of the config on one workload; write results.json in out_dir.
+
+    An arm whose memory budget cannot hold the largest expert plus its batches (a BudgetError)
+    is decided infeasible at start-up, before any arm runs: results.json reports it as
+    ``arms[name] = {"infeasible": reason, "policy": {...}}`` and the other arms run. When no arm
+    fits, results.json records every arm's reason and a NoFeasibleArmError lists them. Other
+    config errors stop the run.
+    """
     run_cfg, resolved = as_run_config(cfg)
     out = Path(out_dir or run_cfg.output_dir or "outputs/latest")
     out.mkdir(parents=True, exist_ok=True)
     runner = ArmRunner.prepare(run_cfg, progress)
     model, cost = runner.model, runner.cost
     try:
+        infeasible = {arm.name: reason for arm in run_cfg.arms if (reason := runner.infeasible(arm))}
+        for name, reason in infeasible.items():
+            log.warning("arm %s is infeasible, not run: %s", name, reason)
+        feasible = [arm for arm in run_cfg.arms if arm.name not in infeasible]
         requests = make_trace(run_cfg, model.graph)
         save_trace(out / "trace.json", requests, {"workload": dataclasses.asdict(run_cfg.workload)})
-        compile_s = runner.warm_up(run_cfg.arms)
+        compile_s = runner.warm_up(feasible) if feasible else 0.0
         images = runner.images(requests)
-        runs: dict[str, list[dict[str, Any]]] = {arm.name: [] for arm in run_cfg.arms}
+        runs: dict[str, list[dict[str, Any]]] = {arm.name: [] for arm in feasible}
         for r in range(run_cfg.repeats):
             # Interleaved (A B C A B C ...) so that drift on a shared machine hits every arm alike.
             # An arm whose runs already add up to repeat_until_s is measured well enough.
-            for arm in run_cfg.arms:
+            for arm in feasible:
                 if r and sum(s["engine_s"] for s in runs[arm.name]) >= run_cfg.repeat_until_s:
                     continue
                 summary, _ = runner.run_arm(arm, requests, images, progress)
@@ -331,7 +435,9 @@ def run_experiment(cfg: RunConfig | DictConfig | Sequence[str] | None = None,
                          summary["throughput_rps"], summary["switches"]["count"])
     finally:
         runner.close()
-    arms = {name: median_run(rs) for name, rs in runs.items()}
+    arms = {arm.name: ({"infeasible": infeasible[arm.name], "policy": arm_policy(arm)}
+                       if arm.name in infeasible else median_run(runs[arm.name]))
+            for arm in run_cfg.arms}
     hw = run_cfg.hardware
     total = model.graph.total_bytes
     results = {
@@ -349,11 +455,16 @@ def run_experiment(cfg: RunConfig | DictConfig | Sequence[str] | None = None,
         },
         "zoo": zoo_summary(model),
         "compile_s": compile_s,
+        "profile_check": runner.profile_check,
         "arms": arms,
     }
     write_json_atomic(out / "results.json", results)
     write_json_atomic(out / "profile.json", cost.profile)
     (out / "resolved_config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.create(resolved)) if resolved else "")
+    if not feasible:
+        raise NoFeasibleArmError("no arm fits its memory budget, none ran:\n"
+                                 + "\n".join(f"  {name}: {reason}" for name, reason in infeasible.items()),
+                                 results)
     return results
 
 

@@ -7,6 +7,7 @@ dataclasses. Nothing here has side effects: building objects happens in ``engine
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 from pathlib import Path
 from collections.abc import Mapping
@@ -17,6 +18,23 @@ from omegaconf import DictConfig, OmegaConf
 
 class ConfigError(ValueError):
     """Invalid configuration; the message names the offending field."""
+
+
+class BudgetError(ConfigError):
+    """An arm's memory budget cannot hold the largest expert plus its batches.
+
+    A run reports such an arm as infeasible and runs the others (api.run_experiment); every other
+    ConfigError stops the run at start-up.
+    """
+
+
+class NoFeasibleArmError(BudgetError):
+    """No arm of a run fits its memory budget, so none ran; the message lists each arm's reason
+    (``results``, also written to results.json, records them)."""
+
+    def __init__(self, message: str, results: Mapping[str, Any] | None = None):
+        super().__init__(message)
+        self.results = results
 
 
 _UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "kib": 2**10, "mib": 2**20, "gib": 2**30}
@@ -311,12 +329,24 @@ def parse_config(cfg: DictConfig | Mapping[str, Any]) -> RunConfig:
         workload=wl,
         hardware=hw,
         backend=be,
-        profiler=dict(raw.get("profiler") or {}),
+        profiler=_profiler(raw.get("profiler")),
         planner=dict(raw.get("planner") or {}),
         output_dir=raw.get("output_dir"),
         repeats=repeats,
         repeat_until_s=float(_positive(raw.get("repeat_until_s", float("inf")), "repeat_until_s")),
     )
+
+
+def _profiler(node: Mapping[str, Any] | None) -> dict[str, Any]:
+    """profiler settings stay a plain dict; the keys a serving run reads are checked here."""
+    prof = dict(node or {})
+    # max_drift: null reuses a cached profile unchecked; .inf checks and records, never re-measures
+    drift = prof.get("max_drift")
+    if drift is not None:
+        _positive(drift, "profiler.max_drift")
+        if math.isnan(drift):
+            raise ConfigError(f"profiler.max_drift: must be a positive number (e.g. 0.25), got {drift!r}")
+    return prof
 
 
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"

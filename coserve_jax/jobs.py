@@ -17,8 +17,14 @@ def run_job(cfg: DictConfig, out_dir: str | Path) -> dict[str, Any]:
     job = cfg.get("job", "serve")
     if job == "serve":
         from coserve_jax.api import run_experiment
+        from coserve_jax.config import NoFeasibleArmError
 
-        results = run_experiment(cfg, out_dir)
+        try:
+            results = run_experiment(cfg, out_dir)
+        except NoFeasibleArmError as e:
+            if e.results is not None:
+                print_arm_table(e.results, out_dir)  # every arm: "infeasible: <reason>"
+            raise
         print_arm_table(results, out_dir)
         return results
     if job == "zoo":

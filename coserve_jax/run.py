@@ -11,9 +11,10 @@ import sys
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from coserve_jax.config import ConfigError
+from coserve_jax.config import ConfigError, NoFeasibleArmError
 
 log = logging.getLogger("coserve_jax")
 
@@ -27,6 +28,14 @@ def main(cfg: DictConfig) -> None:
     out_dir = cfg.get("output_dir") or HydraConfig.get().runtime.output_dir
     try:
         run_job(cfg, out_dir)
+    except NoFeasibleArmError as e:
+        log.error("config error: %s", e)
+        if HydraConfig.get().mode == RunMode.MULTIRUN:
+            # One sweep point where no arm fits (its results.json says why) must not stop the
+            # sweep's other points: exiting here would end the whole multirun.
+            log.error("this sweep point ran no arm (%s); the sweep goes on", out_dir)
+            return
+        sys.exit(2)
     except ConfigError as e:
         log.error("config error: %s", e)
         sys.exit(2)

@@ -22,7 +22,7 @@ default ``runs/paper`` which is .gitignored):
 3. ``paper_fig15_16``: the ablation ladder over the same grid;
 4. ``budget_sweep``: NUMA task A2 at 6-24 GiB (simulated);
 5. (not with --sim-only) the demo CoE with the real engine: a plan (simulated on the demo's
-   measured profile), ``demo_fig13_16`` (12 arms, one run) and ``budget_sweep_demo`` (4 runs);
+   measured profile), ``demo_fig13_16`` (12 arms, one run) and ``budget_sweep_demo`` (7 runs);
 6. the report CLI (``python -m coserve_jax.report``) per figure, the Fig. 17/18 summary, the
    compulsory-load analysis and the required checks (``checks.md``).
 

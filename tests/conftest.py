@@ -58,8 +58,11 @@ def tiny_cache(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_overrides(tiny_cache) -> list[str]:
     """Hydra overrides selecting the session's tiny zoo (its own zoo and compilation caches)."""
+    # profiler.max_drift=null: runs reuse the session's cached profile unchecked, so no busy moment
+    # re-measures it mid-session (tests/test_profile_trust.py tests the check).
     return ["model=pcb_tiny", f"+model.zoo.num_types={TINY_TYPES}", f"+model.zoo.cache_dir={tiny_cache}",
-            f"backend.compilation_cache_dir={tiny_cache / 'jax_cache'}", "backend.stall_timeout_s=20"]
+            f"backend.compilation_cache_dir={tiny_cache / 'jax_cache'}", "backend.stall_timeout_s=20",
+            "profiler.max_drift=null"]
 
 
 @pytest.fixture(scope="session")

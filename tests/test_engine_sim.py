@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from coserve_jax.coe.synthetic import synthetic_cost, synthetic_graph
-from coserve_jax.config import ConfigError, compose, parse_config
-from coserve_jax.engine.build import build_engine
+from coserve_jax.config import BudgetError, ConfigError, NoFeasibleArmError, compose, parse_config
+from coserve_jax.engine.build import build_engine, plan_executors
 from coserve_jax.engine.sim import SimBackend
 from coserve_jax.workload.trace import generate_trace, load_trace, save_trace
 
@@ -188,3 +190,89 @@ def test_sim_loop_takes_a_host_core_while_busy(shares):
     gpu.charge()
     gpu.next_event(None)
     assert gpu.now() == pytest.approx(1.0)
+
+
+# ---- infeasible arms (issue #16, item 4) -----------------------------------------------------
+# synthetic_graph(): 12 classifiers of 4 MB and 3 detectors of 8 MB (72 MB; largest 8 MB);
+# synthetic_cost(): 100 kB of working memory per image, up to 16 (1.6 MB). hardware=cpu: 2 executors.
+def _synthetic_run(monkeypatch, tmp_path, *overrides: str):
+    """run_job (the serve job of python -m coserve_jax.run) on the synthetic graph and cost model."""
+    from coserve_jax import api
+    from coserve_jax.jobs import run_job
+
+    monkeypatch.setattr(api, "load_model", lambda *a, **k: api.Model(synthetic_graph()))
+    monkeypatch.setattr(api, "load_cost_model", lambda *a, **k: synthetic_cost())
+    cfg = compose(["backend=sim", "repeats=1", "workload.num_requests=80", *overrides])
+    return run_job(cfg, tmp_path)
+
+
+def test_an_infeasible_arm_is_reported_and_the_others_run(monkeypatch, tmp_path, capsys):
+    # 12 MB: samba's one executor holds 8 MB + a 1.6 MB batch; coserve's two 6 MB shares cannot.
+    res = _synthetic_run(monkeypatch, tmp_path, "arms=[samba,coserve]", "hardware.device_budget=12000000")
+    assert list(res["arms"]) == ["samba", "coserve"]
+    samba, coserve = res["arms"]["samba"], res["arms"]["coserve"]
+    assert samba["requests"]["completed"] == 80 and "infeasible" not in samba
+    assert set(coserve) == {"infeasible", "policy"}
+    assert coserve["infeasible"].startswith("hardware.device_budget: each cpu executor gets 6000000 B")
+    assert "largest expert (8000000 B)" in coserve["infeasible"]
+    assert coserve["policy"]["name"] == "coserve"
+    on_disk = json.loads((tmp_path / "results.json").read_text())
+    assert on_disk["arms"]["coserve"] == coserve and on_disk["arms"]["samba"]["throughput_rps"] > 0
+    out = capsys.readouterr().out
+    assert "| coserve | infeasible: hardware.device_budget: each cpu executor gets 6000000 B" in out
+    assert "| samba | " in out
+
+
+def test_all_arms_infeasible_is_a_clear_error(monkeypatch, tmp_path, capsys):
+    # 9 MB: samba's 9 MB - 1.6 MB, coserve's 4.5 MB shares and coserve_plus's 9 MB - 2 x 1.6 MB < 8 MB.
+    with pytest.raises(NoFeasibleArmError) as err:
+        _synthetic_run(monkeypatch, tmp_path, "arms=[samba,coserve,coserve_plus]", "hardware.device_budget=9000000")
+    msg = str(err.value)
+    assert msg.startswith("no arm fits its memory budget, none ran:")
+    for arm in ("samba", "coserve", "coserve_plus"):
+        assert f"\n  {arm}: hardware.device_budget: " in msg
+    assert "pool shared by 2 executor(s)" in msg  # coserve_plus: checked as one pool
+    # results.json (and the printed table) still say why each arm did not run.
+    arms = json.loads((tmp_path / "results.json").read_text())["arms"]
+    assert list(arms) == ["samba", "coserve", "coserve_plus"]
+    assert all(set(a) == {"infeasible", "policy"} and a["infeasible"] in msg for a in arms.values())
+    out = capsys.readouterr().out
+    assert out.count("| infeasible: hardware.device_budget: ") == 3
+
+
+def test_other_config_errors_still_stop_the_run(monkeypatch, tmp_path):
+    """Only budget fit makes an arm infeasible: a kind the profile lacks stops the whole run."""
+    with pytest.raises(ConfigError, match=r"hardware\.executors\.gpu") as err:
+        _synthetic_run(monkeypatch, tmp_path, "arms=[samba,coserve]", "+hardware.executors.gpu=1",
+                       "hardware.cpu_pool_budget=50%")
+    assert not isinstance(err.value, BudgetError)
+
+
+def test_a_shared_pool_is_checked_as_one_pool():
+    """coserve_plus's one pool per device must hold the largest expert plus both executors' batches;
+    the same bytes split per executor cannot hold the largest expert."""
+    import dataclasses
+
+    graph, cost = synthetic_graph(), synthetic_cost()
+    largest = max(e.param_bytes for e in graph.experts.values())
+    cfg = parse_config(compose(["backend=sim", "arms=[coserve_plus]", "hardware.device_budget=12000000",
+                                "workload.num_requests=120"]))
+    arm = cfg.arms[0]
+    assert arm.share_pool
+    plans = plan_executors(cfg, arm, graph, cost)  # feasible
+    assert len(plans) == 2 and len({p.device_index for p in plans}) == 1
+    assert all(p.budget_bytes - p.reserved_bytes < largest for p in plans)  # no one share holds it
+    assert sum(p.budget_bytes - p.reserved_bytes for p in plans) >= largest  # the pool does
+    with pytest.raises(BudgetError, match=r"hardware\.device_budget: each cpu executor gets 6000000 B"):
+        plan_executors(cfg, dataclasses.replace(arm, share_pool=False), graph, cost)
+    # ... and the engine serves with it, within the pool's bytes.
+    eng = build_engine(cfg, arm, graph, cost, SimBackend(2), "trace")
+    eng.check_invariants = True
+    s = eng.run(generate_trace(graph, cfg.workload))
+    assert s["requests"]["completed"] == 120
+    assert all(peak <= s["budgets_bytes"][pid] for pid, peak in s["peak_bytes"].items())
+    # Below largest + both batches (8 MB + 2 x 1.6 MB), the shared pool is infeasible too.
+    small = parse_config(compose(["backend=sim", "arms=[coserve_plus]", "hardware.device_budget=11000000"]))
+    with pytest.raises(BudgetError, match=r"cpu pool shared by 2 executor\(s\) on device 0 gets 11000000 B.*"
+                                          r"largest expert \(8000000 B\) plus their batches \(3200000 B\)"):
+        plan_executors(small, small.arms[0], graph, cost)

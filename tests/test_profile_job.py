@@ -79,6 +79,27 @@ def test_load_sampler_cycles_over_experts_of_each_arch():
     assert s_host.fit()["host"]["samples"]["seconds"] == [0.0, 0.0]  # no device: no copy timed
 
 
+def test_load_sampler_skips_an_expert_whose_checkpoint_does_not_read(caplog):
+    """A broken checkpoint is named in a warning and the next expert of its architecture is timed."""
+    from coserve_jax.profiler.microbench import LoadSampler
+    from coserve_jax.store.checkpoint import CheckpointError
+
+    class _Broken(_CountingRuntime):
+        def restore(self, expert_id, device):
+            if expert_id == "a0":
+                raise CheckpointError("expert a0: checkpoint /nowhere/a0 is corrupt: weight checksum mismatch")
+            return super().restore(expert_id, device)
+
+    rt = _Broken({"a0": ("a", 100), "a1": ("a", 100), "a2": ("a", 100), "b0": ("b", 400)})
+    with caplog.at_level("WARNING", logger="coserve_jax"):
+        s = LoadSampler(rt, device="dev", samples=2, drop_cache=False)
+    assert [e.expert_id for e in s.experts] == ["a1", "a2", "b0"]
+    assert "skipping expert a0" in caplog.text and "/nowhere/a0" in caplog.text
+    rt_all_broken = _Broken({"a0": ("a", 100)})
+    with pytest.raises(CheckpointError, match="no checkpoint of architecture a reads"):
+        LoadSampler(rt_all_broken, device="dev", samples=2, drop_cache=False)
+
+
 def test_load_contention_ratios_and_a_failing_batch():
     """measure_load_contention: [1.0, r1, ...], never below 1; a batch that fails while loads
     are timed beside it fails the measurement, naming the architecture."""

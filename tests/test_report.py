@@ -296,3 +296,39 @@ def test_cli_module_runs_as_subprocess(tmp_path: Path, paper_runs: Path) -> None
         ["throughput.md", "throughput.csv", "switches.md", "switches.csv",
          "speedup_vs_samba.md", "speedup_vs_samba.csv", "fig13_throughput.png",
          "fig14_switches.png", "report.md"])
+
+
+def test_infeasible_arms_show_in_tables_and_are_skipped_in_plots(tmp_path: Path,
+                                                                capsys: pytest.CaptureFixture[str]) -> None:
+    """An arm results.json reports infeasible ({"infeasible": reason, "policy": ...}) is a row
+    saying so in the arms table, a cell in the budget table, and absent from plots."""
+    reason = "hardware.device_budget: each cpu executor gets 2315678 B, which cannot hold ..."
+    root = tmp_path / "sweep"
+    nothing_fits = {a: {"infeasible": reason, "policy": {"name": a}} for a in ("samba", "coserve")}
+    for budget, arms in (("10%", nothing_fits),
+                         ("15%", {"samba": _arm(5.0, 90),
+                                  "coserve": {"infeasible": reason, "policy": {"name": "coserve"}}}),
+                         ("25%", {"samba": _arm(6.0, 80), "coserve": _arm(9.0, 40)})):
+        _write_run(root / budget, arms, model="pcb_demo", hardware="cpu",
+                   hydra_yaml=f"hardware:\n  name: cpu\n  device_budget: '{budget}'\n")
+    runs = load_runs([root])
+    run15 = next(r for r in runs if r.device_budget == "15%")
+    assert list(run15.arms) == ["samba"] and run15.infeasible == {"coserve": reason}
+    table = tables.arm_table(run15)
+    assert [r[0] for r in table.rows] == ["samba", "coserve"]
+    assert table.rows[1][1] == f"infeasible: {reason}" and len(table.rows[1]) == len(table.header)
+    assert f"| coserve | infeasible: {reason} |" in to_markdown(table)
+    assert _csv_rows(to_csv(table))[1]["infeasible"] == reason
+    budget = tables.budget_table(runs)
+    by_budget = {r[2]: dict(zip(budget.header, r, strict=True)) for r in budget.rows}
+    assert by_budget["15%"]["coserve img/s"] == "infeasible"
+    assert by_budget["15%"]["coserve switches"] == "infeasible"
+    assert by_budget["25%"]["coserve img/s"] == "9.00"
+    assert [by_budget["10%"][f"{a} img/s"] for a in ("samba", "coserve")] == ["infeasible"] * 2
+    out = tmp_path / "report"
+    assert main([str(root), "--out", str(out), "--kind", "all"]) == 0
+    stdout = capsys.readouterr().out
+    assert "infeasible, not run: coserve" in stdout and f"infeasible: {reason}" in stdout
+    # no arms plot for the 10% run, where nothing ran
+    assert _is_png(out / "budget_sweep.png") and len(list(out.glob("arms_*.png"))) == 2
+    assert len(list(out.glob("arms_*.md"))) == 3

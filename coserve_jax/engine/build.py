@@ -7,7 +7,10 @@ and the maximum batch is the largest that fits it (capped at the profiled best b
 one, the maximum batch is the largest (up to the profiled best) whose working memory fits in
 ``hardware.max_batch_memory_fraction`` of the share, and the reserve is exactly what it needs:
 "min(profiled best batch, what free memory holds)" (DESIGN §5). A share that cannot hold the
-largest expert plus one batch is a start-up error naming the setting.
+largest expert plus one batch is a start-up error naming the setting (``BudgetError``: a run
+reports that arm as infeasible and runs the others). A pool shared by a device's executors
+(``share_pool``) is checked as one pool: its bytes must hold the largest expert plus every one of
+its executors' batch reserves.
 
 With ``batch_memory: dynamic`` (coserve_plus) the pool keeps no fixed reserve: a batch takes its
 working memory from the pool's free bytes when it starts (engine/loop.py), up to the profiled
@@ -25,7 +28,7 @@ from typing import Any
 from hydra.utils import instantiate
 
 from coserve_jax.coe.graph import CoEGraph
-from coserve_jax.config import ArmConfig, ConfigError, RunConfig, parse_bytes
+from coserve_jax.config import ArmConfig, BudgetError, ConfigError, RunConfig, parse_bytes
 from coserve_jax.engine.loop import Backend, Engine
 from coserve_jax.engine.state import ExecutorState
 from coserve_jax.policies.eviction import LRU
@@ -117,8 +120,8 @@ def plan_executors(cfg: RunConfig, arm: ArmConfig, graph: CoEGraph, cost: CostMo
                 reserve = max(reserve, int((1 - fraction) * budget))
             if arm.unlimited_memory:
                 budget = total + reserve
-            if budget - reserve < largest:
-                raise ConfigError(
+            if not arm.share_pool and budget - reserve < largest:
+                raise BudgetError(
                     f"{field}: each {kind} executor gets {budget} B, which cannot hold the largest "
                     f"expert ({largest} B) plus one batch ({reserve} B); raise {field} or use fewer executors"
                 )
@@ -129,7 +132,26 @@ def plan_executors(cfg: RunConfig, arm: ArmConfig, graph: CoEGraph, cost: CostMo
             # Executors sharing one pool must sit on one JAX device (their weights live there).
             device = 0 if kind == "gpu" or arm.share_pool else (i % hw.cpu_devices)
             plans.append(ExecutorPlan(len(plans), kind, device, budget, reserve, mb, dynamic))
+        if arm.share_pool:
+            _check_shared_pools([p for p in plans if p.kind == kind], largest, field)
     return plans
+
+
+def _check_shared_pools(plans: list[ExecutorPlan], largest: int, field: str) -> None:
+    """One pool per device shared by its executors (make_pools): its bytes, the sum of their
+    shares, must hold the largest expert plus every executor's batch reserve at once."""
+    groups: dict[int, list[ExecutorPlan]] = {}
+    for p in plans:
+        groups.setdefault(p.device_index, []).append(p)
+    for device, ps in groups.items():
+        size, batches = sum(p.budget_bytes for p in ps), sum(p.reserved_bytes for p in ps)
+        if size - batches < largest:
+            kind = ps[0].kind
+            raise BudgetError(
+                f"{field}: the {kind} pool shared by {len(ps)} executor(s) on device {device} gets {size} B, "
+                f"which cannot hold the largest expert ({largest} B) plus their batches ({batches} B); "
+                f"raise {field} or use fewer executors"
+            )
 
 
 def _fixed_reserve(p: ExecutorPlan) -> int:

@@ -21,6 +21,7 @@ they are powers of two.
 
 from __future__ import annotations
 
+import logging
 import os
 import platform
 import threading
@@ -33,7 +34,10 @@ import numpy as np
 
 from coserve_jax.engine.real import Runtime, bucket_size, run_padded
 from coserve_jax.profiler.cost_model import SCHEMA
+from coserve_jax.store.checkpoint import CheckpointError
 from coserve_jax.store.disk import drop_page_cache
+
+log = logging.getLogger(__name__)
 
 # Which serving paths a profile measured; part of the cached profile's key, so a change to how
 # the engine loads or calls an expert re-measures. 2: served weights are a flat list of leaves;
@@ -92,6 +96,32 @@ def _activation_bytes(fwd: Any, state: Any, shape: tuple[int, ...], n: int, devi
                - sum(a.nbytes for a in jax.tree.leaves(state)))
 
 
+def readable_experts(rt: Runtime, experts: Sequence[Any], count: int) -> list[Any]:
+    """The first ``count`` of ``experts`` (one architecture) whose checkpoints read. A profile
+    measures the architecture, not one file: a missing or corrupt checkpoint is skipped with a
+    warning naming it (serving then fails only the requests that need it)."""
+    out = []
+    for e in experts:
+        if len(out) >= count:
+            break
+        try:
+            rt.restore(e.expert_id, None)
+        except CheckpointError as err:
+            log.warning("profiler: skipping expert %s, its checkpoint does not read: %s", e.expert_id, err)
+            continue
+        out.append(e)
+    if not out:
+        raise CheckpointError(f"profiler: no checkpoint of architecture {experts[0].arch} reads "
+                              f"({len(experts)} tried)")
+    return out
+
+
+def _served_state(rt: Runtime, arch: str, device: jax.Device) -> Any:
+    """One readable expert of ``arch`` restored onto ``device``: what timed batches run."""
+    expert = readable_experts(rt, [e for e in rt.zoo.graph.experts.values() if e.arch == arch], 1)[0]
+    return rt.restore(expert.expert_id, device)
+
+
 def measure_batches(rt: Runtime, kind: str, device: jax.Device, arch: str, batch_sizes: Sequence[int],
                     repeats: int, rng: np.random.Generator,
                     heldout_sizes: Sequence[int] = (), warmup: int = 2,
@@ -106,8 +136,7 @@ def measure_batches(rt: Runtime, kind: str, device: jax.Device, arch: str, batch
     measures the fit and the held-out sizes the same way, under the same drift and noise of a
     shared machine, instead of timing one size's repeats back to back."""
     zoo = rt.zoo
-    expert = next(e for e in zoo.graph.experts.values() if e.arch == arch)
-    state = rt.restore(expert.expert_id, device)
+    state = _served_state(rt, arch, device)
     shape = tuple(zoo.archs[arch].input_shape)
     fwd = rt.forward(arch)
     t = time.perf_counter()
@@ -151,6 +180,20 @@ def measure_batches(rt: Runtime, kind: str, device: jax.Device, arch: str, batch
     return out
 
 
+def batch_timer(rt: Runtime, device: jax.Device, arch: str, n: int, warmup: int = 1,
+                rng: np.random.Generator | None = None) -> Callable[[], float]:
+    """A callable that times one served batch of ``n`` images of ``arch`` on ``device`` (the
+    padded path, as ``measure_batches`` times its fit sizes); compiled and run ``warmup`` more
+    times untimed here. ``profiler.trust`` spreads its calls over its check, between loads."""
+    rng = rng or np.random.default_rng(0)
+    state = _served_state(rt, arch, device)
+    fwd = rt.forward(arch)
+    images = rng.random((n, *tuple(rt.zoo.archs[arch].input_shape)), np.float32)
+    for _ in range(1 + max(warmup, 0)):
+        _time_batch(fwd, state, images, device)
+    return lambda: _time_batch(fwd, state, images, device)
+
+
 class LoadSampler:
     """Times loads of a zoo's experts one at a time, so the samples can be spread over a profile.
 
@@ -172,7 +215,8 @@ class LoadSampler:
         for e in sorted(rt.zoo.graph.experts.values(), key=lambda e: e.expert_id):
             by_arch.setdefault(e.arch, []).append(e)
         self.rt, self.device, self.drop_cache = rt, device, drop_cache
-        self.experts = [e for experts in by_arch.values() for e in experts[:max(samples, 1)]]
+        by_arch = {a: readable_experts(rt, experts, max(samples, 1)) for a, experts in by_arch.items()}
+        self.experts = [e for experts in by_arch.values() for e in experts]
         for experts in by_arch.values():
             # Untimed first restores: Orbax's and the device's one-time start-up (and the
             # unpacker's compile for this device) are not load costs.
@@ -208,6 +252,10 @@ class LoadSampler:
         while min(len(ts) for ts in self._disk) < per_expert:
             self.sample()
 
+    def disk_timings(self) -> list[tuple[Any, list[float]]]:
+        """(expert, its disk->pool seconds so far) per sampled expert (``profiler.trust``)."""
+        return [(e, list(ts)) for e, ts in zip(self.experts, self._disk)]
+
     def fit(self) -> dict[str, Any]:
         x = [e.param_bytes for e in self.experts]
         disk_y = [float(np.median(ts)) for ts in self._disk]
@@ -237,8 +285,7 @@ def measure_load_contention(rt: Runtime, device: jax.Device, loads: LoadSampler,
     so alone and beside are timed over the same seconds; each ratio is the median over the
     sampled experts of (median beside / median alone)."""
     rng = np.random.default_rng(seed)
-    expert = next(e for e in rt.zoo.graph.experts.values() if e.arch == arch)
-    state = rt.restore(expert.expert_id, device)
+    state = _served_state(rt, arch, device)
     fwd = rt.forward(arch)
     images = rng.random((batch, *tuple(rt.zoo.archs[arch].input_shape)), np.float32)
     run_padded(fwd, state, images, device)  # compiled before anything is timed
@@ -332,6 +379,7 @@ def measure_profile(rt: Runtime, kinds: Sequence[str], batch_sizes: Sequence[int
         "device": {"platform": platform.platform(), "processor": platform.processor(),
                    "jax_devices": [str(d) for d in jax.devices()], "cpu_count": os.cpu_count()},
         "jax_version": jax.__version__,
+        "measured_at": time.time(),  # unix time; a cached profile's age (profiler.trust)
         "settings": {"batch_sizes": list(batch_sizes), "repeats": repeats, "warmup": warmup, "load_samples": load_samples,
                      "drop_page_cache": drop_cache, "plateau_tol": 0.10, "seed": seed,
                      "heldout_sizes": list(heldout_sizes)},

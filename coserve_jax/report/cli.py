@@ -51,8 +51,9 @@ def build_plots(runs: list[RunRecord], kind: str, out_dir: Path) -> list[Path]:
     if kind == "ablation":
         return plots.plot_ablation(runs, out_dir) if arm_names & set(pv.ABLATION_ARMS) else []
     if kind == "arms":
+        # A run where no arm fitted its budget (all infeasible) has nothing to plot.
         return [plots.plot_arms(r, out_dir / f"{t.name}.png")
-                for r, t in zip(runs, tables.arm_tables(runs), strict=True)]
+                for r, t in zip(runs, tables.arm_tables(runs), strict=True) if r.arms]
     if kind == "budget":
         has_budget = any(r.device_budget is not None for r in runs)
         return [plots.plot_budget_sweep(runs, out_dir / "budget_sweep.png")] if has_budget \
@@ -102,7 +103,9 @@ def main(argv: list[str] | None = None) -> int:
 def _report_markdown(runs: list[RunRecord], built: list[Table], pngs: list[Path]) -> str:
     lines = [f"# Report: {len(runs)} run(s)", ""]
     lines += [f"- `{r.label}`: hardware {r.hardware or '?'}, task {r.task or '?'}, "
-              f"arms {', '.join(r.arms) or 'none'}" for r in runs]
+              f"arms {', '.join(r.arms) or 'none'}"
+              + (f" (infeasible, not run: {', '.join(r.infeasible)})" if r.infeasible else "")
+              for r in runs]
     lines.append("")
     lines += [to_markdown(t) for t in built]
     if pngs:

@@ -41,14 +41,32 @@ class RunRecord:
 
     @property
     def arms(self) -> dict[str, dict[str, Any]]:
-        """The results' ``arms`` mapping (empty when absent)."""
+        """The results' ``arms`` mapping of arms that ran (empty when absent); arms reported
+        infeasible (``{"infeasible": reason, ...}``) are left out: see ``infeasible``."""
         arms = self.results.get("arms")
-        return arms if isinstance(arms, dict) else {}
+        if not isinstance(arms, dict):
+            return {}
+        return {name: arm for name, arm in arms.items() if is_infeasible(arm) is None}
+
+    @property
+    def infeasible(self) -> dict[str, str]:
+        """Arms that did not run because their memory budget could not hold them: name → reason."""
+        arms = self.results.get("arms")
+        if not isinstance(arms, dict):
+            return {}
+        return {name: reason for name, arm in arms.items() if (reason := is_infeasible(arm)) is not None}
 
     @property
     def group(self) -> tuple[str, str]:
         """(hardware, task) with readable fallbacks, the row key of comparison tables."""
         return (self.hardware or "?", self.task or _model_name(self) or "?")
+
+
+def is_infeasible(arm: Any) -> str | None:
+    """An arm entry's infeasibility reason (results.json ``arms[name].infeasible``), else None."""
+    if isinstance(arm, dict) and arm.get("infeasible") is not None:
+        return str(arm["infeasible"])
+    return None
 
 
 def name_of(value: Any) -> str | None:

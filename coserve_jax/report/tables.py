@@ -14,6 +14,7 @@ from coserve_jax.report import paper_values as pv
 from coserve_jax.report.aggregate import (
     Grid,
     Stat,
+    _hashable,
     arms_in,
     budget_sweep,
     group_sort_key,
@@ -127,7 +128,14 @@ def arm_table(run: RunRecord) -> Table:
     bounds = {b: throughput_rps(run.arms.get(b) or {}) for b in ("oracle", "all_resident")}
     hw, task = run.hardware, run.task
     rows, records = [], []
-    for name in ordered_arms(run.arms):
+    infeasible = run.infeasible
+    for name in ordered_arms(set(run.arms) | set(infeasible)):
+        if name in infeasible:
+            # Not run: its memory budget cannot hold it (results.json arms[name].infeasible).
+            rows.append([name, f"infeasible: {infeasible[name]}", *([""] * (len(header) - 2))])
+            records.append({"run": run.label, "hardware": hw, "task": task, "arm": name,
+                            "infeasible": infeasible[name]})
+            continue
         arm = run.arms[name] if isinstance(run.arms[name], dict) else {}
         rps, sw = throughput_rps(arm), switch_count(arm)
         p50, p99, peak = latency_ms(arm, "p50"), latency_ms(arm, "p99"), peak_bytes(arm)
@@ -153,6 +161,9 @@ def arm_table(run: RunRecord) -> Table:
     title = f"Arms — {run.label}" + (f" ({where})" if where else "")
     notes = [CELL_NOTE, "peak memory: sum of the per-pool/device peaks in peak_bytes.",
              "% of a bound: arm img/s / bound img/s × 100 (empty when the run lacks the bound)."]
+    if infeasible:
+        notes.append("infeasible: the arm did not run; its memory budget cannot hold the largest "
+                     "expert plus its batches (the reason names the setting to raise).")
     return Table(f"arms_{_slug(run.label)}", title, header, rows, records, notes)
 
 
@@ -160,8 +171,11 @@ def budget_table(runs: list[RunRecord]) -> Table:
     """(f) memory-budget sweep: for each ``hardware.device_budget``, img/s and switches per
     arm (runs without a budget are left out)."""
     tput, sw = budget_sweep(runs, "throughput_rps"), budget_sweep(runs, "switches")
+    infeasible = _infeasible_by_budget(runs)
     arms = ordered_arms({a for pts in tput.values() for _, by_arm in pts for a in by_arm}
-                        | {a for pts in sw.values() for _, by_arm in pts for a in by_arm})
+                        | {a for pts in sw.values() for _, by_arm in pts for a in by_arm}
+                        | {a for by_budget in infeasible.values() for names in by_budget.values()
+                           for a in names})
     header = ["hardware", "task", "device_budget", *(f"{a} img/s" for a in arms),
               *(f"{a} switches" for a in arms)]
     rows, records = [], []
@@ -169,11 +183,16 @@ def budget_table(runs: list[RunRecord]) -> Table:
         sw_points = dict(sw.get(group, []))
         for budget, by_arm in points:
             sw_by_arm = sw_points.get(budget, {})
+            out = infeasible.get(group, {}).get(budget, set())
             rows.append([*group, str(budget),
-                         *(_stat_cell(by_arm.get(a), integers=False) for a in arms),
-                         *(_stat_cell(sw_by_arm.get(a)) for a in arms)])
+                         *(_stat_cell(by_arm.get(a), integers=False, infeasible=a in out) for a in arms),
+                         *(_stat_cell(sw_by_arm.get(a), infeasible=a in out) for a in arms)])
             for a in arms:
                 t, s = by_arm.get(a), sw_by_arm.get(a)
+                if not (t or s) and a in out:
+                    records.append({"hardware": group[0], "task": group[1], "device_budget": budget,
+                                    "arm": a, "throughput_rps": None, "switches": None,
+                                    "n_runs": 0, "infeasible": True})
                 if t or s:
                     records.append({"hardware": group[0], "task": group[1],
                                     "device_budget": budget, "arm": a,
@@ -185,6 +204,9 @@ def budget_table(runs: list[RunRecord]) -> Table:
              "(.hydra/config.yaml), else results.json config.device_budget."]
     if skipped:
         notes.append(f"{skipped} run(s) without a device_budget left out.")
+    if any(infeasible.values()):
+        notes.append("infeasible: the arm did not run at that budget (it cannot hold the largest "
+                     "expert plus its batches); see the run's arms table for the reason.")
     return Table("budget_sweep", "Memory-budget sweep (img/s, switches)", header, rows,
                  records, notes)
 
@@ -250,9 +272,20 @@ def _mixed_budget_notes(runs: list[RunRecord]) -> list[str]:
             f"({', '.join(sorted(b))}); see the budget table." for (hw, task), b in mixed.items()]
 
 
-def _stat_cell(stat: Stat | None, integers: bool = True) -> str:
+def _infeasible_by_budget(runs: list[RunRecord]) -> dict[tuple[str, str], dict[Any, set[str]]]:
+    """(hardware, task) → {device_budget: arms reported infeasible there}, keyed like
+    aggregate.budget_sweep's points."""
+    out: dict[tuple[str, str], dict[Any, set[str]]] = {}
+    for run in runs:
+        if run.device_budget is None or not run.infeasible:
+            continue
+        out.setdefault(run.group, {}).setdefault(_hashable(run.device_budget), set()).update(run.infeasible)
+    return out
+
+
+def _stat_cell(stat: Stat | None, integers: bool = True, infeasible: bool = False) -> str:
     if stat is None:
-        return ""
+        return "infeasible" if infeasible else ""
     spread = f" ±{fmt_number(stat.std, integers=integers)}" if stat.n > 1 else ""
     return fmt_number(stat.mean, integers=integers) + spread
 
