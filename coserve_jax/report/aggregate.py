@@ -38,6 +38,19 @@ def switch_count(arm: dict[str, Any]) -> float | None:
     return _num(switches.get("count")) if isinstance(switches, dict) else _num(switches)
 
 
+def switches_during_run(arm: dict[str, Any]) -> float | None:
+    """An arm's ``switches.during_run``: loads while serving, after the initial preloads. The
+    paper's switch counts start after initialisation, so comparisons with it use this."""
+    switches = arm.get("switches")
+    return _num(switches.get("during_run")) if isinstance(switches, dict) else None
+
+
+def initial_preloads(arm: dict[str, Any]) -> float | None:
+    """Loads before serving: ``switches.count - switches.during_run``."""
+    count, during = switch_count(arm), switches_during_run(arm)
+    return None if count is None or during is None else count - during
+
+
 def latency_ms(arm: dict[str, Any], quantile: str) -> float | None:
     """An arm's ``latency_ms[quantile]`` (quantile: p50, p95, p99)."""
     lat = arm.get("latency_ms")
@@ -56,6 +69,8 @@ def peak_bytes(arm: dict[str, Any]) -> float | None:
 METRICS: dict[str, Callable[[dict[str, Any]], float | None]] = {
     "throughput_rps": throughput_rps,
     "switches": switch_count,
+    "switches_during_run": switches_during_run,
+    "initial_preloads": initial_preloads,
 }
 
 

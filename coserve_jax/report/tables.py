@@ -45,6 +45,11 @@ BASELINE_NOTE = (
     "(paper_values.BASELINE_LABEL_ORDER)."
 )
 MAPPING_NOTE = "Paper's CoServe Best ↔ coserve_best; the ablation's full CoServe ↔ coserve."
+SWITCH_NOTE = (
+    "Switches compared with the paper are loads during the run (switches.during_run): the paper's "
+    "counts start after initialisation. `+N pre` beside a cell: the arm's initial preloads, where any "
+    "(switches.count = during the run + preloads, DESIGN §1)."
+)
 
 
 def throughput_table(runs: list[RunRecord], arms: list[str] | None = None) -> Table:
@@ -56,35 +61,38 @@ def throughput_table(runs: list[RunRecord], arms: list[str] | None = None) -> Ta
 
 
 def switches_table(runs: list[RunRecord], arms: list[str] | None = None) -> Table:
-    """(b) expert switches per (hardware, task) × arm, beside Fig. 14/16's values."""
+    """(b) expert switches during the run per (hardware, task) × arm, beside Fig. 14/16's
+    values, with the initial preloads beside each cell."""
     return _comparison_table(
-        runs, "switches", "switches", "Expert switches — paper Fig. 14/16",
+        runs, "switches_during_run", "switches", "Expert switches during the run — paper Fig. 14/16",
         arms, pv.paper_switches, pv.paper_switch_range,
-        [CELL_NOTE, MAPPING_NOTE, *_mixed_budget_notes(runs)])
+        [CELL_NOTE, SWITCH_NOTE, MAPPING_NOTE, *_mixed_budget_notes(runs)], beside="initial_preloads")
 
 
 def ablation_table(runs: list[RunRecord]) -> Table:
     """(c) the ablation ladder none → em → em_ra → coserve: img/s and switches (Fig. 15/16)."""
-    tput, sw = metric_grid(runs, "throughput_rps"), metric_grid(runs, "switches")
+    tput, sw = metric_grid(runs, "throughput_rps"), metric_grid(runs, "switches_during_run")
+    pre = metric_grid(runs, "initial_preloads")
     arms = list(pv.ABLATION_ARMS)
     header = ["hardware", "task", *(f"{a} img/s" for a in arms), *(f"{a} switches" for a in arms)]
     rows, records = [], []
     for group in _groups(tput, sw):
         row = list(group)
-        for metric, grid, lookup, rng in (
-            ("throughput_rps", tput, pv.paper_throughput_rps, None),
-            ("switches", sw, pv.paper_switches, pv.paper_switch_range),
+        for metric, grid, lookup, rng, beside in (
+            ("throughput_rps", tput, pv.paper_throughput_rps, None, None),
+            ("switches", sw, pv.paper_switches, pv.paper_switch_range, pre),
         ):
             for arm in arms:
                 stat = grid.get(group, {}).get(arm)
                 cell, record = _compare(group, arm, stat, lookup, rng,
-                                        integers=metric != "throughput_rps")
+                                        integers=metric != "throughput_rps",
+                                        beside=(beside or {}).get(group, {}).get(arm))
                 row.append(cell)
                 records.append({"metric": metric, **record})
         rows.append(row)
     return Table("ablation", "Ablation ladder — paper Fig. 15 (img/s) and Fig. 16 (switches)",
                  header, rows, records,
-                 [CELL_NOTE, MAPPING_NOTE, *_seed_notes(tput), *_mixed_budget_notes(runs)])
+                 [CELL_NOTE, SWITCH_NOTE, MAPPING_NOTE, *_seed_notes(tput), *_mixed_budget_notes(runs)])
 
 
 def speedup_table(runs: list[RunRecord], baseline: str = "samba") -> Table:
@@ -213,15 +221,18 @@ def budget_table(runs: list[RunRecord]) -> Table:
 
 def _comparison_table(runs: list[RunRecord], metric: str, name: str, title: str,
                       arms: list[str] | None, lookup: PaperLookup,
-                      range_lookup: RangeLookup | None, notes: list[str]) -> Table:
+                      range_lookup: RangeLookup | None, notes: list[str],
+                      beside: str | None = None) -> Table:
     grid = metric_grid(runs, metric)
+    extra = metric_grid(runs, beside) if beside else {}
     arms = arms if arms is not None else arms_in(grid)
     rows, records = [], []
     for group, by_arm in grid.items():
         row = list(group)
         for arm in arms:
             cell, record = _compare(group, arm, by_arm.get(arm), lookup, range_lookup,
-                                    integers=metric != "throughput_rps")
+                                    integers=metric != "throughput_rps",
+                                    beside=extra.get(group, {}).get(arm))
             row.append(cell)
             records.append(record)
         rows.append(row)
@@ -230,8 +241,9 @@ def _comparison_table(runs: list[RunRecord], metric: str, name: str, title: str,
 
 
 def _compare(group: tuple[str, str], arm: str, stat: Stat | None, lookup: PaperLookup,
-             range_lookup: RangeLookup | None,
-             integers: bool = True) -> tuple[str, dict[str, Any]]:
+             range_lookup: RangeLookup | None, integers: bool = True,
+             beside: Stat | None = None) -> tuple[str, dict[str, Any]]:
+    """One comparison cell and its record; ``beside`` (initial preloads) is appended as ``+N pre``."""
     hw, task = group
     ours = stat.mean if stat else None
     paper = lookup(hw, task, arm)
@@ -244,7 +256,12 @@ def _compare(group: tuple[str, str], arm: str, stat: Stat | None, lookup: PaperL
         "paper_derived": bool(paper is not None and arm in pv.DERIVED_BASELINE_ARMS
                               and lookup is pv.paper_throughput_rps),
     }
-    return comparison_cell(ours, paper, rng if stat else None, integers), record
+    cell = comparison_cell(ours, paper, rng if stat else None, integers)
+    if beside is not None and stat is not None:
+        record["initial_preloads"] = beside.mean
+        if beside.mean > 0:
+            cell += f" +{fmt_number(beside.mean)} pre"
+    return cell, record
 
 
 def _groups(*grids: Grid) -> list[tuple[str, str]]:
