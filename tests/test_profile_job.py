@@ -94,7 +94,7 @@ def test_load_sampler_skips_an_expert_whose_checkpoint_does_not_read(caplog):
     with caplog.at_level("WARNING", logger="coserve_jax"):
         s = LoadSampler(rt, device="dev", samples=2, drop_cache=False)
     assert [e.expert_id for e in s.experts] == ["a1", "a2", "b0"]
-    assert "skipping expert a0" in caplog.text and "/nowhere/a0" in caplog.text
+    assert "expert a0 cannot be loaded" in caplog.text and "/nowhere/a0" in caplog.text
     rt_all_broken = _Broken({"a0": ("a", 100)})
     with pytest.raises(CheckpointError, match="no checkpoint of architecture a reads"):
         LoadSampler(rt_all_broken, device="dev", samples=2, drop_cache=False)

@@ -26,6 +26,7 @@ from coserve_jax.engine.state import ExecutorState, RequestState
 from coserve_jax.metrics.collector import ArmMetrics
 from coserve_jax.policies.base import Eviction, Initialiser, Prefetcher, Scheduler, load_latency_s, source_tier
 from coserve_jax.profiler.cost_model import CostModel
+from coserve_jax.store.checkpoint import log_broken_once
 from coserve_jax.store.pool import Pool
 from coserve_jax.types import Batch, LoadJob, Request, Task, Tier
 
@@ -34,13 +35,6 @@ log = logging.getLogger(__name__)
 # A missing or corrupt checkpoint fails every load of that expert, in every run of the process:
 # it is logged once (expert, path, reason); its attempts and the requests it fails go to debug.
 _BROKEN = "CheckpointError"
-_broken_logged: set[str] = set()
-
-
-def _log_broken_once(expert_id: str, error: str) -> None:
-    if error not in _broken_logged:
-        _broken_logged.add(error)
-        log.warning("expert %s cannot be loaded; requests that need it fail: %s", expert_id, error)
 
 # Event kinds, in the order ties at equal times are handled (DESIGN §4: (time, kind, sequence)).
 LOAD_DONE, BATCH_DONE, ARRIVAL = 0, 1, 2
@@ -381,7 +375,7 @@ class Engine:
         self.metrics.failed_loads[job.expert_id] += 1
         broken = ev.error.startswith(_BROKEN)
         if broken:
-            _log_broken_once(job.expert_id, ev.error)
+            log_broken_once(job.expert_id, ev.error, "requests that need it fail")
         log.log(logging.DEBUG if broken else logging.WARNING, "load of %s into %s failed%s: %s", job.expert_id,
                 job.pool_id, " (prefetch)" if job.prefetch else " (initial)" if job.initial else "", ev.error)
         if job.prefetch or job.initial or job.executor_id is None:

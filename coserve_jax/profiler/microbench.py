@@ -21,7 +21,6 @@ they are powers of two.
 
 from __future__ import annotations
 
-import logging
 import os
 import platform
 import threading
@@ -34,10 +33,8 @@ import numpy as np
 
 from coserve_jax.engine.real import Runtime, bucket_size, run_padded
 from coserve_jax.profiler.cost_model import SCHEMA
-from coserve_jax.store.checkpoint import CheckpointError
+from coserve_jax.store.checkpoint import CheckpointError, log_broken_once
 from coserve_jax.store.disk import drop_page_cache
-
-log = logging.getLogger(__name__)
 
 # Which serving paths a profile measured; part of the cached profile's key, so a change to how
 # the engine loads or calls an expert re-measures. 2: served weights are a flat list of leaves;
@@ -107,7 +104,7 @@ def readable_experts(rt: Runtime, experts: Sequence[Any], count: int) -> list[An
         try:
             rt.restore(e.expert_id, None)
         except CheckpointError as err:
-            log.warning("profiler: skipping expert %s, its checkpoint does not read: %s", e.expert_id, err)
+            log_broken_once(e.expert_id, str(err), f"the profiler times other experts of {e.arch}")
             continue
         out.append(e)
     if not out:
@@ -116,10 +113,10 @@ def readable_experts(rt: Runtime, experts: Sequence[Any], count: int) -> list[An
     return out
 
 
-def _served_state(rt: Runtime, arch: str, device: jax.Device) -> Any:
-    """One readable expert of ``arch`` restored onto ``device``: what timed batches run."""
+def _served_state(rt: Runtime, arch: str, device: jax.Device) -> tuple[Any, Any]:
+    """One readable expert of ``arch`` and its state on ``device``: what timed batches run."""
     expert = readable_experts(rt, [e for e in rt.zoo.graph.experts.values() if e.arch == arch], 1)[0]
-    return rt.restore(expert.expert_id, device)
+    return expert, rt.restore(expert.expert_id, device)
 
 
 def measure_batches(rt: Runtime, kind: str, device: jax.Device, arch: str, batch_sizes: Sequence[int],
@@ -136,7 +133,7 @@ def measure_batches(rt: Runtime, kind: str, device: jax.Device, arch: str, batch
     measures the fit and the held-out sizes the same way, under the same drift and noise of a
     shared machine, instead of timing one size's repeats back to back."""
     zoo = rt.zoo
-    state = _served_state(rt, arch, device)
+    expert, state = _served_state(rt, arch, device)
     shape = tuple(zoo.archs[arch].input_shape)
     fwd = rt.forward(arch)
     t = time.perf_counter()
@@ -186,7 +183,7 @@ def batch_timer(rt: Runtime, device: jax.Device, arch: str, n: int, warmup: int 
     padded path, as ``measure_batches`` times its fit sizes); compiled and run ``warmup`` more
     times untimed here. ``profiler.trust`` spreads its calls over its check, between loads."""
     rng = rng or np.random.default_rng(0)
-    state = _served_state(rt, arch, device)
+    expert, state = _served_state(rt, arch, device)
     fwd = rt.forward(arch)
     images = rng.random((n, *tuple(rt.zoo.archs[arch].input_shape)), np.float32)
     for _ in range(1 + max(warmup, 0)):
@@ -285,7 +282,7 @@ def measure_load_contention(rt: Runtime, device: jax.Device, loads: LoadSampler,
     so alone and beside are timed over the same seconds; each ratio is the median over the
     sampled experts of (median beside / median alone)."""
     rng = np.random.default_rng(seed)
-    state = _served_state(rt, arch, device)
+    expert, state = _served_state(rt, arch, device)
     fwd = rt.forward(arch)
     images = rng.random((batch, *tuple(rt.zoo.archs[arch].input_shape)), np.float32)
     run_padded(fwd, state, images, device)  # compiled before anything is timed
