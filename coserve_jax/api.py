@@ -69,14 +69,16 @@ def configure_jax_devices(cpu_devices: int) -> None:
     if "jax" in sys.modules:
         import jax
 
-        if len(jax.devices("cpu")) >= cpu_devices:
-            return
+        # Asking for jax.devices() here would start the backends with one CPU device; set the
+        # count first, which JAX accepts until its backends start.
         try:
-            jax.config.update("jax_num_cpu_devices", cpu_devices)
+            if jax.config.jax_num_cpu_devices < cpu_devices:
+                jax.config.update("jax_num_cpu_devices", cpu_devices)
             return
         except Exception:  # noqa: BLE001 - JAX already initialised its backends
-            log.warning("JAX is already initialised with %d CPU devices; wanted %d",
-                        len(jax.devices("cpu")), cpu_devices)
+            if len(jax.devices("cpu")) < cpu_devices:
+                log.warning("JAX is already initialised with %d CPU devices; wanted %d",
+                            len(jax.devices("cpu")), cpu_devices)
             return
     os.environ["XLA_FLAGS"] = (flags + " " + flag).strip()
 

@@ -46,20 +46,6 @@ class CheckpointError(RuntimeError):
     """An expert's checkpoint is missing or unreadable; the message names expert, path and reason."""
 
 
-_broken_logged: set[str] = set()
-
-
-def log_broken_once(expert_id: str, reason: str, consequence: str) -> bool:
-    """Warn once per process about a checkpoint that does not read (``reason`` names the path);
-    every later failure with the same reason is the caller's to log at debug. True if logged now."""
-    with _quiet_lock:
-        if reason in _broken_logged:
-            return False
-        _broken_logged.add(reason)
-    log.warning("expert %s cannot be loaded; %s: %s", expert_id, consequence, reason)
-    return True
-
-
 _quiet_lock = threading.Lock()
 _quiet_installed = False
 
