@@ -42,7 +42,7 @@ from coserve_jax.engine.build import build_engine, plan_executors
 from coserve_jax.engine.loop import Arrival
 from coserve_jax.engine.loop import Engine as LoopEngine
 from coserve_jax.metrics.results import git_sha, write_json_atomic
-from coserve_jax.profiler.cost_model import CostModel
+from coserve_jax.cost.model import CostModel
 from coserve_jax.types import Request
 from coserve_jax.workload.trace import generate_trace, load_trace, save_trace
 
@@ -130,7 +130,7 @@ def load_cost_model(cfg: RunConfig, model: Model, runtime: Any = None, progress:
                       "checked": False, "refreshed": False}
         return cost
     if hw.paper_profile:
-        from coserve_jax.profiler.paper_profiles import paper_profile
+        from coserve_jax.cost.paper_profiles import paper_profile
 
         archs = {}
         for e in model.graph.experts.values():

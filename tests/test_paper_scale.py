@@ -16,8 +16,8 @@ from coserve_jax.coe.paper import (
     build_paper_graph,
     tasks_per_image_by_arch,
 )
-from coserve_jax.profiler.cost_model import SCHEMA, CostModel
-from coserve_jax.profiler.paper_profiles import (
+from coserve_jax.cost.model import SCHEMA, CostModel
+from coserve_jax.cost.paper_profiles import (
     all_resident_ceiling_img_per_s,
     paper_profile,
     samba_rate_img_per_s,

@@ -160,7 +160,7 @@ def _tiny_zoo_available() -> bool:
 def test_profile_job_on_the_tiny_zoo(tmp_path, monkeypatch):
     from coserve_jax.config import compose
     from coserve_jax.jobs import run_job
-    from coserve_jax.profiler.cost_model import CostModel
+    from coserve_jax.cost.model import CostModel
 
     monkeypatch.setenv("COSERVE_JAX_CACHE", str(tmp_path / "cache"))
     cfg = compose(["+experiment=profile", "model=pcb_tiny", "profiler.repeats=2", "profiler.load_samples=2",

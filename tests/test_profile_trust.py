@@ -84,7 +84,7 @@ def test_a_fresh_profile_records_when_it_was_measured(trust_setup):
 def test_a_profile_three_times_off_is_detected_logged_and_refreshed(trust_setup, caplog):
     from coserve_jax.api import ArmRunner, load_cost_model
     from coserve_jax.metrics.results import write_json_atomic
-    from coserve_jax.profiler.cost_model import CostModel
+    from coserve_jax.cost.model import CostModel
 
     _, cfg, model, rt, good, path = trust_setup
     bad = copy.deepcopy(good.profile)

@@ -15,7 +15,7 @@ import pytest
 
 from coserve_jax.api import ArmRunner, load_model, make_trace
 from coserve_jax.config import compose, parse_config
-from coserve_jax.profiler.cost_model import SCHEMA, CostModel
+from coserve_jax.cost.model import SCHEMA, CostModel
 
 
 def fake_cost(archs: list[str]) -> CostModel:

@@ -296,7 +296,7 @@ def build_paper_graph(board: str = "a", seed: int = 0, tail_types: int | None = 
 def tasks_per_image_by_arch(graph: CoEGraph) -> dict[str, float]:
     """Expected tasks per component image on each architecture (sum of usage by arch).
 
-    Feeds the all-resident ceiling of ``coserve_jax.profiler.paper_profiles``.
+    Feeds the all-resident ceiling of ``coserve_jax.cost.paper_profiles``.
     """
     out: dict[str, float] = {}
     usage: Mapping[str, float] = graph.usage_probs()

@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 
 from coserve_jax.coe.graph import CoEGraph, ComponentType
-from coserve_jax.profiler.cost_model import SCHEMA, CostModel
+from coserve_jax.cost.model import SCHEMA, CostModel
 from coserve_jax.types import ExpertInfo, Role
 
 

@@ -32,7 +32,7 @@ from coserve_jax.config import ArmConfig, BudgetError, ConfigError, RunConfig, p
 from coserve_jax.engine.loop import Backend, Engine
 from coserve_jax.engine.state import ExecutorState
 from coserve_jax.policies.eviction import LRU
-from coserve_jax.profiler.cost_model import CostModel
+from coserve_jax.cost.model import CostModel
 from coserve_jax.store.pool import Pool
 from coserve_jax.types import Tier
 

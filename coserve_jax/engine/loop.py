@@ -25,7 +25,7 @@ from coserve_jax.coe.graph import CoEGraph, UnknownComponentError
 from coserve_jax.engine.state import ExecutorState, RequestState
 from coserve_jax.metrics.collector import ArmMetrics
 from coserve_jax.policies.base import Eviction, Initialiser, Prefetcher, Scheduler, load_latency_s, source_tier
-from coserve_jax.profiler.cost_model import CostModel
+from coserve_jax.cost.model import CostModel
 from coserve_jax.store.broken import log_broken_once
 from coserve_jax.store.pool import Pool
 from coserve_jax.types import Batch, LoadJob, Request, Task, Tier

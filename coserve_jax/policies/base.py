@@ -16,7 +16,7 @@ from collections.abc import Mapping, Sequence
 from typing import Protocol, runtime_checkable
 
 from coserve_jax.coe.graph import CoEGraph
-from coserve_jax.profiler.cost_model import CostModel
+from coserve_jax.cost.model import CostModel
 from coserve_jax.types import Task, Tier
 
 

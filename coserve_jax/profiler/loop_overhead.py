@@ -39,7 +39,7 @@ def measure_loop_s_per_event(graph: CoEGraph, profile: dict[str, Any], num_reque
     from coserve_jax.config import compose, parse_config
     from coserve_jax.engine.build import build_engine
     from coserve_jax.engine.sim import SimBackend
-    from coserve_jax.profiler.cost_model import CostModel
+    from coserve_jax.cost.model import CostModel
     from coserve_jax.workload.trace import generate_trace
 
     # Memory does not matter for the loop's cost; a budget that holds the zoo always builds.
@@ -68,7 +68,7 @@ def measure_serving_loop_s(runtime: Any, profile: dict[str, Any], executors: dic
 
     from coserve_jax.api import ArmRunner, Model, make_trace
     from coserve_jax.config import ConfigError, compose, parse_config
-    from coserve_jax.profiler.cost_model import CostModel
+    from coserve_jax.cost.model import CostModel
 
     counts = {}
     for kind, n in executors.items():

@@ -32,7 +32,7 @@ import jax
 import numpy as np
 
 from coserve_jax.engine.real import Runtime, bucket_size, run_padded
-from coserve_jax.profiler.cost_model import SCHEMA
+from coserve_jax.cost.model import SCHEMA
 from coserve_jax.store.broken import log_broken_once
 from coserve_jax.store.checkpoint import CheckpointError
 from coserve_jax.store.disk import drop_page_cache

@@ -49,7 +49,7 @@ from omegaconf import DictConfig, OmegaConf
 from coserve_jax.config import ArmConfig, ConfigError, RunConfig, parse_bytes
 from coserve_jax.metrics.results import git_sha, write_json_atomic
 from coserve_jax.profiler import search
-from coserve_jax.profiler.cost_model import CostModel
+from coserve_jax.cost.model import CostModel
 from coserve_jax.report.table_render import Table, fmt_number, to_markdown, write_table
 
 log = logging.getLogger("coserve_jax")

@@ -50,7 +50,7 @@ from typing import Any
 
 import numpy as np
 
-from coserve_jax.profiler.cost_model import CostModel
+from coserve_jax.cost.model import CostModel
 from coserve_jax.types import Tier
 
 log = logging.getLogger(__name__)

@@ -42,6 +42,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from coserve_jax.metrics.results import read_json, write_json_atomic
 from coserve_jax.types import Tier
 
 SCHEMA = "coserve_jax.profile/1"
@@ -88,13 +89,9 @@ class CostModel:
     # ---- construction ------------------------------------------------------------------------
     @classmethod
     def load(cls, path: str | Path) -> CostModel:
-        from coserve_jax.metrics.results import read_json
-
         return cls(read_json(path, ProfileError, "profile"))
 
     def save(self, path: str | Path) -> None:
-        from coserve_jax.metrics.results import write_json_atomic
-
         write_json_atomic(path, self.profile)
 
     # ---- lookups -----------------------------------------------------------------------------

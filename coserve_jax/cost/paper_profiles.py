@@ -47,7 +47,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from coserve_jax.profiler.cost_model import SCHEMA, CostModel
+from coserve_jax.cost.model import SCHEMA, CostModel
 from coserve_jax.types import Tier
 
 ACTIVATION_POINTS = (1, 2, 4, 8, 16, 32)  # batch sizes at which activation bytes are listed
@@ -148,7 +148,7 @@ def paper_profile(constants: Mapping, archs: Mapping[str, Mapping]) -> dict[str,
         "schema": SCHEMA,
         "device": {"name": str(constants.get("machine", "paper")), "source": "PAPER.md"},
         "jax_version": None,
-        "settings": {"derived_from": "coserve_jax.profiler.paper_profiles.paper_profile"},
+        "settings": {"derived_from": "coserve_jax.cost.paper_profiles.paper_profile"},
         "kinds": kinds,
         "host_cache_loads": {"disk": fit("disk_to_host_s")},
         "overheads": {
