@@ -6,6 +6,12 @@ import dataclasses
 import enum
 from typing import Any
 
+# A request's ground truth and the PCB CoE's verdicts. Classification logits index
+# CLASSIFY_VERDICTS, detection logits DETECT_VERDICTS.
+VERDICTS = ("ok", "damaged", "misaligned", "reversed")
+CLASSIFY_VERDICTS = ("ok", "damaged")
+DETECT_VERDICTS = ("ok", "misaligned", "reversed")
+
 
 class Tier(enum.IntEnum):
     """Where an expert's weights live, slowest first."""

@@ -13,12 +13,7 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-from coserve_jax.types import ExpertInfo, Outcome, Request, Role
-
-# Verdict labels. Classification logits index CLASSIFY_VERDICTS; detection logits DETECT_VERDICTS.
-CLASSIFY_VERDICTS = ("ok", "damaged")
-DETECT_VERDICTS = ("ok", "misaligned", "reversed")
-VERDICTS = ("ok", "damaged", "misaligned", "reversed")
+from coserve_jax.types import CLASSIFY_VERDICTS, DETECT_VERDICTS, ExpertInfo, Outcome, Request, Role
 
 
 class UnknownComponentError(KeyError):

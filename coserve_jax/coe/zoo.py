@@ -28,7 +28,7 @@ import numpy as np
 from flax import nnx
 from tqdm.auto import tqdm
 
-from coserve_jax.coe.graph import CLASSIFY_VERDICTS, DETECT_VERDICTS, CoEGraph, ComponentType
+from coserve_jax.coe.graph import CoEGraph, ComponentType
 from coserve_jax.data.boards import BoardLayout, make_layout
 from coserve_jax.data.generator import GeneratorSpec, render_batch, render_image, sample_verdicts
 from coserve_jax.metrics.results import write_json_atomic
@@ -36,7 +36,7 @@ from coserve_jax.models import ArchSpec, abstract_state, param_bytes, tiny_resne
 from coserve_jax.store.checkpoint import restore_expert, save_expert
 from coserve_jax.train.datasets import classifier_dataset, detector_dataset
 from coserve_jax.train.trainer import TrainSettings, train_experts
-from coserve_jax.types import ExpertInfo, Request, Role
+from coserve_jax.types import CLASSIFY_VERDICTS, DETECT_VERDICTS, ExpertInfo, Request, Role
 
 # Bump when the build procedure changes in a way the config fields do not capture.
 ZOO_FORMAT = 2  # 2: checkpoints carry CRC-32 checksums

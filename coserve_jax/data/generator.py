@@ -21,7 +21,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
-VERDICTS = ("ok", "damaged", "misaligned", "reversed")
+from coserve_jax.types import VERDICTS
+
 DAMAGE_KINDS = ("crack", "missing", "burn")
 
 _BOARD_RGB = np.array([0.10, 0.38, 0.16], np.float32)

@@ -10,8 +10,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from coserve_jax.coe.graph import CLASSIFY_VERDICTS, DETECT_VERDICTS
 from coserve_jax.data.generator import GeneratorSpec, render_batch
+from coserve_jax.types import CLASSIFY_VERDICTS, DETECT_VERDICTS
 
 
 def classifier_dataset(type_index: int, has_detector: bool, n: int, spec: GeneratorSpec,
