@@ -39,8 +39,8 @@ from coserve_jax.config import (
     parse_config,
 )
 from coserve_jax.engine.build import build_engine, plan_executors
-from coserve_jax.engine.loop import Arrival
-from coserve_jax.engine.loop import Engine as LoopEngine
+from coserve_jax.engine.events import Arrival
+from coserve_jax.engine.loop import EngineLoop
 from coserve_jax.metrics.results import git_sha, write_json_atomic
 from coserve_jax.cost.model import CostModel
 from coserve_jax.types import Request
@@ -290,7 +290,7 @@ class ArmRunner:
         return cls(cfg, model, load_cost_model(cfg, model, runtime, progress), runtime)
 
     def new_engine(self, arm: ArmConfig, requests: Sequence[Request] | None = None,
-                   fault_injector: Any = None) -> LoopEngine:
+                   fault_injector: Any = None) -> EngineLoop:
         if self.cfg.backend.name == "sim":
             from coserve_jax.engine.sim import SimBackend
 
@@ -356,7 +356,7 @@ class ArmRunner:
         return [self.model.zoo.render(r) for r in requests]
 
     def run_arm(self, arm: ArmConfig, requests: Sequence[Request], images: Sequence[Any] | None,
-                progress: bool = True) -> tuple[dict[str, Any], LoopEngine]:
+                progress: bool = True) -> tuple[dict[str, Any], EngineLoop]:
         engine = self.new_engine(arm, requests)
         bar = None
         if progress:
@@ -390,7 +390,7 @@ def arm_policy(arm: ArmConfig) -> dict[str, Any]:
     return {k: v for k, v in dataclasses.asdict(arm).items() if v not in (None, False, "")}
 
 
-def accuracy(engine: LoopEngine) -> dict[str, Any]:
+def accuracy(engine: EngineLoop) -> dict[str, Any]:
     """End-to-end verdicts of completed requests against ground truth."""
     done = [rs for rs in engine.request_states().values() if rs.failed is None and rs.done]
     if not done:
@@ -510,7 +510,7 @@ class Engine:
         self._ids = itertools.count()
         self._futures: dict[int, concurrent.futures.Future] = {}
         self._lock = threading.Lock()
-        self._engine: LoopEngine | None = None
+        self._engine: EngineLoop | None = None
         self._thread: threading.Thread | None = None
         self._closing = threading.Event()
         self._frozen = False

@@ -154,7 +154,7 @@ class ArmConfig:
     single_executor: bool = False  # Samba-CoE: one executor of the hardware's first kind
     share_pool: bool = False  # executors on one device share one model pool (ours)
     # reserved: each executor's batch working memory is set aside (the paper's split);
-    # dynamic: a batch takes it from the pool's free bytes when it starts (ours; engine/loop.py)
+    # dynamic: a batch takes it from the pool's free bytes when it starts (ours; engine/memory.py)
     batch_memory: str = "reserved"
     expert_fraction: float | None = None  # None: the hardware's (None there: reserve max batch)
     expert_fraction_by_kind: Mapping[str, float] | None = None  # per executor kind (from a plan)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from coserve_jax.coe.graph import CoEGraph, ComponentType
 from coserve_jax.coe.synthetic import synthetic_cost
-from coserve_jax.engine.loop import Engine
+from coserve_jax.engine.loop import EngineLoop
 from coserve_jax.engine.sim import SimBackend
 from coserve_jax.engine.state import ExecutorState
 from coserve_jax.policies.eviction import LRU
@@ -28,13 +28,13 @@ def graph_of(mix: dict[str, float], detectors: dict[str, str] | None = None,
 
 
 def sim_engine(graph: CoEGraph, scheduler, eviction, *, pool_bytes: list[int], initialiser=None,
-               prefetcher=None, max_batch: int = 16, cost=None, routing: str = "trace") -> Engine:
+               prefetcher=None, max_batch: int = 16, cost=None, routing: str = "trace") -> EngineLoop:
     backend = SimBackend(1)
     cost = cost or synthetic_cost(max_batch=max_batch)
     archs = {e.arch for e in graph.experts.values()}
     executors = [ExecutorState(i, "cpu", 0, Pool(f"ex{i}:cpu", "cpu", b), {a: max_batch for a in archs},
                                backend.now) for i, b in enumerate(pool_bytes)]
-    eng = Engine(graph=graph, cost=cost, executors=executors, host_cache=None, scheduler=scheduler,
+    eng = EngineLoop(graph=graph, cost=cost, executors=executors, host_cache=None, scheduler=scheduler,
                  eviction=eviction, host_eviction=LRU(), initialiser=initialiser, prefetcher=prefetcher,
                  backend=backend, routing=routing, check_invariants=True)
     eng.record_decisions = True

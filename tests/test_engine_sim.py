@@ -104,7 +104,7 @@ def test_sim_host_shares_cores_max_min_fairly(cores):
     """Two batches (each may use every core) and a load (one core) on the host."""
     from types import SimpleNamespace
 
-    from coserve_jax.engine.loop import BatchDone, LoadDone
+    from coserve_jax.engine.events import BatchDone, LoadDone
     from coserve_jax.types import Batch, LoadJob, Tier
 
     be = SimBackend(2, host_cores=cores)
@@ -132,7 +132,7 @@ def test_sim_caps_a_host_load_beside_batches_at_the_measured_slowdown():
     two, whatever its core share; batches keep their max-min shares."""
     from types import SimpleNamespace
 
-    from coserve_jax.engine.loop import LoadDone
+    from coserve_jax.engine.events import LoadDone
     from coserve_jax.types import Batch, LoadJob, Tier
 
     be = SimBackend(2, host_cores=2, load_slowdown=(1.0, 2.0, 4.0))
@@ -175,7 +175,7 @@ def test_sim_loop_takes_a_host_core_while_busy(shares):
     may use both cores gets one (2 cores: the loop takes the other)."""
     from types import SimpleNamespace
 
-    from coserve_jax.engine.loop import BatchDone
+    from coserve_jax.engine.events import BatchDone
     from coserve_jax.types import Batch
 
     be = SimBackend(1, host_cores=2, loop_s_per_event=0.5, loop_shares_host=shares)
@@ -276,3 +276,25 @@ def test_a_shared_pool_is_checked_as_one_pool():
     with pytest.raises(BudgetError, match=r"cpu pool shared by 2 executor\(s\) on device 0 gets 11000000 B.*"
                                           r"largest expert \(8000000 B\) plus their batches \(3200000 B\)"):
         plan_executors(small, small.arms[0], graph, cost)
+
+
+def test_backends_implement_their_protocols():
+    """Every method of Backend (OnlineBackend for the real one) exists on each backend with the
+    protocol's parameters, so the protocol cannot drift from what callers use."""
+    import inspect
+
+    from coserve_jax.engine.events import Backend, OnlineBackend
+    from coserve_jax.engine.real import RealBackend
+
+    def methods(proto):
+        return {n: inspect.signature(f) for n, f in vars(proto).items()
+                if inspect.isfunction(f) and not n.startswith("_")}
+
+    for backend, protocols in ((SimBackend, (Backend,)), (RealBackend, (Backend, OnlineBackend))):
+        for proto in protocols:
+            for name, sig in methods(proto).items():
+                assert hasattr(backend, name), f"{backend.__name__} lacks {proto.__name__}.{name}"
+                assert list(inspect.signature(getattr(backend, name)).parameters) == list(sig.parameters), (
+                    f"{backend.__name__}.{name}{inspect.signature(getattr(backend, name))} != {proto.__name__}.{name}{sig}")
+    assert {"now", "start_load", "next_event", "close"} <= set(methods(Backend))
+    assert {"post", "has_events", "bind_pool"} <= set(methods(OnlineBackend))

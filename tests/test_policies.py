@@ -168,7 +168,7 @@ def test_next_group_prefetch_names_the_next_missing_expert():
 
 def test_prefetch_never_evicts_what_queued_work_on_a_shared_pool_needs():
     from coserve_jax.coe.synthetic import synthetic_cost
-    from coserve_jax.engine.loop import Engine
+    from coserve_jax.engine.loop import EngineLoop
     from coserve_jax.engine.sim import SimBackend
     from coserve_jax.engine.state import ExecutorState
     from coserve_jax.policies.eviction import LRU
@@ -178,7 +178,7 @@ def test_prefetch_never_evicts_what_queued_work_on_a_shared_pool_needs():
     backend = SimBackend(1)
     shared = Pool("dev0:cpu", "cpu", 8 * MB)  # two executors, one pool: holds two experts
     executors = [ExecutorState(i, "cpu", 0, shared, {"cls": 16}, backend.now) for i in range(2)]
-    eng = Engine(graph=g, cost=synthetic_cost(max_batch=16), executors=executors, host_cache=None,
+    eng = EngineLoop(graph=g, cost=synthetic_cost(max_batch=16), executors=executors, host_cache=None,
                  scheduler=FCFS(arranging=True), eviction=QueueAware(), host_eviction=LRU(),
                  initialiser=None, prefetcher=NextGroup(), backend=backend, routing="trace",
                  check_invariants=True)
@@ -201,7 +201,7 @@ def dynamic_engine(pool_bytes: int, n_exec: int = 1, prefetcher=None, reserve: i
     """Executors sharing one pool whose batches take working memory from its free bytes
     (synthetic cost: 100 kB per image, max batch 16)."""
     from coserve_jax.coe.synthetic import synthetic_cost
-    from coserve_jax.engine.loop import Engine
+    from coserve_jax.engine.loop import EngineLoop
     from coserve_jax.engine.sim import SimBackend
     from coserve_jax.engine.state import ExecutorState
     from coserve_jax.policies.eviction import LRU
@@ -212,7 +212,7 @@ def dynamic_engine(pool_bytes: int, n_exec: int = 1, prefetcher=None, reserve: i
     shared = Pool("dev0:cpu", "cpu", pool_bytes)
     executors = [ExecutorState(i, "cpu", 0, shared, {"cls": 16}, backend.now, dynamic_batch_memory=True,
                                initial_reserve_bytes=reserve) for i in range(n_exec)]
-    eng = Engine(graph=g, cost=synthetic_cost(max_batch=16), executors=executors, host_cache=None,
+    eng = EngineLoop(graph=g, cost=synthetic_cost(max_batch=16), executors=executors, host_cache=None,
                  scheduler=FCFS(arranging=True), eviction=QueueAware(), host_eviction=LRU(),
                  initialiser=RoundRobinByUsage() if reserve else None, prefetcher=prefetcher,
                  backend=backend, routing="trace", check_invariants=True)

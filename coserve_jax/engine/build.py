@@ -13,7 +13,7 @@ reports that arm as infeasible and runs the others). A pool shared by a device's
 its executors' batch reserves.
 
 With ``batch_memory: dynamic`` (coserve_plus) the pool keeps no fixed reserve: a batch takes its
-working memory from the pool's free bytes when it starts (engine/loop.py), up to the profiled
+working memory from the pool's free bytes when it starts (engine/memory.py), up to the profiled
 maximum batch; the reserve computed above only keeps room for batches while the pool is first
 filled.
 """
@@ -29,7 +29,8 @@ from hydra.utils import instantiate
 
 from coserve_jax.coe.graph import CoEGraph
 from coserve_jax.config import ArmConfig, BudgetError, ConfigError, RunConfig, parse_bytes
-from coserve_jax.engine.loop import Backend, Engine
+from coserve_jax.engine.events import Backend
+from coserve_jax.engine.loop import EngineLoop
 from coserve_jax.engine.state import ExecutorState
 from coserve_jax.policies.eviction import LRU
 from coserve_jax.cost.model import CostModel
@@ -127,7 +128,7 @@ def plan_executors(cfg: RunConfig, arm: ArmConfig, graph: CoEGraph, cost: CostMo
                 )
             dynamic = arm.batch_memory == "dynamic" and not arm.unlimited_memory
             if dynamic:
-                # Memory, not a fixed split, caps each batch (engine/loop.py): up to the profiled maximum.
+                # Memory, not a fixed split, caps each batch (engine/memory.py): up to the profiled maximum.
                 mb = {a: cost.max_batch(kind, a) for a in archs}
             # Executors sharing one pool must sit on one JAX device (their weights live there).
             device = 0 if kind == "gpu" or arm.share_pool else (i % hw.cpu_devices)
@@ -190,8 +191,8 @@ def check_profile_covers(cost: CostModel, plans: list[ExecutorPlan], graph: CoEG
 
 def build_engine(cfg: RunConfig, arm: ArmConfig, graph: CoEGraph, cost: CostModel,
                  backend: Backend, routing: str, clock: Callable[[], float] | None = None,
-                 policy_kwargs: dict[str, Any] | None = None) -> Engine:
-    """One arm's Engine over a backend (fresh pools and fresh policy objects)."""
+                 policy_kwargs: dict[str, Any] | None = None) -> EngineLoop:
+    """One arm's EngineLoop over a backend (fresh pools and fresh policy objects)."""
     plans = plan_executors(cfg, arm, graph, cost)
     cache = host_cache_pool(cfg, graph)
     check_profile_covers(cost, plans, graph, cache)
@@ -213,7 +214,7 @@ def build_engine(cfg: RunConfig, arm: ArmConfig, graph: CoEGraph, cost: CostMode
     def make(node):
         return None if node is None else instantiate(node, **kw.get(node["_target_"], {}))
 
-    engine = Engine(
+    engine = EngineLoop(
         graph=graph, cost=cost, executors=executors, host_cache=cache,
         scheduler=make(arm.scheduler), eviction=make(arm.eviction),
         host_eviction=make(arm.host_eviction) or LRU(),

@@ -7,25 +7,26 @@ the store makes that expert resident in the executor's pool (evicting by policy,
 expert) and the batch launches when resident; a prefetcher may start loads early.
 
 Only the backend differs between the real engine and the simulator: it says what time it is,
-runs loads and batches, and hands back their completions.
+runs loads and batches, and hands back their completions (``events.py``). The oracle's view of
+the trace is ``oracle.py``; batch memory taken from a pool's free bytes, ``memory.py``.
 """
 
 from __future__ import annotations
 
-import heapq
-import dataclasses
 import logging
-import math
 import time
-from collections import Counter, defaultdict
+from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
-from typing import Any, Protocol
+from typing import Any
 
 from coserve_jax.coe.graph import CoEGraph, UnknownComponentError
+from coserve_jax.cost.model import CostModel
+from coserve_jax.engine.events import Arrival, Backend, BatchDone, Event, LoadDone
+from coserve_jax.engine.memory import fit_batch, full_batch_bytes, needed_experts
+from coserve_jax.engine.oracle import TraceFuture
 from coserve_jax.engine.state import ExecutorState, RequestState
 from coserve_jax.metrics.collector import ArmMetrics
 from coserve_jax.policies.base import Eviction, Initialiser, Prefetcher, Scheduler, load_latency_s, source_tier
-from coserve_jax.cost.model import CostModel
 from coserve_jax.store.broken import log_broken_once
 from coserve_jax.store.pool import Pool
 from coserve_jax.types import Batch, LoadJob, Request, Task, Tier
@@ -36,80 +37,8 @@ log = logging.getLogger(__name__)
 # it is logged once (expert, path, reason); its attempts and the requests it fails go to debug.
 _BROKEN = "CheckpointError"
 
-# Event kinds, in the order ties at equal times are handled (DESIGN §4: (time, kind, sequence)).
-LOAD_DONE, BATCH_DONE, ARRIVAL = 0, 1, 2
 
-
-@dataclasses.dataclass(frozen=True)
-class LoadDone:
-    job: LoadJob
-    seconds: float
-    error: str | None = None
-
-
-@dataclasses.dataclass(frozen=True)
-class BatchDone:
-    batch: Batch
-    seconds: float
-    outputs: Sequence[Any] | None = None  # per task; None: route by trace
-    error: str | None = None
-
-
-@dataclasses.dataclass(frozen=True)
-class Arrival:
-    """An online submission (the API's submit); trace arrivals are timed by the loop."""
-
-    request: Request
-    image: Any = None
-
-
-Event = LoadDone | BatchDone | Arrival
-
-
-class Backend(Protocol):
-    def now(self) -> float: ...
-    def start_load(self, job: LoadJob) -> None: ...
-    def start_batch(self, batch: Batch, executor: ExecutorState, inputs: list[Any]) -> None: ...
-    def next_event(self, until_s: float | None) -> Event | None: ...
-    def ready_at(self) -> float | None: ...  # when the oldest waiting event happened; None: none waits
-    def drop(self, pool_id: str, expert_id: str) -> None: ...
-    def charge(self, kind: str = "event") -> None: ...  # the loop handled an "arrival" or an "event" (sim: its time passes)
-    def validate_input(self, request: Request, image: Any) -> str | None: ...
-
-
-class TraceFuture:
-    """The oracle's view of the future: for each expert, the earliest (in arrival order) request
-    that will still need it — arrivals to come, and subsequent tasks of requests already here."""
-
-    def __init__(self, requests: Sequence[Request], graph: CoEGraph):
-        order = sorted(range(len(requests)), key=lambda i: (requests[i].arrival_s, i))
-        self._rank = {requests[i].request_id: k for k, i in enumerate(order)}
-        pending: dict[str, list[int]] = defaultdict(list)
-        for k, i in enumerate(order):
-            r = requests[i]
-            try:
-                route = r.route or graph.truth_route(r.component_type, r.truth or "ok")
-            except UnknownComponentError:
-                continue  # it fails on arrival like in every other arm
-            for e in route:
-                pending[e].append(k)  # appended in rank order: already a heap
-        self._pending = dict(pending)
-        self._done: set[tuple[str, int]] = set()
-
-    def consume(self, request_id: int, expert_id: str) -> None:
-        """A task of this request for this expert is now queued: no longer a future use."""
-        k = self._rank.get(request_id)
-        if k is not None:
-            self._done.add((expert_id, k))
-
-    def next_use(self, expert_id: str) -> float:
-        heap = self._pending.get(expert_id)
-        while heap and (expert_id, heap[0]) in self._done:
-            heapq.heappop(heap)
-        return float(heap[0]) if heap else math.inf
-
-
-class Engine:
+class EngineLoop:
     """One arm's serving loop over a backend. Implements the policies' EngineView."""
 
     def __init__(
@@ -438,7 +367,8 @@ class Engine:
         n = min(len(ex.groups[index].tasks), ex.max_batch(arch))
         held = 0
         if ex.dynamic_batch_memory:
-            n = self._fit_batch(ex, expert_id, arch, n)
+            n = fit_batch(ex.pool, expert_id, n, lambda k: self.cost.activation_bytes(ex.kind, arch, k),
+                          self._rank(self.eviction, ex.pool), lambda e: self._evicted(ex.pool, e), self._executors)
             if n == 0:
                 ex.set_state("idle", now)  # running batches and loads hold the bytes; their end frees them
                 return
@@ -455,41 +385,6 @@ class Engine:
         if self.record_decisions:
             self.decisions.append(("batch", ex.executor_id, expert_id, tuple(t.request_id for t in tasks)))
         self.backend.start_batch(batch, ex, [self._requests[t.request_id].image for t in tasks])
-
-    def _fit_batch(self, ex: ExecutorState, expert_id: str, arch: str, n: int) -> int:
-        """Dynamic batch memory: the largest batch, up to n, whose working memory the pool's free
-        bytes hold (the paper's split to "the largest batch free memory holds", at launch time).
-        To fit all n it first evicts, by the eviction policy's rank, experts that no queued or
-        running work on the pool needs (as many as it takes, all of them if that is not enough);
-        to fit even one image, any expert no running batch pins but this one."""
-        pool = ex.pool
-
-        def act(k: int) -> int:
-            return self.cost.activation_bytes(ex.kind, arch, k)
-
-        rank = self._rank(self.eviction, pool)
-        on_evict = lambda e: self._evicted(pool, e)  # noqa: E731
-        if act(n) > pool.free_bytes:
-            pool.make_room(act(n), rank, self._needed(pool) | {expert_id}, on_evict, partial=True)
-        if act(1) > pool.free_bytes:
-            pool.make_room(act(1), rank, {expert_id}, on_evict, partial=True)
-        while n > 0 and act(n) > pool.free_bytes:
-            n -= 1
-        return n
-
-    def _needed(self, pool: Pool) -> set[str]:
-        """Experts that running or queued work of any executor on this pool needs."""
-        out: set[str] = set()
-        for other in self._executors:
-            if other.pool is pool:
-                out.update(other.queued_experts)
-                if other.running is not None:
-                    out.add(other.running_expert)
-        return out
-
-    def _full_batch_bytes(self, ex: ExecutorState) -> int:
-        """Working memory of this executor's largest batch of any architecture."""
-        return max(self.cost.activation_bytes(ex.kind, a, n) for a, n in ex.max_batches.items())
 
     def _rank(self, policy: Eviction, pool: Pool) -> Callable[[Sequence[str]], list[str]]:
         def rank(candidates: Sequence[str]) -> list[str]:
@@ -550,8 +445,8 @@ class Engine:
             # A prefetch never evicts an expert that running or queued work on this pool needs
             # (any executor sharing it): that would only move a load, or add a reload. With
             # dynamic batch memory it also leaves one full batch's working memory free.
-            leave = self._full_batch_bytes(ex) if ex.dynamic_batch_memory else 0
-            self._begin_load(ex, e, prefetch=True, protect=self._needed(ex.pool), leave_free=leave)
+            leave = full_batch_bytes(self.cost, ex) if ex.dynamic_batch_memory else 0
+            self._begin_load(ex, e, prefetch=True, protect=needed_experts(self._executors, ex.pool), leave_free=leave)
             return
 
     def _pool(self, pool_id: str) -> Pool:

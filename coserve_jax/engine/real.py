@@ -34,7 +34,7 @@ import jax
 import numpy as np
 from flax import nnx
 
-from coserve_jax.engine.loop import Arrival, BatchDone, Event, LoadDone
+from coserve_jax.engine.events import Arrival, BatchDone, Event, LoadDone
 from coserve_jax.store.checkpoint import CheckpointError, leaf_specs, leaves_to_state, read_packed, unpack_to_device
 from coserve_jax.store.disk import drop_page_cache
 from coserve_jax.store.reader import ProcessReader

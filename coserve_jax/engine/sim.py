@@ -39,7 +39,7 @@ import itertools
 from collections.abc import Sequence
 from typing import Any
 
-from coserve_jax.engine.loop import BATCH_DONE, LOAD_DONE, BatchDone, Event, LoadDone
+from coserve_jax.engine.events import BATCH_DONE, LOAD_DONE, BatchDone, Event, LoadDone
 from coserve_jax.types import Batch, LoadJob, Request
 
 HOST = ("cpu",)

@@ -21,8 +21,8 @@ at a time, on the real demo engine and in the simulator):
    ranked by exact next use (Belady on the known future); the rest go first, cheapest expected
    reload cost per byte freed first (usage probability × reload seconds / bytes). Why: the
    arranged queue *is* the near future; probabilities only guess it.
-4. Batch working memory from the pool's free bytes (``batch_memory: dynamic``; engine/loop.py
-   ``_fit_batch``). The paper splits each executor's memory once: a fixed share for its
+4. Batch working memory from the pool's free bytes (``batch_memory: dynamic``; engine/memory.py
+   ``fit_batch``). The paper splits each executor's memory once: a fixed share for its
    largest batch, the rest for experts. Ours keeps no fixed share: a batch takes what its size
    needs from the free bytes when it starts (up to the profiled maximum batch), first evicting
    experts no queued work needs, and splits to what fits otherwise. Why: small batches leave
