@@ -128,7 +128,7 @@ def test_planner_repeats_are_validated():
 
 
 def test_sweep_table_marks_fallback_splits_and_infeasible_counts():
-    from coserve_jax.profiler.plan_job import sweep_table
+    from coserve_jax.report.plan_tables import sweep_table
 
     sweep = {"candidates": [{"name": "1C", "throughput_rps": 10.0, "expert_fraction": None},
                             {"name": "2C", "throughput_rps": 8.0, "expert_fraction": 0.7, "fallback_fraction": True},
