@@ -9,8 +9,8 @@ from __future__ import annotations
 import dataclasses
 import math
 import re
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from collections.abc import Mapping
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
@@ -23,7 +23,7 @@ class ConfigError(ValueError):
 class BudgetError(ConfigError):
     """An arm's memory budget cannot hold the largest expert plus its batches.
 
-    A run reports such an arm as infeasible and runs the others (api.run_experiment); every other
+    A run reports such an arm as infeasible and runs the others (jobs/serve.py run_experiment); every other
     ConfigError stops the run at start-up.
     """
 
@@ -364,3 +364,14 @@ def compose(overrides: list[str] | tuple[str, ...] = (), config_name: str = "con
         return hydra_compose(config_name=config_name, overrides=list(overrides))
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         return hydra_compose(config_name=config_name, overrides=list(overrides))
+
+
+def as_run_config(cfg: RunConfig | DictConfig | Sequence[str] | None) -> tuple[RunConfig, dict]:
+    """The typed config of a RunConfig, a composed DictConfig or a list of Hydra overrides, and
+    the composed tree as plain data (a run dir's resolved_config.yaml; empty for a RunConfig)."""
+    if isinstance(cfg, RunConfig):
+        return cfg, {}
+    if cfg is None or (isinstance(cfg, Sequence) and not isinstance(cfg, str)):
+        cfg = compose(list(cfg or []))
+    resolved = OmegaConf.to_container(OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"]), resolve=True)
+    return parse_config(cfg), resolved

@@ -15,14 +15,13 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from coserve_jax.config import ConfigError, NoFeasibleArmError
+from coserve_jax.jobs import run_job
 
 log = logging.getLogger("coserve_jax")
 
 
 @hydra.main(config_path="../conf", config_name="config", version_base="1.3")
 def main(cfg: DictConfig) -> None:
-    from coserve_jax.jobs import run_job
-
     # Orbax logs every restore at INFO through absl; keep the run's log readable.
     logging.getLogger("absl").setLevel(logging.WARNING)
     out_dir = cfg.get("output_dir") or HydraConfig.get().runtime.output_dir

@@ -41,10 +41,10 @@ def main(argv: list[str] | None = None) -> int:
     if not sys.platform.startswith("linux"):
         ap.error("reads /proc: Linux only")
 
-    from coserve_jax.api import ArmRunner, as_run_config, make_trace
+    from coserve_jax.api import as_run_config, make_trace, prepare_runner
 
     cfg, _ = as_run_config([f"arms=[{','.join(args.arms)}]", *args.overrides, "backend=real"])
-    runner = ArmRunner.prepare(cfg, progress=False)
+    runner = prepare_runner(cfg, progress=False)
     cores = os.cpu_count() or 1
     runs: dict[str, list[tuple]] = {a.name: [] for a in cfg.arms}
     try:

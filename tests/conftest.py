@@ -33,7 +33,7 @@ class RealSetup:
 
     cache_dir: Path
     overrides: list[str]
-    model: Any  # coserve_jax.api.Model
+    model: Any  # coserve_jax.runner.model.Model
     cost: Any  # CostModel (measured once per zoo, cached in the zoo dir)
     runtime: Any  # engine.real.Runtime
 

@@ -197,11 +197,11 @@ def test_sim_loop_takes_a_host_core_while_busy(shares):
 # synthetic_cost(): 100 kB of working memory per image, up to 16 (1.6 MB). hardware=cpu: 2 executors.
 def _synthetic_run(monkeypatch, tmp_path, *overrides: str):
     """run_job (the serve job of python -m coserve_jax.run) on the synthetic graph and cost model."""
-    from coserve_jax import api
-    from coserve_jax.jobs import run_job
+    from coserve_jax.jobs import prepare, run_job
+    from coserve_jax.runner.model import Model
 
-    monkeypatch.setattr(api, "load_model", lambda *a, **k: api.Model(synthetic_graph()))
-    monkeypatch.setattr(api, "load_cost_model", lambda *a, **k: synthetic_cost())
+    monkeypatch.setattr(prepare, "load_model", lambda *a, **k: Model(synthetic_graph()))
+    monkeypatch.setattr(prepare, "load_cost_model", lambda *a, **k: synthetic_cost())
     cfg = compose(["backend=sim", "repeats=1", "workload.num_requests=80", *overrides])
     return run_job(cfg, tmp_path)
 

@@ -12,7 +12,7 @@ from coserve_jax.api import run_experiment
 from coserve_jax.config import ConfigError, compose
 from coserve_jax.engine.sim import SimBackend
 from coserve_jax.jobs import run_job
-from coserve_jax.profiler.plan_job import PlannerSettings, plan_output_path
+from coserve_jax.jobs.plan import PlannerSettings, plan_output_path
 
 PAPER_SIM = ["model=pcb_paper_a", "hardware=numa_3080ti", "backend=sim", "workload.interval_ms=4"]
 

@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from coserve_jax.profiler.job import fit_errors, usage_from_routes, usage_gap
+from coserve_jax.jobs.profile import fit_errors, usage_from_routes, usage_gap
 from coserve_jax.profiler.microbench import abs_rel_errors, fit_linear_nonneg
 
 

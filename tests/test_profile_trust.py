@@ -1,4 +1,4 @@
-"""Profile trust (api.load_cost_model, profiler/trust.py): a cached measured profile is checked
+"""Profile trust (profiler/cache.py load_cost_model, profiler/trust.py): a cached measured profile is checked
 against live timings before a real run reuses it, and measured again when it drifted."""
 
 from __future__ import annotations

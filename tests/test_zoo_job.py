@@ -10,7 +10,7 @@ import sys
 import pytest
 
 from coserve_jax.config import ConfigError, compose
-from coserve_jax.coe.zoo_job import eval_settings, run_zoo_job
+from coserve_jax.jobs.zoo import eval_settings, run_zoo_job
 
 
 def test_eval_settings_name_the_field():

@@ -83,7 +83,7 @@ class CostModel:
         self._fits: dict[tuple[str, Tier], Mapping[str, Any]] = {}
         self.sha = hashlib.sha256(json.dumps(self.profile, sort_keys=True).encode()).hexdigest()[:16]
         # How far this profile can be trusted here: its source, age and live drift check, set by
-        # api.load_cost_model (profiler/trust.py); None for a cost model built directly.
+        # profiler/cache.py (load_cost_model, with profiler/trust.py); None for a cost model built directly.
         self.trust: dict[str, Any] | None = None
 
     # ---- construction ------------------------------------------------------------------------

@@ -27,7 +27,17 @@ import logging
 import time
 from typing import Any
 
+import jax
+
 from coserve_jax.coe.graph import CoEGraph
+from coserve_jax.config import ConfigError, compose, parse_config
+from coserve_jax.cost.model import CostModel
+from coserve_jax.engine.build import build_engine
+from coserve_jax.engine.sim import SimBackend
+from coserve_jax.runner.arms import ArmRunner
+from coserve_jax.runner.heap import frozen_heap
+from coserve_jax.runner.model import Model
+from coserve_jax.workload.trace import generate_trace, make_trace
 
 log = logging.getLogger(__name__)
 
@@ -35,13 +45,6 @@ log = logging.getLogger(__name__)
 def measure_loop_s_per_event(graph: CoEGraph, profile: dict[str, Any], num_requests: int = 1500,
                              seed: int = 0) -> float:
     """Median wall seconds per handled event of the coserve arm's loop over three runs."""
-    from coserve_jax.api import frozen_heap
-    from coserve_jax.config import compose, parse_config
-    from coserve_jax.engine.build import build_engine
-    from coserve_jax.engine.sim import SimBackend
-    from coserve_jax.cost.model import CostModel
-    from coserve_jax.workload.trace import generate_trace
-
     # Memory does not matter for the loop's cost; a budget that holds the zoo always builds.
     cfg = parse_config(compose(["backend=sim", "arms=[coserve]", f"workload.num_requests={num_requests}",
                                 f"workload.seed={seed}", "hardware.device_budget=200%"]))
@@ -64,12 +67,6 @@ def measure_serving_loop_s(runtime: Any, profile: dict[str, Any], executors: dic
     ``executors`` (clamped to the devices present): median busy seconds per arrival taken in
     (``loop_s_per_arrival``) and per completion handled (``loop_s_per_event``), over three runs
     after one untimed run (which compiles every batch bucket)."""
-    import jax
-
-    from coserve_jax.api import ArmRunner, Model, make_trace
-    from coserve_jax.config import ConfigError, compose, parse_config
-    from coserve_jax.cost.model import CostModel
-
     counts = {}
     for kind, n in executors.items():
         try:

@@ -30,9 +30,11 @@ from typing import Any
 
 import jax
 import numpy as np
+from tqdm.auto import tqdm
 
-from coserve_jax.engine.real import Runtime, bucket_size, run_padded
 from coserve_jax.cost.model import SCHEMA
+from coserve_jax.engine.real import Runtime, bucket_size, run_padded
+from coserve_jax.profiler import loop_overhead
 from coserve_jax.store.broken import log_broken_once
 from coserve_jax.store.checkpoint import CheckpointError
 from coserve_jax.store.disk import drop_page_cache
@@ -345,8 +347,6 @@ def measure_profile(rt: Runtime, kinds: Sequence[str], batch_sizes: Sequence[int
     work = [(k, a) for k in kinds for a in archs]
     bar = None
     if progress:
-        from tqdm.auto import tqdm
-
         bar = tqdm(total=len(work) + len(kinds) + 1, desc="profile", unit="step")
     out_kinds: dict[str, Any] = {}
     host_contention: dict[str, Any] | None = None
@@ -388,12 +388,10 @@ def measure_profile(rt: Runtime, kinds: Sequence[str], batch_sizes: Sequence[int
         profile["host"] = {"cores": os.cpu_count(), **host_contention}
     # The simulator's clock also needs the loop's own cost per event, timed on this profile:
     # serving on these executors when they are given, else the policies' cost alone.
-    from coserve_jax.profiler.loop_overhead import measure_loop_s_per_event, measure_serving_loop_s
-
     if executors:
-        profile["overheads"] = {**measure_serving_loop_s(rt, profile, dict(executors), seed=seed),
+        profile["overheads"] = {**loop_overhead.measure_serving_loop_s(rt, profile, dict(executors), seed=seed),
                                 "loop_measured": "serving"}
     else:
-        profile["overheads"] = {"loop_s_per_event": measure_loop_s_per_event(rt.zoo.graph, profile),
+        profile["overheads"] = {"loop_s_per_event": loop_overhead.measure_loop_s_per_event(rt.zoo.graph, profile),
                                 "loop_measured": "policies"}
     return profile

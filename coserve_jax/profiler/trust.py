@@ -1,6 +1,6 @@
 """Profile trust: is a cached measured profile still this machine's?
 
-``api.load_cost_model`` reuses a measured profile (``profile-<hash>.json`` in the zoo dir) run after
+``profiler/cache.py`` (``load_cost_model``) reuses a measured profile (``profile-<hash>.json`` in the zoo dir) run after
 run. One measured while the machine was busy (or before its load changed) silently misleads every
 cost-aware policy, so before a real-backend run reuses it, ``check_profile`` times a few live
 figures and compares them with the profile's predictions, per executor kind:
@@ -51,6 +51,7 @@ from typing import Any
 import numpy as np
 
 from coserve_jax.cost.model import CostModel
+from coserve_jax.profiler.microbench import LoadSampler, batch_timer
 from coserve_jax.types import Tier
 
 log = logging.getLogger(__name__)
@@ -111,8 +112,6 @@ def check_profile(rt: Any, cost: CostModel, kinds: list[str] | tuple[str, ...], 
     more rounds, and each figure's drift is then that of both passes' timings together: drift
     must last a few seconds, not one busy moment, before the caller re-measures a whole profile.
     Each measurement is logged; kinds the profile lacks are skipped."""
-    from coserve_jax.profiler.microbench import LoadSampler, batch_timer
-
     t0 = time.perf_counter()
     rng = np.random.default_rng(seed)
     zoo_archs = {e.arch for e in rt.zoo.graph.experts.values()}

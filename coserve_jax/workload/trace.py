@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from coserve_jax.coe.graph import CoEGraph
-from coserve_jax.config import ConfigError, WorkloadConfig
+from coserve_jax.config import ConfigError, RunConfig, WorkloadConfig
 from coserve_jax.metrics.results import read_json, write_json_atomic
 from coserve_jax.types import Request
 
@@ -72,3 +72,10 @@ def load_trace(path: str | Path, graph: CoEGraph) -> list[Request]:
         graph.component(ctype)  # raises a clear error on an unknown type
         out.append(Request(int(rid), ctype, float(t), tuple(route), truth, seed))
     return out
+
+
+def make_trace(cfg: RunConfig, graph: CoEGraph) -> list[Request]:
+    """The run's requests: ``workload.trace_path`` replayed, else generated from the workload."""
+    if cfg.workload.trace_path:
+        return load_trace(cfg.workload.trace_path, graph)
+    return generate_trace(graph, cfg.workload)

@@ -17,10 +17,12 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
-from coserve_jax.config import ConfigError
-from coserve_jax.metrics.results import git_sha, write_json_atomic
+from coserve_jax.coe.zoo import build_or_load_zoo, zoo_config
+from coserve_jax.config import ConfigError, as_run_config
+from coserve_jax.jobs.rundir import run_dir, write_run_record
+from coserve_jax.metrics.results import git_sha
 
 log = logging.getLogger("coserve_jax")
 
@@ -54,16 +56,12 @@ def bytes_by_role_arch(zoo: Any) -> dict[str, dict[str, int]]:
 
 def run_zoo_job(cfg: DictConfig, out_dir: str | Path, progress: bool = True) -> dict[str, Any]:
     """Build (or reuse) the configured demo zoo, evaluate it on held-out boards, write results.json."""
-    from coserve_jax.api import as_run_config
-    from coserve_jax.coe.zoo import build_or_load_zoo, zoo_config
-
     run_cfg, resolved = as_run_config(cfg)
     if run_cfg.model.kind != "demo":
         raise ConfigError(f"model: the zoo job builds a trained demo zoo (model.kind=demo, e.g. model=pcb_demo "
                           f"or model=pcb_tiny); {run_cfg.model.name!r} is kind {run_cfg.model.kind!r}")
     settings = eval_settings(cfg.get("zoo_eval"))
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    out = run_dir(out_dir)
 
     zcfg = zoo_config(dict(run_cfg.model.zoo), seed=run_cfg.model.seed)
     reused = (Path(zcfg.cache_dir).expanduser() / zcfg.config_hash() / "manifest.json").is_file()
@@ -102,8 +100,7 @@ def run_zoo_job(cfg: DictConfig, out_dir: str | Path, progress: bool = True) -> 
             "root": str(zoo.root),
         },
     }
-    write_json_atomic(out / "results.json", results)
-    (out / "resolved_config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.create(resolved)) if resolved else "")
+    write_run_record(out, results, resolved)
     print_summary(results, out)
     return results
 

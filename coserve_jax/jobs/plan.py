@@ -11,7 +11,7 @@ trace) with the configured backend — the simulator on a profile's cost model, 
    split makes feasible is recorded as infeasible (0 img/s);
 2. decay-window search (Fig. 18) over N experts for the fast processors' pools with the chosen
    counts (``search.decay_window_search``); N is translated into the arm's ``expert_fraction``
-   by ``search.fraction_for_experts``.
+   by ``search.fraction_for_experts`` (``profiler/layout.py``).
 
 Every configuration is measured ``planner.repeats`` times on the real backend (the median
 counts; the simulator is deterministic and runs once): on a shared CPU machine one run of a
@@ -45,13 +45,18 @@ from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
+from tqdm.auto import tqdm
 
-from coserve_jax.config import ArmConfig, ConfigError, RunConfig, parse_bytes
+from coserve_jax.config import ArmConfig, ConfigError, RunConfig, as_run_config
+from coserve_jax.engine.build import plan_executors
+from coserve_jax.jobs.prepare import prepare_runner
+from coserve_jax.jobs.rundir import run_dir, write_run_record
 from coserve_jax.metrics.results import git_sha, write_json_atomic
 from coserve_jax.profiler import search
-from coserve_jax.cost.model import CostModel
+from coserve_jax.profiler.layout import Layout, layout_for
 from coserve_jax.report.plan_tables import decay_table, plan_plots, sweep_table
 from coserve_jax.report.table_render import to_markdown, write_table
+from coserve_jax.workload.trace import make_trace
 
 log = logging.getLogger("coserve_jax")
 
@@ -116,98 +121,20 @@ def plan_output_path(output: str | None) -> Path | None:
     return Path(os.path.expandvars(os.path.expanduser(str(output))))
 
 
-# ---- memory arithmetic for one executor layout ----------------------------------------------------
-@dataclasses.dataclass(frozen=True)
-class Layout:
-    """What N experts mean for one set of executor counts (the fast kind's pools).
-
-    The engine gives every executor kind the same ``expert_fraction`` of its share, so the
-    fraction must also leave the other kinds' pools room for the largest expert (``min_fraction``)
-    and their batch reserve room for a batch of one (``max_fraction``).
-    """
-
-    executors: dict[str, int]
-    fast_kind: str
-    budget_bytes: int          # the fast kind's budget, shared evenly by its executors
-    sizes_by_usage: tuple[int, ...]
-    min_fraction: float
-    max_fraction: float
-    n_min: int
-    n_max: int
-    slow_fraction: float | None  # CPU beside GPU: reserve-the-maximum-batch fraction
-
-    def fraction(self, n_experts: int) -> float:
-        """``expert_fraction`` for N experts, rounded up to 6 decimals (what the plan stores)."""
-        f = search.fraction_for_experts(self.sizes_by_usage, n_experts, self.budget_bytes,
-                                        self.executors[self.fast_kind])
-        return min(math.ceil(max(f, self.min_fraction) * 1e6) / 1e6, 0.999999)
-
-
-def kind_shares(cfg: RunConfig, total_bytes: int, executors: dict[str, int]) -> dict[str, int]:
-    """Bytes per executor of each kind, as ``engine.build.plan_executors`` splits budgets."""
-    hw = cfg.hardware
-    out = {}
-    for kind, n in executors.items():
-        if kind == "cpu" and "gpu" in executors:
-            if hw.cpu_pool_budget is None:
-                raise ConfigError("hardware.cpu_pool_budget: required when CPU executors run beside GPU ones")
-            out[kind] = parse_bytes(hw.cpu_pool_budget, "hardware.cpu_pool_budget", total_bytes) // n
-        else:
-            out[kind] = parse_bytes(hw.device_budget, "hardware.device_budget", total_bytes) // n
-    return out
-
-
-def layout_for(cfg: RunConfig, graph: Any, cost: CostModel, executors: dict[str, int],
-               max_experts_cap: int | None = None) -> Layout:
-    """Budgets, the feasible range of N, and the slow processors' split for these counts."""
-    total = graph.total_bytes
-    fast = "gpu" if "gpu" in executors else "cpu"
-    shares = kind_shares(cfg, total, executors)
-    usage = graph.usage_probs()
-    order = sorted(usage, key=lambda e: (-usage[e], e))  # as RoundRobinByUsage deals them
-    sizes = tuple(int(graph.experts[e].param_bytes) for e in order)
-    archs = sorted({e.arch for e in graph.experts.values()})
-    largest = max(sizes)
-    f_lo = max(largest / share for share in shares.values())
-    f_hi = min(1 - max(cost.activation_bytes(k, a, 1) for a in archs) / share for k, share in shares.items())
-    if f_lo > f_hi:
-        raise ConfigError(f"hardware.device_budget: with executors {search.format_executors(executors)} no "
-                          f"expert_fraction leaves every pool the largest expert plus a batch of one "
-                          f"(shares {shares} B); raise the budgets or use fewer executors")
-    budget = shares[fast] * executors[fast]
-    n_max = search.max_experts(sizes, budget, executors[fast], max_fraction=f_hi)
-    if max_experts_cap is not None:
-        n_max = min(n_max, max_experts_cap)
-    slow = None
-    if fast == "gpu" and executors.get("cpu"):
-        act = max(cost.activation_bytes("cpu", a, cost.max_batch("cpu", a)) for a in archs)
-        try:
-            slow = search.reserve_max_batch_fraction(shares["cpu"], act)
-        except ValueError as e:
-            raise ConfigError(f"hardware.cpu_pool_budget: {e}") from None
-    return Layout(dict(executors), fast, budget, sizes, f_lo, f_hi,
-                  search.min_experts(sizes, executors[fast]), n_max, slow)
-
-
 # ---- the job ------------------------------------------------------------------------------------
 def run_plan_job(cfg: DictConfig, out_dir: str | Path, progress: bool = True) -> dict[str, Any]:
     """Sweep executor counts, search the memory split, write the plan; return results.json."""
-    from coserve_jax.api import ArmRunner, as_run_config, make_trace
-
     run_cfg, resolved = as_run_config(cfg)
     settings = PlannerSettings.from_mapping(dict(run_cfg.planner))
     arm = _planner_arm(run_cfg, settings.arm)
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    out = run_dir(out_dir)
     n_sample = settings.sample_requests or run_cfg.workload.num_requests
     sample_seed = settings.sample_seed if settings.sample_seed is not None else run_cfg.workload.seed + 1000
     sample_cfg = dataclasses.replace(run_cfg, workload=dataclasses.replace(
         run_cfg.workload, num_requests=n_sample, seed=sample_seed, trace_path=None))
-    runner = ArmRunner.prepare(sample_cfg, progress)
+    runner = prepare_runner(sample_cfg, progress)
     model, cost = runner.model, runner.cost
     sample = make_trace(sample_cfg, model.graph)
-    from coserve_jax.engine.build import plan_executors
-
     images = runner.images(sample)
     measured: list[dict[str, Any]] = []  # every configuration measured, in order
     repeats = settings.repeats if run_cfg.backend.name == "real" else 1  # the simulator repeats itself exactly
@@ -367,9 +294,7 @@ def run_plan_job(cfg: DictConfig, out_dir: str | Path, progress: bool = True) ->
         "measurements": measured,
         "files": {"tables": [f"{t.name}.md" for t in tables], "plots": [p.name for p in pngs]},
     }
-    write_json_atomic(out / "results.json", results)
-    write_json_atomic(out / "profile.json", cost.profile)
-    (out / "resolved_config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.create(resolved)) if resolved else "")
+    write_run_record(out, results, resolved, profile=cost.profile)
     print()
     for t in tables:
         print(to_markdown(t))
@@ -405,7 +330,7 @@ def _pick_from(m: dict[str, Any], default_fraction: float | None, layout: Layout
 
 
 def _plan_yaml(plan: dict[str, Any]) -> str:
-    head = ("# Allocation plan written by python -m coserve_jax.run +experiment=plan (coserve_jax.profiler.plan_job).\n"
+    head = ("# Allocation plan written by python -m coserve_jax.run +experiment=plan (coserve_jax.jobs.plan).\n"
             "# The arm coserve_best reads executors and expert_fraction from this file.\n")
     return head + OmegaConf.to_yaml(OmegaConf.create(plan))
 
@@ -419,8 +344,6 @@ class _bar:
     def __enter__(self) -> Callable[[str], None] | None:
         if not self.on:
             return None
-        from tqdm.auto import tqdm
-
         self.tq = tqdm(total=self.total, desc=self.desc, unit="run", leave=False, disable=None)
 
         def step(text: str) -> None:

@@ -26,13 +26,20 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import jax
 import numpy as np
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
+from tqdm.auto import tqdm
 
-from coserve_jax.config import ConfigError
-from coserve_jax.metrics.results import git_sha, write_json_atomic
+from coserve_jax.config import ConfigError, as_run_config
+from coserve_jax.jobs.rundir import run_dir, write_run_record
+from coserve_jax.metrics.results import git_sha
+from coserve_jax.profiler.microbench import measure_loads, measure_profile
 from coserve_jax.report.profile_tables import loads_table, summary_table, usage_table
 from coserve_jax.report.table_render import to_markdown, write_table
+from coserve_jax.runner.devices import configure_jax_devices
+from coserve_jax.runner.model import load_model, make_runtime
+from coserve_jax.workload.trace import make_trace
 
 log = logging.getLogger("coserve_jax")
 
@@ -65,8 +72,6 @@ def usage_gap(a: Mapping[str, float], b: Mapping[str, float]) -> float:
 # ---- the job ------------------------------------------------------------------------------------
 def run_profile_job(cfg: DictConfig, out_dir: str | Path, progress: bool = True) -> dict[str, Any]:
     """Measure this machine's profile of the configured trained CoE; write profile.json."""
-    from coserve_jax.api import as_run_config, configure_jax_devices, load_model, make_runtime, make_trace
-
     run_cfg, resolved = as_run_config(cfg)
     if run_cfg.model.kind != "demo":
         raise ConfigError(f"model: the profile job measures a trained zoo (model.kind=demo); "
@@ -85,13 +90,7 @@ def run_profile_job(cfg: DictConfig, out_dir: str | Path, progress: bool = True)
     router_sample = int(prof_cfg.get("router_sample") or 0)
     hw = run_cfg.hardware
     configure_jax_devices(hw.cpu_devices)
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-
-    import jax
-
-    from coserve_jax.profiler.microbench import measure_loads, measure_profile
-
+    out = run_dir(out_dir)
     model = load_model(run_cfg, progress)
     rt = make_runtime(run_cfg, model)
     try:
@@ -154,7 +153,6 @@ def run_profile_job(cfg: DictConfig, out_dir: str | Path, progress: bool = True)
     tables = [summary_table(summary), loads_table(summary), usage_table(summary)]
     for t in tables:
         write_table(t, out)
-    write_json_atomic(out / "profile.json", prof)
     results = {
         "experiment": run_cfg.experiment,
         "job": "profile",
@@ -167,8 +165,7 @@ def run_profile_job(cfg: DictConfig, out_dir: str | Path, progress: bool = True)
         "profile": summary,
         "profile_path": str(out / "profile.json"),
     }
-    write_json_atomic(out / "results.json", results)
-    (out / "resolved_config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.create(resolved)) if resolved else "")
+    write_run_record(out, results, resolved, profile=prof)
     print()
     for t in tables:
         print(to_markdown(t))
@@ -192,8 +189,6 @@ def route_with_router(zoo: Any, requests: Sequence[Any], progress: bool = False)
     stage: dict[str, list[int]] = {}
     for i, r in enumerate(requests):
         stage.setdefault(graph.preliminary(r.component_type), []).append(i)
-    from tqdm.auto import tqdm
-
     bar = tqdm(desc="router sample", unit="expert", leave=False, disable=not progress or None)
     while stage:
         nxt: dict[str, list[int]] = {}

@@ -1,0 +1,48 @@
+"""The model a run serves — a trained zoo of Orbax checkpoints or a paper-scale graph (simulator
+only) — and the JAX runtime that serves a trained zoo's experts."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+from coserve_jax.coe.graph import CoEGraph
+from coserve_jax.coe.paper import build_paper_graph
+from coserve_jax.coe.zoo import Zoo, build_or_load_zoo, zoo_config
+from coserve_jax.config import RunConfig
+from coserve_jax.engine.real import Runtime
+
+
+@dataclasses.dataclass
+class Model:
+    graph: CoEGraph
+    zoo: Zoo | None = None  # the trained demo CoE; None for a paper-scale graph
+
+    @property
+    def trained(self) -> bool:
+        return self.zoo is not None
+
+
+def load_model(cfg: RunConfig, progress: bool = True) -> Model:
+    """The configured CoE: a paper board's graph, or the demo zoo (built once, then cached)."""
+    if cfg.model.kind == "paper":
+        return Model(build_paper_graph(cfg.model.board, seed=cfg.model.seed,
+                                       tail_types=cfg.model.tail_types))
+    zoo = build_or_load_zoo(zoo_config(dict(cfg.model.zoo), seed=cfg.model.seed), progress=progress)
+    return Model(zoo.graph, zoo)
+
+
+def make_runtime(cfg: RunConfig, model: Model) -> Runtime:
+    """The real backend's runtime for a trained zoo: devices, jitted forwards, checkpoint readers."""
+    return Runtime(model.zoo, cfg.backend.compilation_cache_dir, load_processes=cfg.backend.load_processes)
+
+
+def zoo_summary(model: Model) -> dict[str, Any]:
+    """results.json's ``zoo`` block: experts, bytes, component types (and a trained zoo's accuracy)."""
+    g = model.graph
+    out: dict[str, Any] = {"num_experts": len(g.experts), "total_bytes": g.total_bytes,
+                           "num_component_types": len(g.components)}
+    if model.trained:
+        out["accuracy"] = model.zoo.manifest.get("accuracy")
+        out["root"] = str(model.zoo.root)
+    return out
