@@ -14,10 +14,15 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from coserve_jax.config import ConfigError, NoFeasibleArmError
+from coserve_jax.config import ConfigError, NoFeasibleArmError, register_schema
 from coserve_jax.jobs import run_job
 
 log = logging.getLogger("coserve_jax")
+
+# Hydra composes conf/ onto the typed schema (coserve_jax/config/schema.py): a wrong type or an
+# unknown key stops the run while it composes, naming the field. Every job then starts by
+# checking the rest (as_run_config), before any work.
+register_schema()
 
 
 @hydra.main(config_path="../conf", config_name="config", version_base="1.3")

@@ -12,7 +12,8 @@ from coserve_jax.api import run_experiment
 from coserve_jax.config import ConfigError, compose
 from coserve_jax.engine.sim import SimBackend
 from coserve_jax.jobs import run_job
-from coserve_jax.jobs.plan import PlannerSettings, plan_output_path
+from coserve_jax.config import PlannerConfig as PlannerSettings
+from coserve_jax.jobs.plan import plan_output_path
 
 PAPER_SIM = ["model=pcb_paper_a", "hardware=numa_3080ti", "backend=sim", "workload.interval_ms=4"]
 
@@ -47,7 +48,7 @@ def test_plan_job_writes_plan_tables_plots_and_results(plan_run):
 
 
 def search_executors(name):
-    from coserve_jax.profiler.search import parse_executors
+    from coserve_jax.config import parse_executors
 
     return parse_executors(name)
 

@@ -46,8 +46,8 @@ def test_max_drift_must_be_a_positive_number(value):
 
     with pytest.raises(ConfigError, match=r"profiler\.max_drift"):
         as_run_config([f"profiler.max_drift={value}"])
-    assert as_run_config([])[0].profiler["max_drift"] == 0.25
-    assert as_run_config(["profiler.max_drift=null"])[0].profiler["max_drift"] is None
+    assert as_run_config([])[0].profiler.max_drift == 0.25
+    assert as_run_config(["profiler.max_drift=null"])[0].profiler.max_drift is None
 
 
 @pytest.fixture(scope="module")

@@ -82,3 +82,12 @@ def test_cache_dir_env(monkeypatch, tmp_path):
 def test_bad_config_names_field():
     with pytest.raises(ValueError, match="num_detectors"):
         ZooConfig.tiny(num_detectors=10)
+
+
+def test_the_model_zoo_node_is_typed_with_every_zoo_config_field():
+    """``model.zoo`` (config.ZooOverrides) lists ZooConfig's fields, plus the preset, so an
+    override like model.zoo.num_types=64 composes without '+' and a typo fails while composing."""
+    from coserve_jax.config import ZooOverrides
+
+    assert ({f.name for f in dataclasses.fields(ZooOverrides)}
+            == {f.name for f in dataclasses.fields(ZooConfig)} | {"preset"})

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -9,8 +10,12 @@ import sys
 
 import pytest
 
-from coserve_jax.config import ConfigError, compose
-from coserve_jax.jobs.zoo import eval_settings, run_zoo_job
+from coserve_jax.config import ConfigError, ZooEvalConfig, compose
+from coserve_jax.jobs.zoo import run_zoo_job
+
+
+def eval_settings(raw):  # the zoo_eval node, checked (config.ZooEvalConfig), as results.json records it
+    return dataclasses.asdict(ZooEvalConfig.from_mapping(raw))
 
 
 def test_eval_settings_name_the_field():

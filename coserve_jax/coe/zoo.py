@@ -431,17 +431,16 @@ class Zoo:
 
 
 def zoo_config(overrides: Mapping[str, Any] | None = None, seed: int = 0) -> ZooConfig:
-    """ZooConfig from Hydra's ``model.zoo`` mapping; ``preset: tiny`` starts from ZooConfig.tiny."""
-    from coserve_jax.config import ConfigError
-
+    """ZooConfig from Hydra's ``model.zoo`` mapping; ``preset: tiny`` starts from ZooConfig.tiny.
+    A bad value is a ValueError naming the field (the runner reports it as a ConfigError)."""
     kw = dict(overrides or {})
     preset = kw.pop("preset", None)
     if preset not in (None, "tiny"):
-        raise ConfigError(f"model.zoo.preset: must be null or 'tiny', got {preset!r}")
+        raise ValueError(f"model.zoo.preset: must be null or 'tiny', got {preset!r}")
     known = {f.name for f in dataclasses.fields(ZooConfig)}
     unknown = sorted(set(kw) - known)
     if unknown:
-        raise ConfigError(f"model.zoo: unknown key(s) {unknown}; known: {sorted(known)}")
+        raise ValueError(f"model.zoo: unknown key(s) {unknown}; known: {sorted(known)}")
     for key in ("classifier_arch", "detector_arch"):
         if isinstance(kw.get(key), Mapping):
             kw[key] = ArchSpec.from_dict(dict(kw[key]))
@@ -449,4 +448,4 @@ def zoo_config(overrides: Mapping[str, Any] | None = None, seed: int = 0) -> Zoo
     try:
         return ZooConfig.tiny(**kw) if preset == "tiny" else ZooConfig(**kw)
     except (TypeError, ValueError) as e:
-        raise ConfigError(f"model.zoo: {e}") from None
+        raise ValueError(f"model.zoo: {e}") from None

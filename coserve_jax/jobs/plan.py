@@ -47,7 +47,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 from tqdm.auto import tqdm
 
-from coserve_jax.config import ArmConfig, ConfigError, RunConfig, as_run_config
+from coserve_jax.config import ArmConfig, ConfigError, RunConfig, as_run_config, format_executors, parse_executors
 from coserve_jax.engine.build import plan_executors
 from coserve_jax.jobs.prepare import prepare_runner
 from coserve_jax.jobs.rundir import run_dir, write_run_record
@@ -61,59 +61,6 @@ from coserve_jax.workload.trace import make_trace
 log = logging.getLogger("coserve_jax")
 
 
-# ---- settings -----------------------------------------------------------------------------------
-@dataclasses.dataclass(frozen=True)
-class PlannerSettings:
-    """``cfg.planner`` validated (conf/planner/default.yaml documents every field)."""
-
-    arm: str = "coserve"
-    sample_requests: int | None = 1000  # None: workload.num_requests
-    sample_seed: int | None = None
-    repeats: int = 3
-    w0: float = 15.0
-    error_margin: float = 0.05
-    refine_points: int = 3
-    max_experts: int | None = None
-    keep_best_measured: bool = True
-    candidates: tuple[str, ...] | None = None
-    sweep_expert_fraction: float | None = None
-    output: str | None = None
-
-    @classmethod
-    def from_mapping(cls, raw: dict[str, Any]) -> PlannerSettings:
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(raw) - names)
-        if unknown:
-            raise ConfigError(f"planner: unknown key(s) {unknown}; known: {sorted(names)}")
-        s = cls(**raw)
-        if s.sample_requests is not None and (not isinstance(s.sample_requests, int) or s.sample_requests < 1):
-            raise ConfigError(f"planner.sample_requests: must be a whole number >= 1, got {s.sample_requests!r}")
-        if not isinstance(s.repeats, int) or s.repeats < 1:
-            raise ConfigError(f"planner.repeats: must be a whole number >= 1, got {s.repeats!r}")
-        if not isinstance(s.w0, (int, float)) or not 0 < s.w0 < 100:
-            raise ConfigError(f"planner.w0: must be in (0, 100) experts, got {s.w0!r}")
-        if not isinstance(s.error_margin, (int, float)) or not 0 < s.error_margin < 1:
-            raise ConfigError(f"planner.error_margin: must be in (0, 1), got {s.error_margin!r}")
-        if not isinstance(s.refine_points, int) or s.refine_points < 0:
-            raise ConfigError(f"planner.refine_points: must be a whole number >= 0, got {s.refine_points!r}")
-        if s.max_experts is not None and (not isinstance(s.max_experts, int) or s.max_experts < 1):
-            raise ConfigError(f"planner.max_experts: must be null or a whole number >= 1, got {s.max_experts!r}")
-        f = s.sweep_expert_fraction
-        if f is not None and (not isinstance(f, (int, float)) or not 0 < f < 1):
-            raise ConfigError(f"planner.sweep_expert_fraction: must be null or in (0, 1), got {f!r}")
-        cands = s.candidates
-        if cands is not None:
-            if isinstance(cands, str):
-                cands = [cands]
-            try:
-                cands = tuple(search.format_executors(search.parse_executors(c)) for c in cands)
-            except ValueError as e:
-                raise ConfigError(str(e)) from None
-            if not cands:
-                raise ConfigError("planner.candidates: list at least one candidate, or null for the defaults")
-        return dataclasses.replace(s, w0=float(s.w0), error_margin=float(s.error_margin), candidates=cands)
-
-
 def plan_output_path(output: str | None) -> Path | None:
     """``planner.output`` with ``~`` and environment variables expanded (None: no copy)."""
     if output in (None, ""):
@@ -122,10 +69,10 @@ def plan_output_path(output: str | None) -> Path | None:
 
 
 # ---- the job ------------------------------------------------------------------------------------
-def run_plan_job(cfg: DictConfig, out_dir: str | Path, progress: bool = True) -> dict[str, Any]:
+def run_plan_job(cfg: RunConfig | DictConfig, out_dir: str | Path, progress: bool = True) -> dict[str, Any]:
     """Sweep executor counts, search the memory split, write the plan; return results.json."""
     run_cfg, resolved = as_run_config(cfg)
-    settings = PlannerSettings.from_mapping(dict(run_cfg.planner))
+    settings = run_cfg.planner
     arm = _planner_arm(run_cfg, settings.arm)
     out = run_dir(out_dir)
     n_sample = settings.sample_requests or run_cfg.workload.num_requests
@@ -150,13 +97,13 @@ def run_plan_job(cfg: DictConfig, out_dir: str | Path, progress: bool = True) ->
                 rows.append(summary)
         except ConfigError as e:  # e.g. a share too small for the largest expert plus a batch
             log.warning("plan: %s with expert_fraction=%s is infeasible: %s",
-                        search.format_executors(executors), fraction, e)
-            measured.append({"stage": stage, "executors": search.format_executors(executors),
+                        format_executors(executors), fraction, e)
+            measured.append({"stage": stage, "executors": format_executors(executors),
                              "expert_fraction": fraction, "throughput_rps": 0.0, "error": str(e)})
             return 0.0
         samples = [float(r["throughput_rps"]) for r in rows]
         rps = float(statistics.median(samples))
-        measured.append({"stage": stage, "executors": search.format_executors(executors),
+        measured.append({"stage": stage, "executors": format_executors(executors),
                          "expert_fraction": fraction, "throughput_rps": rps, "samples_rps": samples,
                          "switches": statistics.median(r["switches"]["count"] for r in rows),
                          "failed": max(r["requests"]["failed"] for r in rows)})
@@ -184,7 +131,7 @@ def run_plan_job(cfg: DictConfig, out_dir: str | Path, progress: bool = True) ->
     # 1. executor counts
     has_gpu = "gpu" in run_cfg.hardware.executors
     candidates = settings.candidates or search.default_candidates(has_gpu)
-    missing = sorted({k for c in candidates for k in search.parse_executors(c) if k not in cost.kinds})
+    missing = sorted({k for c in candidates for k in parse_executors(c) if k not in cost.kinds})
     if missing:
         raise ConfigError(f"planner.candidates: the profile has no figures for {missing} executors "
                           f"(it has {list(cost.kinds)}); list candidates of those kinds only")
@@ -193,15 +140,15 @@ def run_plan_job(cfg: DictConfig, out_dir: str | Path, progress: bool = True) ->
     infeasible: set[str] = set()
 
     def measure_candidate(ex: dict[str, int]) -> float:
-        f = sweep_fractions[search.format_executors(ex)] = sweep_fraction_for(ex)
+        f = sweep_fractions[format_executors(ex)] = sweep_fraction_for(ex)
         rps = measure(ex, f, "executor_sweep")
         if "error" in measured[-1]:
-            infeasible.add(search.format_executors(ex))
+            infeasible.add(format_executors(ex))
         return rps
 
     with _bar(progress, len(candidates), "executor sweep") as bar:
         sweep = search.executor_sweep(candidates, measure_candidate, progress=bar)
-    chosen_ex = search.parse_executors(sweep.chosen)
+    chosen_ex = parse_executors(sweep.chosen)
 
     # 2. memory split for the chosen counts
     layout = layout_for(run_cfg, model.graph, cost, chosen_ex, settings.max_experts)
@@ -226,7 +173,7 @@ def run_plan_job(cfg: DictConfig, out_dir: str | Path, progress: bool = True) ->
                               else run_cfg.hardware.expert_fraction))
     pick_layout = layout
     if settings.keep_best_measured and pick["throughput_rps"] < (1 - settings.error_margin) * best["throughput_rps"]:
-        pick_layout = layout_for(run_cfg, model.graph, cost, search.parse_executors(best["executors"]),
+        pick_layout = layout_for(run_cfg, model.graph, cost, parse_executors(best["executors"]),
                                  settings.max_experts)
         pick = _pick_from(best, default_fraction, pick_layout)
     pick_vs_best = pick["throughput_rps"] / best["throughput_rps"] if best["throughput_rps"] > 0 else 1.0
@@ -317,7 +264,7 @@ def _pick_from(m: dict[str, Any], default_fraction: float | None, layout: Layout
     """The best measured configuration as a plan (keep_best_measured fallback). A sweep
     measurement's split is the sweep's (``default_fraction`` where it ran with null); N is then
     the number of experts by usage that split's pools hold (``layout``: the pick's executors)."""
-    ex = search.parse_executors(m["executors"])
+    ex = parse_executors(m["executors"])
     f = m["expert_fraction"] if m["expert_fraction"] is not None else default_fraction
     n = None
     if m["stage"].startswith("decay_window:"):

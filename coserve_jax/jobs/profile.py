@@ -31,7 +31,7 @@ import numpy as np
 from omegaconf import DictConfig
 from tqdm.auto import tqdm
 
-from coserve_jax.config import ConfigError, as_run_config
+from coserve_jax.config import ConfigError, RunConfig, as_run_config
 from coserve_jax.jobs.rundir import run_dir, write_run_record
 from coserve_jax.metrics.results import git_sha
 from coserve_jax.profiler.microbench import measure_loads, measure_profile
@@ -42,8 +42,6 @@ from coserve_jax.runner.model import load_model, make_runtime
 from coserve_jax.workload.trace import make_trace
 
 log = logging.getLogger("coserve_jax")
-
-DEFAULT_HELDOUT = (3, 6, 12, 24)
 
 
 # ---- pure summaries -----------------------------------------------------------------------------
@@ -70,24 +68,15 @@ def usage_gap(a: Mapping[str, float], b: Mapping[str, float]) -> float:
 
 
 # ---- the job ------------------------------------------------------------------------------------
-def run_profile_job(cfg: DictConfig, out_dir: str | Path, progress: bool = True) -> dict[str, Any]:
+def run_profile_job(cfg: RunConfig | DictConfig, out_dir: str | Path, progress: bool = True) -> dict[str, Any]:
     """Measure this machine's profile of the configured trained CoE; write profile.json."""
     run_cfg, resolved = as_run_config(cfg)
     if run_cfg.model.kind != "demo":
         raise ConfigError(f"model: the profile job measures a trained zoo (model.kind=demo); "
                           f"{run_cfg.model.name!r} is kind {run_cfg.model.kind!r} (paper-scale graphs "
                           "use hardware.paper_profile in the simulator)")
-    prof_cfg = dict(run_cfg.profiler)
-    batch_sizes = tuple(int(n) for n in prof_cfg.get("batch_sizes") or (1, 2, 4, 8, 16, 32))
-    heldout = tuple(int(n) for n in prof_cfg.get("heldout_batch_sizes") or DEFAULT_HELDOUT)
-    overlap = sorted(set(batch_sizes) & set(heldout))
-    if overlap:
-        raise ConfigError(f"profiler.heldout_batch_sizes: {overlap} are also in profiler.batch_sizes; "
-                          "held-out sizes must be left out of the fit")
-    repeats = int(prof_cfg.get("repeats") or 3)
-    warmup = int(prof_cfg.get("warmup") if prof_cfg.get("warmup") is not None else 2)
-    load_samples = int(prof_cfg.get("load_samples") or 3)
-    router_sample = int(prof_cfg.get("router_sample") or 0)
+    p = run_cfg.profiler
+    batch_sizes, heldout, load_samples, router_sample = p.batch_sizes, p.heldout_batch_sizes, p.load_samples, p.router_sample
     hw = run_cfg.hardware
     configure_jax_devices(hw.cpu_devices)
     out = run_dir(out_dir)
@@ -96,9 +85,9 @@ def run_profile_job(cfg: DictConfig, out_dir: str | Path, progress: bool = True)
     try:
         kinds = sorted(hw.executors)
         t0 = time.perf_counter()
-        prof = measure_profile(rt, kinds, batch_sizes=batch_sizes, repeats=repeats, load_samples=load_samples,
+        prof = measure_profile(rt, kinds, batch_sizes=batch_sizes, repeats=p.repeats, load_samples=load_samples,
                                drop_cache=hw.drop_page_cache, seed=run_cfg.seed, progress=progress,
-                               heldout_sizes=heldout, warmup=warmup, executors=dict(hw.executors))
+                               heldout_sizes=heldout, warmup=p.warmup, executors=dict(hw.executors))
         # The other page-cache setting, so both load fits are on record.
         other = not hw.drop_page_cache
         variants: dict[str, Any] = {k: {_pc(hw.drop_page_cache): prof["kinds"][k]["loads"]} for k in kinds}

@@ -11,36 +11,21 @@ or ``reused: true`` — and prints a short summary.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig
 
-from coserve_jax.coe.zoo import build_or_load_zoo, zoo_config
-from coserve_jax.config import ConfigError, as_run_config
+from coserve_jax.coe.zoo import build_or_load_zoo
+from coserve_jax.config import ConfigError, RunConfig, as_run_config
 from coserve_jax.jobs.rundir import run_dir, write_run_record
 from coserve_jax.metrics.results import git_sha
+from coserve_jax.runner.model import zoo_config_of
 
 log = logging.getLogger("coserve_jax")
-
-DEFAULT_EVAL = {"num_boards": 10, "seed": 1234}
-
-
-def eval_settings(raw: Mapping[str, Any] | None) -> dict[str, int]:
-    """``zoo_eval`` knobs, validated (errors name the field)."""
-    node = dict(DEFAULT_EVAL, **dict(raw or {}))
-    unknown = sorted(set(node) - set(DEFAULT_EVAL))
-    if unknown:
-        raise ConfigError(f"zoo_eval: unknown key(s) {unknown}; known: {sorted(DEFAULT_EVAL)}")
-    for key in DEFAULT_EVAL:
-        v = node[key]
-        if not isinstance(v, int) or isinstance(v, bool) or v < (1 if key == "num_boards" else 0):
-            raise ConfigError(f"zoo_eval.{key}: must be a whole number >= {1 if key == 'num_boards' else 0}, "
-                              f"got {v!r}")
-    return {k: int(node[k]) for k in DEFAULT_EVAL}
 
 
 def bytes_by_role_arch(zoo: Any) -> dict[str, dict[str, int]]:
@@ -54,16 +39,16 @@ def bytes_by_role_arch(zoo: Any) -> dict[str, dict[str, int]]:
     return dict(sorted(out.items()))
 
 
-def run_zoo_job(cfg: DictConfig, out_dir: str | Path, progress: bool = True) -> dict[str, Any]:
+def run_zoo_job(cfg: RunConfig | DictConfig, out_dir: str | Path, progress: bool = True) -> dict[str, Any]:
     """Build (or reuse) the configured demo zoo, evaluate it on held-out boards, write results.json."""
     run_cfg, resolved = as_run_config(cfg)
     if run_cfg.model.kind != "demo":
         raise ConfigError(f"model: the zoo job builds a trained demo zoo (model.kind=demo, e.g. model=pcb_demo "
                           f"or model=pcb_tiny); {run_cfg.model.name!r} is kind {run_cfg.model.kind!r}")
-    settings = eval_settings(cfg.get("zoo_eval"))
+    settings = dataclasses.asdict(run_cfg.zoo_eval)
     out = run_dir(out_dir)
 
-    zcfg = zoo_config(dict(run_cfg.model.zoo), seed=run_cfg.model.seed)
+    zcfg = zoo_config_of(run_cfg)
     reused = (Path(zcfg.cache_dir).expanduser() / zcfg.config_hash() / "manifest.json").is_file()
     t0 = time.perf_counter()
     zoo = build_or_load_zoo(zcfg, progress=progress)

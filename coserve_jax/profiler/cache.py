@@ -18,7 +18,7 @@ from coserve_jax.cost.model import CostModel
 from coserve_jax.cost.paper_profiles import paper_profile
 from coserve_jax.metrics.results import write_json_atomic
 from coserve_jax.profiler.microbench import PATHS_VERSION, measure_profile
-from coserve_jax.profiler.trust import DEFAULT_MAX_DRIFT, check_profile, profile_age
+from coserve_jax.profiler.trust import check_profile, profile_age
 from coserve_jax.runner.model import Model, make_runtime
 
 log = logging.getLogger(__name__)
@@ -54,14 +54,13 @@ def load_cost_model(cfg: RunConfig, model: Model, runtime: Any = None, progress:
     if not model.trained:
         raise ConfigError("hardware.profile: a paper-scale model needs hardware.profile or hardware.paper_profile")
     kinds = sorted(hw.executors)
-    settings = {k: cfg.profiler.get(k) for k in ("batch_sizes", "repeats", "load_samples")}
+    p = cfg.profiler
     path = profile_cache_path(cfg, model)
-    max_drift = cfg.profiler.get("max_drift", DEFAULT_MAX_DRIFT)
+    max_drift = p.max_drift
     rt = runtime
 
     def measure() -> CostModel:
-        prof = measure_profile(rt, kinds, batch_sizes=tuple(settings["batch_sizes"] or (1, 2, 4, 8, 16, 32)),
-                               repeats=int(settings["repeats"] or 3), load_samples=int(settings["load_samples"] or 3),
+        prof = measure_profile(rt, kinds, batch_sizes=p.batch_sizes, repeats=p.repeats, load_samples=p.load_samples,
                                drop_cache=hw.drop_page_cache, seed=cfg.seed, progress=progress,
                                executors=dict(hw.executors))
         write_json_atomic(path, prof)
@@ -73,7 +72,7 @@ def load_cost_model(cfg: RunConfig, model: Model, runtime: Any = None, progress:
     trust: dict[str, Any] = {"source": "cached", "path": str(path), "max_drift_allowed": max_drift,
                              "checked": False, "refreshed": False}
     try:
-        if path.exists() and not cfg.profiler.get("refresh", False):
+        if path.exists() and not p.refresh:
             cost = CostModel.load(path)
             trust["age_s"], trust["age_from"] = profile_age(cost.profile, path)
             if cfg.backend.name != "real" or max_drift is None:
@@ -110,7 +109,8 @@ def profile_cache_path(cfg: RunConfig, model: Model) -> Path:
     """Where this machine's measured profile of a trained zoo is cached (keyed by what it measured)."""
     hw = cfg.hardware
     kinds = sorted(hw.executors)
-    settings = {k: cfg.profiler.get(k) for k in ("batch_sizes", "repeats", "load_samples")}
+    p = cfg.profiler
+    settings = {"batch_sizes": list(p.batch_sizes), "repeats": p.repeats, "load_samples": p.load_samples}
     key = json.dumps({"devices": [str(d) for d in jax.devices()], "kinds": kinds, "settings": settings,
                       "drop": hw.drop_page_cache, "jax": jax.__version__,
                       "reader_processes": cfg.backend.load_processes > 0, "paths": PATHS_VERSION,

@@ -9,7 +9,7 @@ import dataclasses
 import math
 from typing import Any
 
-from coserve_jax.config import ConfigError, RunConfig, parse_bytes
+from coserve_jax.config import ConfigError, RunConfig, format_executors, parse_bytes
 from coserve_jax.cost.model import CostModel
 from coserve_jax.profiler import search
 
@@ -68,7 +68,7 @@ def layout_for(cfg: RunConfig, graph: Any, cost: CostModel, executors: dict[str,
     f_lo = max(largest / share for share in shares.values())
     f_hi = min(1 - max(cost.activation_bytes(k, a, 1) for a in archs) / share for k, share in shares.items())
     if f_lo > f_hi:
-        raise ConfigError(f"hardware.device_budget: with executors {search.format_executors(executors)} no "
+        raise ConfigError(f"hardware.device_budget: with executors {format_executors(executors)} no "
                           f"expert_fraction leaves every pool the largest expert plus a batch of one "
                           f"(shares {shares} B); raise the budgets or use fewer executors")
     budget = shares[fast] * executors[fast]

@@ -39,37 +39,17 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import re
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import numpy as np
 
+# Candidates are spelled "3G+1C" ({gpu: 3, cpu: 1}): the config's spelling, part of the search's vocabulary.
+from coserve_jax.config import format_executors, parse_executors  # noqa: F401
+
 # ---- executor counts ------------------------------------------------------------------------
 GPU_CANDIDATES = ("1G+1C", "2G+1C", "3G+1C", "4G+1C", "5G+1C", "3G+2C", "4G+2C")
 CPU_CANDIDATES = ("1C", "2C", "3C", "4C")
-_KIND_LETTER = {"gpu": "G", "cpu": "C"}
-_LETTER_KIND = {v: k for k, v in _KIND_LETTER.items()}
-
-
-def format_executors(executors: Mapping[str, int]) -> str:
-    """{gpu: 3, cpu: 1} -> "3G+1C" (GPU first; zero counts left out)."""
-    parts = [f"{n}{_KIND_LETTER[k]}" for k, n in sorted(executors.items(), key=lambda kv: (kv[0] != "gpu", kv[0]))
-             if n]
-    return "+".join(parts)
-
-
-def parse_executors(name: str, field: str = "planner.candidates") -> dict[str, int]:
-    """"3G+1C" -> {"gpu": 3, "cpu": 1}; raises ValueError naming ``field`` on a bad name."""
-    out: dict[str, int] = {}
-    for part in str(name).replace(" ", "").upper().split("+"):
-        m = re.fullmatch(r"(\d+)([GC])", part)
-        if not m or int(m.group(1)) < 1 or _LETTER_KIND[m.group(2)] in out:
-            raise ValueError(f"{field}: bad executor candidate {name!r}; write counts like '3G+1C' or '2C'")
-        out[_LETTER_KIND[m.group(2)]] = int(m.group(1))
-    return out
-
-
 def default_candidates(has_gpu: bool) -> tuple[str, ...]:
     """The paper's Fig. 17 candidates on GPU machines; 1C..4C on CPU-only ones."""
     return GPU_CANDIDATES if has_gpu else CPU_CANDIDATES

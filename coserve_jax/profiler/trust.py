@@ -56,7 +56,6 @@ from coserve_jax.types import Tier
 
 log = logging.getLogger(__name__)
 
-DEFAULT_MAX_DRIFT = 0.25
 CHECK_REPEATS = 5  # timed rounds; each times every figure once
 
 

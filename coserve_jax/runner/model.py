@@ -8,8 +8,8 @@ from typing import Any
 
 from coserve_jax.coe.graph import CoEGraph
 from coserve_jax.coe.paper import build_paper_graph
-from coserve_jax.coe.zoo import Zoo, build_or_load_zoo, zoo_config
-from coserve_jax.config import RunConfig
+from coserve_jax.coe.zoo import Zoo, ZooConfig, build_or_load_zoo, zoo_config
+from coserve_jax.config import ConfigError, RunConfig
 from coserve_jax.engine.real import Runtime
 
 
@@ -28,8 +28,16 @@ def load_model(cfg: RunConfig, progress: bool = True) -> Model:
     if cfg.model.kind == "paper":
         return Model(build_paper_graph(cfg.model.board, seed=cfg.model.seed,
                                        tail_types=cfg.model.tail_types))
-    zoo = build_or_load_zoo(zoo_config(dict(cfg.model.zoo), seed=cfg.model.seed), progress=progress)
+    zoo = build_or_load_zoo(zoo_config_of(cfg), progress=progress)
     return Model(zoo.graph, zoo)
+
+
+def zoo_config_of(cfg: RunConfig) -> ZooConfig:
+    """The demo zoo's ZooConfig: ``model.zoo``'s fields on its preset (errors name the field)."""
+    try:
+        return zoo_config(cfg.model.zoo.overrides(), seed=cfg.model.seed)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
 
 
 def make_runtime(cfg: RunConfig, model: Model) -> Runtime:

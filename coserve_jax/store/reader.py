@@ -33,20 +33,16 @@ import sys
 import threading
 import weakref
 from multiprocessing.connection import Connection, Pipe
-from typing import Any
 
+import jax
 import numpy as np
 
-from coserve_jax.store.checkpoint import CheckpointError
+from coserve_jax.store.checkpoint import CheckpointError, read_packed
 
 
 def _serve(conn: Connection) -> None:
     """Worker process: read requests until None (or the pipe closes)."""
-    import jax
-
     jax.config.update("jax_platforms", "cpu")  # a reader never needs (or grabs) an accelerator
-    from coserve_jax.store.checkpoint import read_packed
-
     while True:
         try:
             msg = conn.recv()
