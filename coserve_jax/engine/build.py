@@ -21,19 +21,20 @@ filled.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 from hydra.utils import instantiate
+from omegaconf import OmegaConf
 
 from coserve_jax.coe.graph import CoEGraph
-from coserve_jax.config import ArmConfig, BudgetError, ConfigError, RunConfig, parse_bytes
+from coserve_jax.config import ArmConfig, BudgetError, ConfigError, HardwareConfig, RunConfig, budget_bytes
+from coserve_jax.cost.model import CostModel
 from coserve_jax.engine.events import Backend
 from coserve_jax.engine.loop import EngineLoop
 from coserve_jax.engine.state import ExecutorState
 from coserve_jax.policies.eviction import LRU
-from coserve_jax.cost.model import CostModel
 from coserve_jax.store.pool import Pool
 from coserve_jax.types import Tier
 
@@ -58,8 +59,6 @@ def _max_batch_within(cost: CostModel, kind: str, arch: str, reserve: int) -> in
 
 def load_plan(path: str) -> dict[str, Any]:
     """A planner output (``+experiment=plan``): executors and the expert/batch memory split."""
-    from omegaconf import OmegaConf
-
     p = Path(path)
     if not p.exists():
         raise ConfigError(f"plan: no plan file at {p}; run python -m coserve_jax.run +experiment=plan first")
@@ -79,6 +78,19 @@ def apply_plan(arm: ArmConfig) -> ArmConfig:
                                expert_fraction_by_kind=plan.get("expert_fraction_by_kind"))
 
 
+def executor_share(hw: HardwareConfig, counts: Mapping[str, int], kind: str, total_bytes: int) -> tuple[int, str]:
+    """Bytes each ``kind`` executor of ``counts`` gets, and the setting they come from: CPU
+    executors beside GPU ones split ``hardware.cpu_pool_budget`` (host RAM), every other kind
+    ``hardware.device_budget``; evenly among the kind's executors. The planner splits the same way."""
+    if kind == "cpu" and "gpu" in counts:
+        if hw.cpu_pool_budget is None:
+            raise ConfigError("hardware.cpu_pool_budget: required when CPU executors run beside GPU ones")
+        name = "cpu_pool_budget"
+    else:
+        name = "device_budget"
+    return budget_bytes(hw, name, total_bytes) // counts[kind], f"hardware.{name}"
+
+
 def plan_executors(cfg: RunConfig, arm: ArmConfig, graph: CoEGraph, cost: CostModel) -> list[ExecutorPlan]:
     """Executors of an arm with their budgets, batch reserves and maximum batch sizes."""
     hw = cfg.hardware
@@ -95,17 +107,10 @@ def plan_executors(cfg: RunConfig, arm: ArmConfig, graph: CoEGraph, cost: CostMo
             raise ConfigError(f"hardware.executors.{kind}: the profile has no figures for {kind!r} executors "
                               f"(it has {list(cost.kinds)})")
 
-    def share(kind: str) -> tuple[int, str]:
-        if kind == "cpu" and "gpu" in counts:
-            if hw.cpu_pool_budget is None:
-                raise ConfigError("hardware.cpu_pool_budget: required when CPU executors run beside GPU ones")
-            return parse_bytes(hw.cpu_pool_budget, "hardware.cpu_pool_budget", total) // counts[kind], "hardware.cpu_pool_budget"
-        return parse_bytes(hw.device_budget, "hardware.device_budget", total) // counts[kind], "hardware.device_budget"
-
     plans: list[ExecutorPlan] = []
     by_kind = dict(arm.expert_fraction_by_kind or {})
     for kind in sorted(counts, key=lambda k: (k != "gpu", k)):
-        budget, field = share(kind)
+        budget, field = executor_share(hw, counts, kind, total)
         # A plan may split memory per kind (the paper: slow processors reserve the max batch).
         fraction = by_kind.get(kind, arm.expert_fraction if arm.expert_fraction is not None else hw.expert_fraction)
         for i in range(counts[kind]):
@@ -175,7 +180,7 @@ def make_pools(plans: list[ExecutorPlan], share: bool) -> list[Pool]:
 def host_cache_pool(cfg: RunConfig, graph: CoEGraph) -> Pool | None:
     if cfg.hardware.host_budget is None:
         return None
-    size = parse_bytes(cfg.hardware.host_budget, "hardware.host_budget", graph.total_bytes)
+    size = budget_bytes(cfg.hardware, "host_budget", graph.total_bytes)
     return Pool("host", "host", size)
 
 

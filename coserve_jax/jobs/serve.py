@@ -11,7 +11,7 @@ from typing import Any
 
 from omegaconf import DictConfig
 
-from coserve_jax.config import NoFeasibleArmError, RunConfig, as_run_config, parse_bytes
+from coserve_jax.config import NoFeasibleArmError, RunConfig, as_run_config, budget_bytes
 from coserve_jax.jobs.prepare import prepare_runner
 from coserve_jax.jobs.rundir import run_dir, write_run_record
 from coserve_jax.metrics.results import git_sha
@@ -88,7 +88,7 @@ def run_experiment(cfg: RunConfig | DictConfig | Sequence[str] | None = None,
             "num_requests": len(requests), "interval_ms": run_cfg.workload.interval_ms,
             "arrival": run_cfg.workload.arrival,
             "device_budget": hw.device_budget,
-            "device_budget_bytes": parse_bytes(hw.device_budget, "hardware.device_budget", total),
+            "device_budget_bytes": budget_bytes(hw, "device_budget", total),
             "host_budget": hw.host_budget, "drop_page_cache": hw.drop_page_cache,
             "routing": runner.routing, "executors": dict(hw.executors), "repeats": run_cfg.repeats,
         },

@@ -9,8 +9,9 @@ import dataclasses
 import math
 from typing import Any
 
-from coserve_jax.config import ConfigError, RunConfig, format_executors, parse_bytes
+from coserve_jax.config import ConfigError, RunConfig, format_executors
 from coserve_jax.cost.model import CostModel
+from coserve_jax.engine.build import executor_share
 from coserve_jax.profiler import search
 
 
@@ -40,26 +41,12 @@ class Layout:
         return min(math.ceil(max(f, self.min_fraction) * 1e6) / 1e6, 0.999999)
 
 
-def kind_shares(cfg: RunConfig, total_bytes: int, executors: dict[str, int]) -> dict[str, int]:
-    """Bytes per executor of each kind, as ``engine.build.plan_executors`` splits budgets."""
-    hw = cfg.hardware
-    out = {}
-    for kind, n in executors.items():
-        if kind == "cpu" and "gpu" in executors:
-            if hw.cpu_pool_budget is None:
-                raise ConfigError("hardware.cpu_pool_budget: required when CPU executors run beside GPU ones")
-            out[kind] = parse_bytes(hw.cpu_pool_budget, "hardware.cpu_pool_budget", total_bytes) // n
-        else:
-            out[kind] = parse_bytes(hw.device_budget, "hardware.device_budget", total_bytes) // n
-    return out
-
-
 def layout_for(cfg: RunConfig, graph: Any, cost: CostModel, executors: dict[str, int],
                max_experts_cap: int | None = None) -> Layout:
     """Budgets, the feasible range of N, and the slow processors' split for these counts."""
     total = graph.total_bytes
     fast = "gpu" if "gpu" in executors else "cpu"
-    shares = kind_shares(cfg, total, executors)
+    shares = {kind: executor_share(cfg.hardware, executors, kind, total)[0] for kind in executors}
     usage = graph.usage_probs()
     order = sorted(usage, key=lambda e: (-usage[e], e))  # as RoundRobinByUsage deals them
     sizes = tuple(int(graph.experts[e].param_bytes) for e in order)
