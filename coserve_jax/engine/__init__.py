@@ -1,1 +1,2 @@
-"""The engine loop (one, shared) and its backends: real (JAX, wall clock) and sim (virtual time)."""
+"""The engine loop (one, shared: ``loop.py``) and its backends: real (JAX, wall clock) and sim
+(virtual time); ``build.py`` makes an arm's loop from the config."""
