@@ -32,7 +32,9 @@ from coserve_jax.config import ArmConfig, ConfigError, RunConfig, compose, parse
 from coserve_jax.engine.build import build_engine, plan_executors
 from coserve_jax.engine.loop import Arrival
 from coserve_jax.engine.loop import Engine as LoopEngine
+from coserve_jax.metrics.records import ArmRecords, write_arm_records
 from coserve_jax.metrics.results import git_sha, write_json_atomic
+from coserve_jax.metrics.timeline import Timeline
 from coserve_jax.profiler.cost_model import CostModel
 from coserve_jax.types import Request
 from coserve_jax.workload.trace import generate_trace, load_trace, save_trace
@@ -229,8 +231,10 @@ class ArmRunner:
             backend = RealBackend(self.runtime, load_threads=self.cfg.backend.load_threads,
                                   drop_page_cache=self.cfg.hardware.drop_page_cache,
                                   stall_timeout_s=self.cfg.backend.stall_timeout_s,
-                                  fault_injector=fault_injector)
+                                  fault_injector=fault_injector, annotate=self.cfg.metrics.jax_annotations)
         engine = build_engine(self.cfg, arm, self.model.graph, self.cost, backend, self.routing)
+        if self.cfg.metrics.timeline:
+            engine.attach_timeline(Timeline(self.cfg.metrics.timeline_max_events))
         if self.cfg.backend.name == "real":
             for ex in engine.executors:
                 backend.bind_pool(ex.pool.pool_id, self.runtime.device(ex.kind, ex.device_index))
@@ -288,7 +292,8 @@ class ArmRunner:
         summary["policy"] = {k: v for k, v in dataclasses.asdict(arm).items() if v not in (None, False, "")}
         summary["executors"] = [{"id": ex.executor_id, "kind": ex.kind, "device": ex.device_index,
                                  "pool": ex.pool.pool_id, "max_batch": dict(ex.max_batches),
-                                 "batch_memory": "dynamic" if ex.dynamic_batch_memory else "reserved"}
+                                 "batch_memory": "dynamic" if ex.dynamic_batch_memory else "reserved",
+                                 "time_s": dict(ex.seconds)}
                                 for ex in engine.executors]
         if self.model.trained and self.routing == "model":
             summary["accuracy"] = accuracy(engine)
@@ -319,19 +324,27 @@ def run_experiment(cfg: RunConfig | DictConfig | Sequence[str] | None = None,
         compile_s = runner.warm_up(run_cfg.arms)
         images = runner.images(requests)
         runs: dict[str, list[dict[str, Any]]] = {arm.name: [] for arm in run_cfg.arms}
+        recorded: dict[str, list[ArmRecords]] = {arm.name: [] for arm in run_cfg.arms}
         for r in range(run_cfg.repeats):
             # Interleaved (A B C A B C ...) so that drift on a shared machine hits every arm alike.
             # An arm whose runs already add up to repeat_until_s is measured well enough.
             for arm in run_cfg.arms:
                 if r and sum(s["engine_s"] for s in runs[arm.name]) >= run_cfg.repeat_until_s:
                     continue
-                summary, _ = runner.run_arm(arm, requests, images, progress)
+                summary, engine = runner.run_arm(arm, requests, images, progress)
                 runs[arm.name].append(summary)
+                recorded[arm.name].append(ArmRecords.of(arm.name, engine, run_cfg.metrics))
                 log.info("%s (run %d/%d): %.1f img/s, %d switches", arm.name, r + 1, run_cfg.repeats,
                          summary["throughput_rps"], summary["switches"]["count"])
     finally:
         runner.close()
     arms = {name: median_run(rs) for name, rs in runs.items()}
+    records = write_arm_records(out, run_cfg.metrics, {name: recorded[name][arm.get("repeats", {}).get("kept", 0)]
+                                                       for name, arm in arms.items()},
+                                {"backend": run_cfg.backend.name, "experiment": run_cfg.experiment,
+                                 "clock": "virtual" if run_cfg.backend.name == "sim" else "wall"})
+    for name, timeline in records.get("timelines", {}).items():
+        arms[name]["timeline"] = timeline
     hw = run_cfg.hardware
     total = model.graph.total_bytes
     results = {
@@ -350,6 +363,7 @@ def run_experiment(cfg: RunConfig | DictConfig | Sequence[str] | None = None,
         "zoo": zoo_summary(model),
         "compile_s": compile_s,
         "arms": arms,
+        "records": records.get("requests"),
     }
     write_json_atomic(out / "results.json", results)
     write_json_atomic(out / "profile.json", cost.profile)
@@ -360,10 +374,12 @@ def run_experiment(cfg: RunConfig | DictConfig | Sequence[str] | None = None,
 def median_run(runs: list[dict[str, Any]]) -> dict[str, Any]:
     """The run with the median throughput, with every repeat's throughput and switches beside."""
     ordered = sorted(runs, key=lambda s: s["throughput_rps"])
-    out = dict(ordered[(len(ordered) - 1) // 2])
+    kept = ordered[(len(ordered) - 1) // 2]
+    out = dict(kept)
     if len(runs) > 1:
         out["repeats"] = {"throughput_rps": [s["throughput_rps"] for s in runs],
-                          "switches": [s["switches"]["count"] for s in runs]}
+                          "switches": [s["switches"]["count"] for s in runs],
+                          "kept": next(i for i, s in enumerate(runs) if s is kept)}
     return out
 
 

@@ -123,6 +123,24 @@ class BackendConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class MetricsConfig:
+    """What a run records beside results.json (``metrics/timeline.py``, ``metrics/records.py``)."""
+
+    timeline: bool = False  # a Chrome/Perfetto trace per arm: timeline-<arm>.json in the run dir
+    timeline_max_events: int = 500_000  # an arm's timeline with more events is not written (a warning says so)
+    jax_annotations: bool = False  # real backend: name batches and loads in a JAX profiler trace
+    requests: bool = True  # per-request records of every arm: requests.csv in the run dir
+    requests_gzip_over_bytes: int = 1_000_000  # records larger than this are written as requests.csv.gz
+
+
+@dataclasses.dataclass(frozen=True)
+class SearchConfig:
+    """Black-box search over runs (a Hydra sweeper such as Optuna, ``+experiment=search_sim``)."""
+
+    objective_arm: str | None = None  # the run returns this arm's throughput_rps (None: returns nothing)
+
+
+@dataclasses.dataclass(frozen=True)
 class ArmConfig:
     """One named combination of policies, executors and memory split."""
 
@@ -160,6 +178,8 @@ class RunConfig:
     output_dir: str | None = None
     repeats: int = 1  # runs of each arm (interleaved); results keep the median-throughput run
     repeat_until_s: float = float("inf")  # stop repeating an arm once its runs add up to this
+    metrics: MetricsConfig = MetricsConfig()
+    search: SearchConfig = SearchConfig()
 
 
 def _build(cls, node: Mapping[str, Any] | None, field: str, **extra):
@@ -300,6 +320,10 @@ def parse_config(cfg: DictConfig | Mapping[str, Any]) -> RunConfig:
     repeats = raw.get("repeats", 1)
     if not isinstance(repeats, int) or isinstance(repeats, bool) or repeats < 1:
         raise ConfigError(f"repeats: must be a whole number >= 1, got {repeats!r}")
+    metrics = _metrics(raw.get("metrics"))
+    search = _build(SearchConfig, raw.get("search"), "search")
+    if search.objective_arm is not None and search.objective_arm not in names:
+        raise ConfigError(f"search.objective_arm: {search.objective_arm!r} is not one of arms={list(names)}")
     seed = raw.get("seed", 0)
     if not isinstance(seed, int):
         raise ConfigError(f"seed: must be an integer, got {seed!r}")
@@ -316,7 +340,21 @@ def parse_config(cfg: DictConfig | Mapping[str, Any]) -> RunConfig:
         output_dir=raw.get("output_dir"),
         repeats=repeats,
         repeat_until_s=float(_positive(raw.get("repeat_until_s", float("inf")), "repeat_until_s")),
+        metrics=metrics,
+        search=search,
     )
+
+
+def _metrics(node: Mapping[str, Any] | None) -> MetricsConfig:
+    m = _build(MetricsConfig, node, "metrics")
+    for f in ("timeline", "jax_annotations", "requests"):
+        if not isinstance(getattr(m, f), bool):
+            raise ConfigError(f"metrics.{f}: must be true or false, got {getattr(m, f)!r}")
+    for f in ("timeline_max_events", "requests_gzip_over_bytes"):
+        v = getattr(m, f)
+        if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+            raise ConfigError(f"metrics.{f}: must be a whole number >= 1, got {v!r}")
+    return m
 
 
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"

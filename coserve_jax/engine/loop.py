@@ -51,6 +51,7 @@ class LoadDone:
     job: LoadJob
     seconds: float
     error: str | None = None
+    at_s: float | None = None  # backend clock when it finished (None: when the loop takes it)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -59,6 +60,7 @@ class BatchDone:
     seconds: float
     outputs: Sequence[Any] | None = None  # per task; None: route by trace
     error: str | None = None
+    at_s: float | None = None  # backend clock when it finished (None: when the loop takes it)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -160,6 +162,14 @@ class Engine:
         self.decisions: list[tuple] = []  # (kind, ...) policy decisions, in order, for tests
         self.record_decisions = False
         self.keep_outputs = False  # keep every task's logits on its RequestState (tests, API)
+        self.timeline: Any = None  # metrics.timeline.Timeline when metrics.timeline is on
+
+    def attach_timeline(self, timeline: Any) -> None:
+        """Record what this engine does (``metrics/timeline.py``); call before ``run``."""
+        self.timeline = timeline
+        timeline.describe(self)
+        for ex in self._executors:
+            ex.on_state = timeline.executor_state
 
     # ---- EngineView ---------------------------------------------------------------------------
     @property
@@ -201,6 +211,8 @@ class Engine:
             if ev is None:
                 raise RuntimeError("engine: initial loads did not finish (backend stalled)")
             self._handle(ev)
+            if self.timeline is not None:
+                self.timeline.sample(self.backend.now(), self)
         for pool, b in held:
             pool.release(b)
         return self.backend.now() - t0
@@ -217,6 +229,9 @@ class Engine:
         for ex in self._executors:
             ex.set_state("idle", t0)
             ex.seconds.clear()
+            ex.state_since_s = t0  # idle counts from here, not from before the initial loads
+        if self.timeline is not None:
+            self.timeline.mark("serving starts", t0)
         while k < len(order) or self._pending or self._loads:
             next_t = t0 + requests[order[k]].arrival_s if k < len(order) else None
             now = self.backend.now()
@@ -372,7 +387,11 @@ class Engine:
                 cache.finish_load(job.expert_id)
             self.metrics.record_load(job, ev.seconds, initial=job.initial)
             self._load_attempts.pop((job.pool_id, job.expert_id), None)
+            if self.timeline is not None:
+                self.timeline.load_done(job, ev, self.backend.now())
             return
+        if self.timeline is not None:
+            self.timeline.load_done(job, ev, self.backend.now())
         # A failed load: release its bytes, retry a bounded number of times, then fail only
         # the requests that need this expert on this executor.
         pool.cancel_load(job.expert_id)
@@ -404,6 +423,8 @@ class Engine:
             ex.pool.release(b.held_bytes)
         ex.running = None
         self.metrics.record_batch(len(b.tasks), ev.seconds)
+        if self.timeline is not None:
+            self.timeline.batch_done(b, ev)
         for i, task in enumerate(b.tasks):
             rs = self._requests[task.request_id]
             if ev.error is not None:
@@ -422,6 +443,8 @@ class Engine:
         if self.prefetcher is not None:
             for ex in self._executors:
                 self._prefetch(ex)
+        if self.timeline is not None:
+            self.timeline.sample(now, self)
 
     def _dispatch(self, ex: ExecutorState, now: float) -> None:
         if ex.running is not None:
@@ -435,6 +458,8 @@ class Engine:
             self._launch(ex, idx, now)
         elif e in ex.pool.loading or self._begin_load(ex, e, prefetch=False):
             ex.set_state("wait_load", now)
+            if self.timeline is not None:
+                self.timeline.load_waited(ex.executor_id, ex.pool.pool_id, e, now)
         else:
             ex.set_state("idle", now)  # no room yet: in-flight loads hold the bytes
 
@@ -460,7 +485,13 @@ class Engine:
         ex.set_state("compute", now)
         if self.record_decisions:
             self.decisions.append(("batch", ex.executor_id, expert_id, tuple(t.request_id for t in tasks)))
-        self.backend.start_batch(batch, ex, [self._requests[t.request_id].image for t in tasks])
+        if self.timeline is not None:
+            self.timeline.batch_started(batch, now)
+        states = [self._requests[t.request_id] for t in tasks]
+        for rs in states:
+            if rs.started_s is None:
+                rs.started_s = now
+        self.backend.start_batch(batch, ex, [rs.image for rs in states])
 
     def _fit_batch(self, ex: ExecutorState, expert_id: str, arch: str, n: int) -> int:
         """Dynamic batch memory: the largest batch, up to n, whose working memory the pool's free
@@ -507,6 +538,8 @@ class Engine:
 
     def _evicted(self, pool: Pool, expert_id: str) -> None:
         self.metrics.evictions += 1
+        if self.timeline is not None:
+            self.timeline.evicted(pool.pool_id, expert_id, self.backend.now())
         if self.record_decisions:
             self.decisions.append(("evict", pool.pool_id, expert_id))
         self.backend.drop(pool.pool_id, expert_id)
@@ -539,6 +572,8 @@ class Engine:
                       prefetch=prefetch, initial=initial, via_host_cache=via_cache,
                       predicted_s=predicted)
         self._loads[job.load_id] = job
+        if self.timeline is not None:
+            self.timeline.load_started(job, self.backend.now())
         if self.record_decisions:
             self.decisions.append(("load", pool.pool_id, expert_id, src.name, prefetch))
         self.backend.start_load(job)
