@@ -19,17 +19,23 @@ log = logging.getLogger("coserve_jax")
 
 
 @hydra.main(config_path="../conf", config_name="config", version_base="1.3")
-def main(cfg: DictConfig) -> None:
+def main(cfg: DictConfig) -> float | None:
+    """Returns search.objective_arm's img/s when set (what a sweeper such as Optuna maximises)."""
     from coserve_jax.jobs import run_job
+    from coserve_jax.profiler.objective import infeasible, objective
 
     # Orbax logs every restore at INFO through absl; keep the run's log readable.
     logging.getLogger("absl").setLevel(logging.WARNING)
     out_dir = cfg.get("output_dir") or HydraConfig.get().runtime.output_dir
     try:
-        run_job(cfg, out_dir)
+        results = run_job(cfg, out_dir)
     except ConfigError as e:
+        score = infeasible(cfg, e)
+        if score is not None:
+            return score
         log.error("config error: %s", e)
         sys.exit(2)
+    return objective(cfg, results)
 
 
 if __name__ == "__main__":

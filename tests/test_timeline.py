@@ -6,6 +6,7 @@ budget, and its batch spans must add up to the engine's own compute seconds per 
 
 from __future__ import annotations
 
+import gzip
 import json
 import logging
 from collections import Counter
@@ -142,3 +143,24 @@ def test_real_timeline_matches_the_engines_compute_seconds(real) -> None:
     check_trace(trace, summary, load_lanes=runner.cfg.backend.load_threads)
     batches = [e for e in trace["traceEvents"] if e["ph"] == "X" and e["cat"] == "batch"]
     assert all(0 < e["args"]["run_s"] <= e["dur"] / 1e6 + 1e-6 for e in batches)
+
+
+def test_report_plots_latency_throughput_occupancy_and_time(tmp_path: Path, capsys) -> None:
+    """python -m coserve_jax.report RUN_DIR: the four plots beside the tables (into RUN_DIR/report);
+    a run without a timeline skips pool occupancy with a note; gzipped timelines are read."""
+    from coserve_jax.report.cli import main
+
+    on, off = tmp_path / "on", tmp_path / "off"
+    run_experiment([*SIM, "arms=[coserve,all_resident]", "metrics.timeline=true"], out_dir=on, progress=False)
+    timeline = on / "timeline-coserve.json"
+    (on / "timeline-coserve.json.gz").write_bytes(gzip.compress(timeline.read_bytes()))
+    timeline.unlink()  # the report reads the gzipped copy (how large timelines are committed)
+    run_experiment([*SIM, "arms=[coserve]"], out_dir=off, progress=False)
+    assert main([str(on), "--kind", "arms"]) == 0
+    for plot in ("latency_cdf", "throughput_over_time", "pool_occupancy", "time_breakdown"):
+        path = on / "report" / f"arms_on_{plot}.png"
+        assert path.is_file() and path.read_bytes()[:4] == b"\x89PNG", plot
+    assert main([str(off), "--out", str(tmp_path / "r"), "--kind", "arms"]) == 0
+    assert "pool occupancy skipped" in capsys.readouterr().out
+    assert (tmp_path / "r" / "arms_off_latency_cdf.png").is_file()
+    assert not (tmp_path / "r" / "arms_off_pool_occupancy.png").exists()
