@@ -19,6 +19,10 @@ class ConfigError(ValueError):
     """Invalid configuration; the message names the offending field."""
 
 
+class InfeasibleError(ConfigError):
+    """A well-formed configuration that cannot run: a budget too small for its executors."""
+
+
 _UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "kib": 2**10, "mib": 2**20, "gib": 2**30}
 
 

@@ -8,9 +8,11 @@ Per hardware profile (run dirs under --runs, default ``runs/search``, .gitignore
    ``search`` (coserve_plus's policies; executors per kind, expert fraction, prefetch depth,
    batch memory searched), each one simulated run on the sample trace (workload seed 1000);
 2. ``+experiment=plan``: the paper's planner (executor sweep, decay window) on the same sample,
-   writing the plan ``coserve_best`` reads;
-3. evaluation: one run of coserve_casual, coserve_best, coserve_plus, search (its best
-   parameters) and all_resident per trace: the sample (seed 1000) and three fresh traces
+   writing the plan ``coserve_best`` reads; and again with ``planner.arm=coserve_plus`` for the
+   arm ``plus_planned`` (coserve_plus's policies with the planner's executors and split), so
+   the planner and the search are also compared on the same policies;
+3. evaluation: one run of coserve_casual, coserve_best, coserve_plus, plus_planned, search (its
+   best parameters) and all_resident per trace: the sample (seed 1000) and three fresh traces
    (seeds 0, 1, 2) the search never saw.
 Then ``summary.md``/``summary.csv``, the best parameters and plans, and ``convergence.png`` go
 to --out (default ``experiments/search``). Everything is simulated, hence deterministic.
@@ -29,10 +31,11 @@ import yaml
 
 from reproduce_paper import ROOT, coserve, run  # same folder: scripts/
 
-ARMS = ("coserve_casual", "coserve_best", "coserve_plus", "search", "all_resident")
+ARMS = ("coserve_casual", "coserve_best", "coserve_plus", "plus_planned", "search", "all_resident")
 HOW = {"coserve_casual": "fixed: the hardware's executors, 75/25 split",
        "coserve_best": "planner: executor sweep, then decay window",
        "coserve_plus": "hand-set (experiments/coserve_plus)",
+       "plus_planned": "planner, measuring coserve_plus",
        "search": "Optuna TPE over 5 knobs",
        "all_resident": "ceiling (unlimited memory)"}
 SAMPLE_SEED = 1000
@@ -69,18 +72,25 @@ def main() -> None:
                     "planner.sample_requests=2500", f"planner.output={plan_file}", f"hydra.run.dir={plan_dir}"), log)
         plan = json.loads((plan_dir / "results.json").read_text())
         planner_runs[hw] = sum(len(m.get("samples_rps") or [1]) for m in plan["measurements"])
+        plus_plan_file, plus_plan_dir = args.out / f"plan_plus_{hw}.yaml", args.runs / f"plan_plus_{hw}"
+        run(coserve("+experiment=plan", "model=pcb_paper_a", f"hardware={hw}", "backend=sim", *TASK,
+                    "planner.sample_requests=2500", "planner.arm=coserve_plus", "arms=[coserve_plus]",
+                    f"planner.output={plus_plan_file}", f"hydra.run.dir={plus_plan_dir}"), log)
+        plus_plan = json.loads((plus_plan_dir / "results.json").read_text())
+        plus_planner_runs = sum(len(m.get("samples_rps") or [1]) for m in plus_plan["measurements"])
         (args.out / f"best_{hw}.yaml").write_text(yaml.safe_dump(best, sort_keys=False))
         evals = {}
         for seed in EVAL_SEEDS:
             d = args.runs / f"eval_{hw}_seed{seed}"
             run(coserve("+experiment=search_sim", "hydra.mode=RUN", f"hardware={hw}", f"workload.seed={seed}",
                         f"arms=[{','.join(ARMS)}]", f"planner.output={plan_file}", "metrics.requests=false",
+                        f"arm_catalog.plus_planned.plan={plus_plan_file}",
                         *[f"{k}={v}" for k, v in best["best_params"].items()], f"hydra.run.dir={d}"), log)
             evals[seed] = json.loads((d / "results.json").read_text())["arms"]
         trials[hw] = sweep_values(sweep)
-        refs[hw] = {a: evals[SAMPLE_SEED][a]["throughput_rps"] for a in ("coserve_best", "coserve_plus")}
+        refs[hw] = {a: evals[SAMPLE_SEED][a]["throughput_rps"] for a in ("coserve_best", "plus_planned", "coserve_plus")}
         runs_needed = {"coserve_casual": 0, "coserve_best": planner_runs[hw], "coserve_plus": 0,
-                       "search": len(trials[hw]), "all_resident": 0}
+                       "plus_planned": plus_planner_runs, "search": len(trials[hw]), "all_resident": 0}
         for arm in ARMS:
             fresh = [evals[s][arm]["throughput_rps"] for s in EVAL_SEEDS if s != SAMPLE_SEED]
             rows.append({"hardware": hw, "arm": arm, "chosen by": HOW[arm], "simulated runs": runs_needed[arm],

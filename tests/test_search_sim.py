@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 from coserve_jax.api import run_experiment
-from coserve_jax.config import ConfigError, compose
+from coserve_jax.config import ConfigError, InfeasibleError, compose
 from coserve_jax.profiler.objective import INFEASIBLE_RPS, infeasible, objective
 
 pytest.importorskip("hydra_plugins.hydra_optuna_sweeper", reason="pip install -e '.[dev]' (Optuna sweeper)")
@@ -41,6 +41,13 @@ def test_objective_is_the_objective_arms_throughput(tmp_path: Path) -> None:
     res = run_experiment(cfg, out_dir=tmp_path, progress=False)
     assert res["arms"]["search"]["policy"]["prefetcher"]["max_inflight"] == {"gpu": 0, "cpu": 2}  # follows depth
     assert objective(cfg, res) == res["arms"]["search"]["throughput_rps"] > 0
-    assert infeasible(cfg, ConfigError("hardware.device_budget: too small")) == INFEASIBLE_RPS
+    assert infeasible(cfg, InfeasibleError("hardware.device_budget: too small")) == INFEASIBLE_RPS
+    assert infeasible(cfg, ConfigError("arms: unknown arm")) is None  # a typo still stops the sweep
     plain = compose(["backend=sim"])
-    assert objective(plain, res) is None and infeasible(plain, ConfigError("x")) is None
+    assert objective(plain, res) is None and infeasible(plain, InfeasibleError("x")) is None
+
+
+def test_too_small_a_budget_is_infeasible_not_a_typo(tmp_path: Path) -> None:
+    with pytest.raises(InfeasibleError, match="hardware.cpu_pool_budget"):
+        run_experiment(["+experiment=search_sim", "workload.num_requests=20", "arm_catalog.search.executors.cpu=40"],
+                       out_dir=tmp_path, progress=False)

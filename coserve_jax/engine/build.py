@@ -25,7 +25,7 @@ from typing import Any
 from hydra.utils import instantiate
 
 from coserve_jax.coe.graph import CoEGraph
-from coserve_jax.config import ArmConfig, ConfigError, RunConfig, parse_bytes
+from coserve_jax.config import ArmConfig, ConfigError, InfeasibleError, RunConfig, parse_bytes
 from coserve_jax.engine.loop import Backend, Engine
 from coserve_jax.engine.state import ExecutorState
 from coserve_jax.policies.eviction import LRU
@@ -118,7 +118,7 @@ def plan_executors(cfg: RunConfig, arm: ArmConfig, graph: CoEGraph, cost: CostMo
             if arm.unlimited_memory:
                 budget = total + reserve
             if budget - reserve < largest:
-                raise ConfigError(
+                raise InfeasibleError(
                     f"{field}: each {kind} executor gets {budget} B, which cannot hold the largest "
                     f"expert ({largest} B) plus one batch ({reserve} B); raise {field} or use fewer executors"
                 )

@@ -2,8 +2,9 @@
 
 A sweeper such as Optuna's calls the task function once per trial and needs a float back: the
 named arm's ``throughput_rps`` (maximised). A configuration that cannot run at all (a budget
-too small for its executors: a ConfigError at start-up) scores ``INFEASIBLE_RPS``, as the
+too small for its executors: an InfeasibleError at start-up) scores ``INFEASIBLE_RPS``, as the
 planner records infeasible candidates, so one bad corner of the space does not end the sweep.
+Any other ConfigError (a typo, a bad value) still stops the run, and with it the sweep.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from coserve_jax.config import ConfigError
+from coserve_jax.config import ConfigError, InfeasibleError
 
 log = logging.getLogger(__name__)
 
@@ -33,9 +34,9 @@ def objective(cfg: Any, results: dict[str, Any] | None) -> float | None:
 
 
 def infeasible(cfg: Any, error: ConfigError) -> float | None:
-    """A search trial whose configuration cannot run scores INFEASIBLE_RPS; elsewhere None
-    (the caller then reports the error and stops)."""
-    if objective_arm(cfg) is None:
+    """A search trial whose configuration cannot run (InfeasibleError) scores INFEASIBLE_RPS;
+    any other error, or outside a search, None (the caller then reports it and stops)."""
+    if objective_arm(cfg) is None or not isinstance(error, InfeasibleError):
         return None
     log.warning("search trial infeasible, scored %.1f img/s: %s", INFEASIBLE_RPS, error)
     return INFEASIBLE_RPS

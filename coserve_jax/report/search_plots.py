@@ -22,13 +22,18 @@ def plot_search_convergence(trials: Mapping[str, Sequence[float]], refs: Mapping
     for ax, hw in zip(axes, names, strict=True):
         values = np.asarray(trials[hw], dtype=float)
         x = np.arange(1, len(values) + 1)
-        ax.plot(x, values, "o", markersize=3, color="grey", alpha=0.6, label="trial")
-        ax.step(x, np.maximum.accumulate(values), where="post", color=arm_colour("search"), label="search: best so far")
+        ok = values > 0
+        floor = 0.97 * min([*values[ok], *refs.get(hw, {}).values()], default=1.0)
+        ax.plot(x[ok], values[ok], "o", markersize=3, color="grey", alpha=0.6, label="trial")
+        if (~ok).any():  # infeasible trials score 0: drawn on the floor so they do not squash the axis
+            ax.plot(x[~ok], np.full((~ok).sum(), floor), "x", color="black", label="infeasible (0)")
+        ax.step(x, np.maximum.accumulate(values), where="post", color="black", label="search: best so far")
+        ax.set_ylim(bottom=floor * 0.995)
         for arm, value in refs.get(hw, {}).items():
             ax.axhline(value, color=arm_colour(arm), linestyle="--", linewidth=1, label=f"{arm} ({value:.1f})")
         if hw in planner_runs:
             ax.axvline(planner_runs[hw], color=arm_colour("coserve_best"), linestyle=":", linewidth=1,
-                       label=f"planner's {planner_runs[hw]} runs")
+                       label=f"planner's {planner_runs[hw]} runs (coserve_best)")
         ax.set_xlabel("trial (simulated run)")
         ax.set_ylabel("img/s on the sample trace")
         ax.set_title(hw, fontsize=10)
