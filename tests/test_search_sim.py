@@ -1,4 +1,4 @@
-"""+experiment=search_sim: Hydra's Optuna sweeper over the simulator, tiny (3 trials, 60 requests)."""
+"""+experiment=search_sim: Hydra's Optuna sweeper over the simulator, tiny (2 trials, 40 requests)."""
 
 from __future__ import annotations
 
@@ -22,11 +22,11 @@ ROOT = Path(__file__).resolve().parents[1]
 def test_tiny_search_sweeps_and_returns_the_objective(tmp_path: Path) -> None:
     sweep = tmp_path / "sweep"
     proc = subprocess.run([sys.executable, "-m", "coserve_jax.run", "+experiment=search_sim",
-                           "workload.num_requests=60", "hydra.sweeper.n_trials=3", f"hydra.sweep.dir={sweep}"],
+                           "workload.num_requests=40", "hydra.sweeper.n_trials=2", f"hydra.sweep.dir={sweep}"],
                           cwd=ROOT, capture_output=True, text=True, timeout=120, check=False)
     assert proc.returncode == 0, proc.stderr[-3000:]
     trials = sorted(sweep.glob("*/results.json"))
-    assert len(trials) == 3
+    assert len(trials) == 2
     rps = [json.loads(p.read_text())["arms"]["search"]["throughput_rps"] for p in trials]
     best = yaml.safe_load((sweep / "optimization_results.yaml").read_text())
     assert best["best_value"] == pytest.approx(max(rps)) and max(rps) > 0

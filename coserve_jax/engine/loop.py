@@ -377,6 +377,8 @@ class Engine:
 
     def _on_load_done(self, ev: LoadDone) -> None:
         job = self._loads.pop(ev.job.load_id)
+        if self.timeline is not None:
+            self.timeline.load_done(job, ev, self.backend.now())
         pool = self._pool(job.pool_id)
         cache = self._host_cache
         if job.src == Tier.HOST and cache is not None and job.expert_id in cache.resident:
@@ -387,11 +389,7 @@ class Engine:
                 cache.finish_load(job.expert_id)
             self.metrics.record_load(job, ev.seconds, initial=job.initial)
             self._load_attempts.pop((job.pool_id, job.expert_id), None)
-            if self.timeline is not None:
-                self.timeline.load_done(job, ev, self.backend.now())
             return
-        if self.timeline is not None:
-            self.timeline.load_done(job, ev, self.backend.now())
         # A failed load: release its bytes, retry a bounded number of times, then fail only
         # the requests that need this expert on this executor.
         pool.cancel_load(job.expert_id)
