@@ -171,27 +171,31 @@ def plot_pool_occupancy(timelines: dict[str, Path], out_path: str | Path, label:
 
 
 def plot_time_breakdown(arms: dict[str, Any], out_path: str | Path, label: str = "") -> Path:
-    """Where the time went, per arm, in seconds per executor: compute, waiting for a load and
-    idle partition each executor's serving time; load hidden (I/O that overlapped compute or
-    idle) and scheduling (the loop's policy calls) ran beside it and are stacked above, hatched."""
+    """Where the time went, per arm, as shares of its executors' serving time (so arms whose
+    runs differ 20x in length compare): compute, waiting for a load and idle add up to 100%;
+    load hidden (I/O that overlapped compute or idle) and scheduling (the loop's policy calls)
+    ran beside them and are stacked above, hatched. Above each bar: seconds per executor."""
     names = [a for a in ordered_arms(arms) if isinstance(arms[a], dict) and arms[a].get("time_s")]
     fig, ax = _new_figure(max(5.5, 1.5 + 0.8 * len(names)), 4.2)
     for x, arm in enumerate(names):
         t = arms[arm]["time_s"]
         n = max(1, len(arms[arm].get("executors") or []))
+        total = sum(float(t.get(k) or 0.0) for k, _ in EXECUTOR_TIME) or 1.0
         bottom = 0.0
         for (key, _), colour in zip(EXECUTOR_TIME, _EXEC_COLOURS, strict=True):
-            v = float(t.get(key) or 0.0) / n
+            v = 100 * float(t.get(key) or 0.0) / total
             ax.bar(x, v, 0.6, bottom=bottom, color=colour, edgecolor="black", linewidth=0.4)
             bottom += v
         for (key, _), colour in zip(BESIDE_TIME, _BESIDE_COLOURS, strict=True):
-            v = float(t.get(key) or 0.0) / n
+            v = 100 * float(t.get(key) or 0.0) / total
             ax.bar(x, v, 0.6, bottom=bottom, color=colour, edgecolor="black", linewidth=0.4, hatch="//")
             bottom += v
+        ax.annotate(f"{total / n:.3g} s", (x, bottom), textcoords="offset points", xytext=(0, 2),
+                    ha="center", fontsize=7)
     ax.set_xticks(range(len(names)), names, rotation=30, ha="right")
     for tick, arm in zip(ax.get_xticklabels(), names, strict=True):
         tick.set_color(arm_colour(arm))
-    ax.set_ylabel("seconds per executor")
+    ax.set_ylabel("% of the executors' serving time")
     ax.set_title(f"Where the time went — {label}" if label else "Where the time went")
     handles = [Patch(facecolor=c, edgecolor="black", label=lab) for (_, lab), c in zip(EXECUTOR_TIME, _EXEC_COLOURS, strict=True)]
     handles += [Patch(facecolor=c, edgecolor="black", hatch="//", label=lab)
