@@ -16,6 +16,7 @@ from omegaconf import DictConfig
 
 from coserve_jax.config import ConfigError, NoFeasibleArmError, register_schema
 from coserve_jax.jobs import run_job
+from coserve_jax.profiler.objective import infeasible, objective
 
 log = logging.getLogger("coserve_jax")
 
@@ -26,23 +27,31 @@ register_schema()
 
 
 @hydra.main(config_path="../conf", config_name="config", version_base="1.3")
-def main(cfg: DictConfig) -> None:
+def main(cfg: DictConfig) -> float | None:
+    """Returns search.objective_arm's img/s when set (what a sweeper such as Optuna maximises)."""
     # Orbax logs every restore at INFO through absl; keep the run's log readable.
     logging.getLogger("absl").setLevel(logging.WARNING)
     out_dir = cfg.get("output_dir") or HydraConfig.get().runtime.output_dir
     try:
-        run_job(cfg, out_dir)
+        results = run_job(cfg, out_dir)
     except NoFeasibleArmError as e:
+        score = infeasible(cfg, e)
+        if score is not None:
+            return score
         log.error("config error: %s", e)
         if HydraConfig.get().mode == RunMode.MULTIRUN:
             # One sweep point where no arm fits (its results.json says why) must not stop the
             # sweep's other points: exiting here would end the whole multirun.
             log.error("this sweep point ran no arm (%s); the sweep goes on", out_dir)
-            return
+            return None
         sys.exit(2)
     except ConfigError as e:
+        score = infeasible(cfg, e)
+        if score is not None:
+            return score
         log.error("config error: %s", e)
         sys.exit(2)
+    return objective(cfg, results)
 
 
 if __name__ == "__main__":

@@ -28,9 +28,11 @@ PACKAGE = Path(__file__).resolve().parents[1] / "coserve_jax"
 LAYERS: list[tuple[str, ...]] = [
     # value types with no dependencies (Request, ExpertInfo, Tier, the verdict labels)
     ("coserve_jax", "types"),
-    # leaves: JSON output and counters, Flax architectures, the image generator, byte-budgeted
-    # pools and checkpoints, and reports (which read run dirs, nothing of the engine)
-    ("metrics", "models", "data", "store", "report"),
+    # leaves: JSON output, counters, timelines and request records, Flax architectures, the image
+    # generator, byte-budgeted pools and checkpoints
+    ("metrics", "models", "data", "store"),
+    # reports: they read run dirs (results.json, timelines, request records), nothing of the engine
+    ("report",),
     # the cost model every policy and the simulator read (saved with metrics' atomic writer)
     ("cost",),
     # optax training of the demo experts

@@ -15,10 +15,12 @@ from coserve_jax.config.schema import (
     ArmConfig,
     BackendConfig,
     HardwareConfig,
+    MetricsConfig,
     ModelConfig,
     PlannerConfig,
     ProfilerConfig,
     RunConfig,
+    SearchConfig,
     WorkloadConfig,
     ZooEvalConfig,
     ZooOverrides,
@@ -27,7 +29,7 @@ from coserve_jax.config.sizes import BUDGETS, budget_bytes, parse_bytes
 
 __all__ = [
     "BUDGETS", "CONF_DIR", "ArmConfig", "BackendConfig", "BudgetError", "ConfigError", "HardwareConfig",
-    "ModelConfig", "NoFeasibleArmError", "PlannerConfig", "ProfilerConfig", "RunConfig", "WorkloadConfig",
+    "MetricsConfig", "ModelConfig", "NoFeasibleArmError", "PlannerConfig", "ProfilerConfig", "RunConfig", "SearchConfig", "WorkloadConfig",
     "ZooEvalConfig", "ZooOverrides", "as_run_config", "budget_bytes", "compose", "format_executors",
     "parse_bytes", "parse_config", "parse_executors", "register_schema",
 ]

@@ -20,10 +20,12 @@ from coserve_jax.config.schema import (
     ArmConfig,
     BackendConfig,
     HardwareConfig,
+    MetricsConfig,
     ModelConfig,
     PlannerConfig,
     ProfilerConfig,
     RunConfig,
+    SearchConfig,
     WorkloadConfig,
     ZooEvalConfig,
     ZooOverrides,
@@ -149,6 +151,9 @@ def parse_config(cfg: DictConfig | Mapping[str, Any]) -> RunConfig:
     seed = raw.get("seed", 0)
     if not isinstance(seed, int):
         raise ConfigError(f"seed: must be an integer, got {seed!r}")
+    search = build(SearchConfig, raw.get("search"), "search")
+    if search.objective_arm is not None and search.objective_arm not in names:
+        raise ConfigError(f"search.objective_arm: {search.objective_arm!r} is not one of arms={list(names)}")
     return RunConfig(
         experiment=str(raw.get("experiment", "default")),
         seed=seed,
@@ -160,6 +165,8 @@ def parse_config(cfg: DictConfig | Mapping[str, Any]) -> RunConfig:
         profiler=ProfilerConfig.from_mapping(raw.get("profiler")),
         planner=PlannerConfig.from_mapping(raw.get("planner")),
         zoo_eval=ZooEvalConfig.from_mapping(raw.get("zoo_eval")),
+        metrics=MetricsConfig.from_mapping(raw.get("metrics")),
+        search=search,
         job=str(raw.get("job", "serve")),
         output_dir=raw.get("output_dir"),
         repeats=repeats,

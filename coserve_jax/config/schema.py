@@ -258,6 +258,35 @@ class ZooEvalConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class MetricsConfig:
+    """What a run records beside results.json (``metrics/timeline.py``, ``metrics/records.py``)."""
+
+    timeline: bool = False  # a Chrome/Perfetto trace per arm: timeline-<arm>.json in the run dir
+    timeline_max_events: int = 500_000  # an arm's timeline with more events is not written (a warning says so)
+    jax_annotations: bool = False  # real backend: name batches and loads in a JAX profiler trace
+    requests: bool = True  # per-request records of every arm: requests.csv in the run dir
+    requests_gzip_over_bytes: int = 1_000_000  # records larger than this are written as requests.csv.gz
+
+    @classmethod
+    def from_mapping(cls, raw: Mapping[str, Any] | None) -> MetricsConfig:
+        """``metrics`` checked: errors name the field."""
+        m = build(cls, raw, "metrics")
+        for f in ("timeline", "jax_annotations", "requests"):
+            if not isinstance(getattr(m, f), bool):
+                raise ConfigError(f"metrics.{f}: must be true or false, got {getattr(m, f)!r}")
+        for f in ("timeline_max_events", "requests_gzip_over_bytes"):
+            whole(getattr(m, f), f"metrics.{f}", 1)
+        return m
+
+
+@dataclasses.dataclass(frozen=True)
+class SearchConfig:
+    """Black-box search over runs (a Hydra sweeper such as Optuna, ``+experiment=search_sim``)."""
+
+    objective_arm: str | None = None  # the run returns this arm's throughput_rps (None: returns nothing)
+
+
+@dataclasses.dataclass(frozen=True)
 class RunConfig:
     """The whole run, typed and checked (``parse.py``)."""
 
@@ -271,6 +300,8 @@ class RunConfig:
     profiler: ProfilerConfig = dataclasses.field(default_factory=ProfilerConfig)
     planner: PlannerConfig = dataclasses.field(default_factory=PlannerConfig)
     zoo_eval: ZooEvalConfig = dataclasses.field(default_factory=ZooEvalConfig)
+    metrics: MetricsConfig = dataclasses.field(default_factory=MetricsConfig)
+    search: SearchConfig = dataclasses.field(default_factory=SearchConfig)
     job: str = "serve"  # serve | zoo | profile | plan (coserve_jax.jobs)
     output_dir: str | None = None
     repeats: int = 1  # runs of each arm (interleaved); results keep the median-throughput run

@@ -22,6 +22,7 @@ class LoadDone:
     job: LoadJob
     seconds: float
     error: str | None = None
+    at_s: float | None = None  # backend clock when it finished (None: when the loop takes it)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -30,6 +31,7 @@ class BatchDone:
     seconds: float
     outputs: Sequence[Any] | None = None  # per task; None: route by trace
     error: str | None = None
+    at_s: float | None = None  # backend clock when it finished (None: when the loop takes it)
 
 
 @dataclasses.dataclass(frozen=True)

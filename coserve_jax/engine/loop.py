@@ -83,6 +83,14 @@ class EngineLoop:
         self.decisions: list[tuple] = []  # (kind, ...) policy decisions, in order, for tests
         self.record_decisions = False
         self.keep_outputs = False  # keep every task's logits on its RequestState (tests, API)
+        self.timeline: Any = None  # metrics.timeline.Timeline when metrics.timeline is on
+
+    def attach_timeline(self, timeline: Any) -> None:
+        """Record what this engine does (``metrics/timeline.py``); call before ``run``."""
+        self.timeline = timeline
+        timeline.describe(self)
+        for ex in self._executors:
+            ex.on_state = timeline.executor_state
 
     # ---- EngineView ---------------------------------------------------------------------------
     @property
@@ -124,6 +132,8 @@ class EngineLoop:
             if ev is None:
                 raise RuntimeError("engine: initial loads did not finish (backend stalled)")
             self._handle(ev)
+            if self.timeline is not None:
+                self.timeline.sample(self.backend.now(), self)
         for pool, b in held:
             pool.release(b)
         return self.backend.now() - t0
@@ -140,6 +150,9 @@ class EngineLoop:
         for ex in self._executors:
             ex.set_state("idle", t0)
             ex.seconds.clear()
+            ex.state_since_s = t0  # idle counts from here, not from before the initial loads
+        if self.timeline is not None:
+            self.timeline.mark("serving starts", t0)
         while k < len(order) or self._pending or self._loads:
             next_t = t0 + requests[order[k]].arrival_s if k < len(order) else None
             now = self.backend.now()
@@ -285,6 +298,8 @@ class EngineLoop:
 
     def _on_load_done(self, ev: LoadDone) -> None:
         job = self._loads.pop(ev.job.load_id)
+        if self.timeline is not None:
+            self.timeline.load_done(job, ev, self.backend.now())
         pool = self._pool(job.pool_id)
         cache = self._host_cache
         if job.src == Tier.HOST and cache is not None and job.expert_id in cache.resident:
@@ -327,6 +342,8 @@ class EngineLoop:
             ex.pool.release(b.held_bytes)
         ex.running = None
         self.metrics.record_batch(len(b.tasks), ev.seconds)
+        if self.timeline is not None:
+            self.timeline.batch_done(b, ev)
         for i, task in enumerate(b.tasks):
             rs = self._requests[task.request_id]
             if ev.error is not None:
@@ -345,6 +362,8 @@ class EngineLoop:
         if self.prefetcher is not None:
             for ex in self._executors:
                 self._prefetch(ex)
+        if self.timeline is not None:
+            self.timeline.sample(now, self)
 
     def _dispatch(self, ex: ExecutorState, now: float) -> None:
         if ex.running is not None:
@@ -358,6 +377,8 @@ class EngineLoop:
             self._launch(ex, idx, now)
         elif e in ex.pool.loading or self._begin_load(ex, e, prefetch=False):
             ex.set_state("wait_load", now)
+            if self.timeline is not None:
+                self.timeline.load_waited(ex.executor_id, ex.pool.pool_id, e, now)
         else:
             ex.set_state("idle", now)  # no room yet: in-flight loads hold the bytes
 
@@ -384,7 +405,13 @@ class EngineLoop:
         ex.set_state("compute", now)
         if self.record_decisions:
             self.decisions.append(("batch", ex.executor_id, expert_id, tuple(t.request_id for t in tasks)))
-        self.backend.start_batch(batch, ex, [self._requests[t.request_id].image for t in tasks])
+        if self.timeline is not None:
+            self.timeline.batch_started(batch, now)
+        states = [self._requests[t.request_id] for t in tasks]
+        for rs in states:
+            if rs.started_s is None:
+                rs.started_s = now
+        self.backend.start_batch(batch, ex, [rs.image for rs in states])
 
     def _rank(self, policy: Eviction, pool: Pool) -> Callable[[Sequence[str]], list[str]]:
         def rank(candidates: Sequence[str]) -> list[str]:
@@ -396,6 +423,8 @@ class EngineLoop:
 
     def _evicted(self, pool: Pool, expert_id: str) -> None:
         self.metrics.evictions += 1
+        if self.timeline is not None:
+            self.timeline.evicted(pool.pool_id, expert_id, self.backend.now())
         if self.record_decisions:
             self.decisions.append(("evict", pool.pool_id, expert_id))
         self.backend.drop(pool.pool_id, expert_id)
@@ -428,6 +457,8 @@ class EngineLoop:
                       prefetch=prefetch, initial=initial, via_host_cache=via_cache,
                       predicted_s=predicted)
         self._loads[job.load_id] = job
+        if self.timeline is not None:
+            self.timeline.load_started(job, self.backend.now())
         if self.record_decisions:
             self.decisions.append(("load", pool.pool_id, expert_id, src.name, prefetch))
         self.backend.start_load(job)

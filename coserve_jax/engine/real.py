@@ -21,6 +21,7 @@ weights and inputs, ``jax.device_get`` for outputs (tests run with the transfer 
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import logging
 import os
 import queue
@@ -181,8 +182,9 @@ class RealBackend:
     routing_default = "model"
 
     def __init__(self, runtime: Runtime, *, load_threads: int = 2, drop_page_cache: bool = False,
-                 stall_timeout_s: float = 120.0, fault_injector: Any = None):
+                 stall_timeout_s: float = 120.0, fault_injector: Any = None, annotate: bool = False):
         self.rt = runtime
+        self.annotate = annotate  # name batches and loads in a JAX profiler trace (metrics.jax_annotations)
         self.drop_page_cache = drop_page_cache
         self.stall_timeout_s = stall_timeout_s
         self.fault_injector = fault_injector  # tests: callable(kind, job_or_batch) may raise
@@ -261,7 +263,14 @@ class RealBackend:
     def start_load(self, job: LoadJob) -> None:
         self._io.submit(self._load, job)
 
+    def _annotation(self, name: str) -> contextlib.AbstractContextManager:
+        return jax.profiler.TraceAnnotation(name) if self.annotate else contextlib.nullcontext()
+
     def _load(self, job: LoadJob) -> None:
+        with self._annotation(f"coserve load {job.expert_id} -> {job.pool_id}"):
+            self._load_job(job)
+
+    def _load_job(self, job: LoadJob) -> None:
         t = time.perf_counter()
         try:
             if self.fault_injector is not None:
@@ -288,9 +297,9 @@ class RealBackend:
                 if job.via_host_cache:
                     self._host[job.expert_id] = host_state
                 self._weights.setdefault(job.pool_id, {})[job.expert_id] = state
-            self._put(LoadDone(job, time.perf_counter() - t))
+            self._put(LoadDone(job, time.perf_counter() - t, at_s=self.now()))
         except Exception as e:  # noqa: BLE001 - every failure must come back as an event
-            self._put(LoadDone(job, time.perf_counter() - t, error=f"{type(e).__name__}: {e}"))
+            self._put(LoadDone(job, time.perf_counter() - t, error=f"{type(e).__name__}: {e}", at_s=self.now()))
 
     def drop(self, pool_id: str, expert_id: str) -> None:
         with self._lock:
@@ -308,6 +317,10 @@ class RealBackend:
         w.jobs.put((batch, executor.pool.pool_id, inputs))
 
     def _run_batch(self, batch: Batch, pool_id: str, inputs: list[Any]) -> None:
+        with self._annotation(f"coserve batch {batch.expert_id} x{len(batch.tasks)}"):
+            self._run_batch_job(batch, pool_id, inputs)
+
+    def _run_batch_job(self, batch: Batch, pool_id: str, inputs: list[Any]) -> None:
         t = time.perf_counter()
         try:
             if self.fault_injector is not None:
@@ -316,9 +329,9 @@ class RealBackend:
                 state = self._weights[pool_id][batch.expert_id]
             arch = self.rt.zoo.graph.experts[batch.expert_id].arch
             logits = run_padded(self.rt.forward(arch), state, inputs, self._pool_device[pool_id])
-            self._put(BatchDone(batch, time.perf_counter() - t, outputs=list(logits)))
+            self._put(BatchDone(batch, time.perf_counter() - t, outputs=list(logits), at_s=self.now()))
         except Exception as e:  # noqa: BLE001
-            self._put(BatchDone(batch, time.perf_counter() - t, error=f"{type(e).__name__}: {e}"))
+            self._put(BatchDone(batch, time.perf_counter() - t, error=f"{type(e).__name__}: {e}", at_s=self.now()))
 
     # ---- input checks -----------------------------------------------------------------------
     def validate_input(self, request: Request, image: Any) -> str | None:

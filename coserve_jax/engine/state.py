@@ -58,6 +58,8 @@ class ExecutorState:
         self.state = "idle"
         self.state_since_s = 0.0
         self.seconds: Counter[str] = Counter()
+        # Told (executor id, state left, its start, now) on each change: the timeline, when on.
+        self.on_state: Callable[[int, str, float, float], None] | None = None
 
     # ---- view --------------------------------------------------------------------------------
     @property
@@ -130,6 +132,8 @@ class ExecutorState:
     def set_state(self, state: str, now_s: float) -> None:
         if state != self.state:
             self.seconds[self.state] += max(0.0, now_s - self.state_since_s)
+            if self.on_state is not None:
+                self.on_state(self.executor_id, self.state, self.state_since_s, now_s)
             self.state, self.state_since_s = state, now_s
 
 
@@ -138,6 +142,7 @@ class RequestState:
     request: Request
     image: object = None  # np.ndarray for the real backend
     arrived_s: float = 0.0  # backend clock
+    started_s: float | None = None  # backend clock: when its first batch launched
     stage: int = 0
     done: bool = False
     failed: str | None = None  # reason

@@ -14,6 +14,7 @@ from omegaconf import DictConfig
 from coserve_jax.config import NoFeasibleArmError, RunConfig, as_run_config, budget_bytes
 from coserve_jax.jobs.prepare import prepare_runner
 from coserve_jax.jobs.rundir import run_dir, write_run_record
+from coserve_jax.metrics.records import ArmRecords, write_arm_records
 from coserve_jax.metrics.results import git_sha
 from coserve_jax.report.runs import load_run
 from coserve_jax.report.table_render import to_markdown
@@ -62,14 +63,16 @@ def run_experiment(cfg: RunConfig | DictConfig | Sequence[str] | None = None,
         compile_s = runner.warm_up(feasible) if feasible else 0.0
         images = runner.images(requests)
         runs: dict[str, list[dict[str, Any]]] = {arm.name: [] for arm in feasible}
+        recorded: dict[str, list[ArmRecords]] = {arm.name: [] for arm in feasible}
         for r in range(run_cfg.repeats):
             # Interleaved (A B C A B C ...) so that drift on a shared machine hits every arm alike.
             # An arm whose runs already add up to repeat_until_s is measured well enough.
             for arm in feasible:
                 if r and sum(s["engine_s"] for s in runs[arm.name]) >= run_cfg.repeat_until_s:
                     continue
-                summary, _ = runner.run_arm(arm, requests, images, progress)
+                summary, engine = runner.run_arm(arm, requests, images, progress)
                 runs[arm.name].append(summary)
+                recorded[arm.name].append(ArmRecords.of(arm.name, engine, run_cfg.metrics))
                 log.info("%s (run %d/%d): %.1f img/s, %d switches", arm.name, r + 1, run_cfg.repeats,
                          summary["throughput_rps"], summary["switches"]["count"])
     finally:
@@ -77,6 +80,13 @@ def run_experiment(cfg: RunConfig | DictConfig | Sequence[str] | None = None,
     arms = {arm.name: ({"infeasible": infeasible[arm.name], "policy": arm_policy(arm)}
                        if arm.name in infeasible else median_run(runs[arm.name]))
             for arm in run_cfg.arms}
+    records = write_arm_records(out, run_cfg.metrics,
+                                {name: recorded[name][arm.get("repeats", {}).get("kept", 0)]
+                                 for name, arm in arms.items() if name in recorded},
+                                {"backend": run_cfg.backend.name, "experiment": run_cfg.experiment,
+                                 "clock": "virtual" if run_cfg.backend.name == "sim" else "wall"})
+    for name, timeline in records.get("timelines", {}).items():
+        arms[name]["timeline"] = timeline
     hw = run_cfg.hardware
     total = model.graph.total_bytes
     results = {
@@ -96,6 +106,7 @@ def run_experiment(cfg: RunConfig | DictConfig | Sequence[str] | None = None,
         "compile_s": compile_s,
         "profile_check": runner.profile_check,
         "arms": arms,
+        "records": records.get("requests"),
     }
     write_run_record(out, results, resolved, profile=cost.profile)
     if not feasible:
@@ -108,10 +119,12 @@ def run_experiment(cfg: RunConfig | DictConfig | Sequence[str] | None = None,
 def median_run(runs: list[dict[str, Any]]) -> dict[str, Any]:
     """The run with the median throughput, with every repeat's throughput and switches beside."""
     ordered = sorted(runs, key=lambda s: s["throughput_rps"])
-    out = dict(ordered[(len(ordered) - 1) // 2])
+    kept = ordered[(len(ordered) - 1) // 2]
+    out = dict(kept)
     if len(runs) > 1:
         out["repeats"] = {"throughput_rps": [s["throughput_rps"] for s in runs],
-                          "switches": [s["switches"]["count"] for s in runs]}
+                          "switches": [s["switches"]["count"] for s in runs],
+                          "kept": next(i for i, s in enumerate(runs) if s is kept)}
     return out
 
 

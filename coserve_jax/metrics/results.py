@@ -24,15 +24,22 @@ def _default(o: Any) -> Any:
     raise TypeError(f"not JSON serialisable: {type(o).__name__}")
 
 
-def write_json_atomic(path: str | Path, data: Any) -> None:
-    """Write JSON so that readers see the old file or the whole new one, never a part."""
+def write_json_atomic(path: str | Path, data: Any, indent: int | None = 2) -> None:
+    """Write JSON so that readers see the old file or the whole new one, never a part
+    (``indent`` None: compact, for large files such as timelines)."""
+    text = json.dumps(data, indent=indent, sort_keys=False, default=_default,
+                      separators=None if indent is not None else (",", ":"))
+    write_bytes_atomic(path, (text + "\n").encode())
+
+
+def write_bytes_atomic(path: str | Path, data: bytes) -> None:
+    """Write a file so that readers see the old file or the whole new one, never a part."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(data, f, indent=2, sort_keys=False, default=_default)
-            f.write("\n")
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)

@@ -3,6 +3,10 @@
     python -m coserve_jax.report outputs/2025-01-01/12-00-00 multirun/sweep --out report/ \
         --kind all
     python -m coserve_jax.report RUN --out report/ --executor-sweep sweep.json --board A
+    python -m coserve_jax.report RUN      # into RUN/report/
+
+A run dir's requests.csv and timeline-<arm>.json (``metrics.timeline=true``) add per-arm plots:
+latency CDF, throughput over time, pool occupancy, where the time went (``timeline_plots``).
 
 Prints the Markdown of every table to stdout and writes ``report.md`` (all tables) beside the
 per-table files.
@@ -17,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from coserve_jax.report import paper_values as pv
-from coserve_jax.report import plots, tables
+from coserve_jax.report import plots, tables, timeline_plots
 from coserve_jax.report.runs import ReportInputError, RunRecord, load_runs
 from coserve_jax.report.table_render import Table, to_markdown, write_table
 
@@ -52,8 +56,10 @@ def build_plots(runs: list[RunRecord], kind: str, out_dir: Path) -> list[Path]:
         return plots.plot_ablation(runs, out_dir) if arm_names & set(pv.ABLATION_ARMS) else []
     if kind == "arms":
         # A run where no arm fitted its budget (all infeasible) has nothing to plot.
-        return [plots.plot_arms(r, out_dir / f"{t.name}.png")
-                for r, t in zip(runs, tables.arm_tables(runs), strict=True) if r.arms]
+        named = [(r, t) for r, t in zip(runs, tables.arm_tables(runs), strict=True) if r.arms]
+        return [p for r, t in named
+                for p in (plots.plot_arms(r, out_dir / f"{t.name}.png"),
+                          *timeline_plots.plot_run(r, out_dir, t.name))]
     if kind == "budget":
         has_budget = any(r.device_budget is not None for r in runs)
         return [plots.plot_budget_sweep(runs, out_dir / "budget_sweep.png")] if has_budget \
@@ -81,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
     """Parse ``argv``, write the report, print its Markdown; 2 on bad input (message on
     stderr naming the path)."""
     args = _parser().parse_args(argv)
-    out_dir = Path(args.out)
+    out_dir = Path(args.out) if args.out is not None else args.run_dirs[0] / "report"
     try:
         runs = load_runs(args.run_dirs)
         built = build_tables(runs, args.kind)
@@ -94,13 +100,15 @@ def main(argv: list[str] | None = None) -> int:
     except ReportInputError as err:
         print(f"coserve_jax.report: error: {err}", file=sys.stderr)
         return 2
-    markdown = _report_markdown(runs, built, pngs)
+    notes = [n for r in runs for n in timeline_plots.missing_inputs(r)] if args.kind in ("arms", "all") else []
+    markdown = _report_markdown(runs, built, pngs, notes)
     (out_dir / "report.md").write_text(markdown)
     print(markdown)
     return 0
 
 
-def _report_markdown(runs: list[RunRecord], built: list[Table], pngs: list[Path]) -> str:
+def _report_markdown(runs: list[RunRecord], built: list[Table], pngs: list[Path],
+                     notes: list[str] = ()) -> str:
     lines = [f"# Report: {len(runs)} run(s)", ""]
     lines += [f"- `{r.label}`: hardware {r.hardware or '?'}, task {r.task or '?'}, "
               f"arms {', '.join(r.arms) or 'none'}"
@@ -111,6 +119,8 @@ def _report_markdown(runs: list[RunRecord], built: list[Table], pngs: list[Path]
     if pngs:
         lines.append("### Plots\n")
         lines += [f"![{p.stem}]({p.name})" for p in pngs]
+    if notes:
+        lines += ["", *[f"- {n}" for n in notes]]
     return "\n".join(lines) + "\n"
 
 
@@ -132,7 +142,8 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("run_dirs", nargs="+", type=Path, metavar="RUN_DIR",
                         help="run dirs, Hydra multirun dirs, or results.json files "
                              "(searched recursively)")
-    parser.add_argument("--out", required=True, type=Path, help="output folder")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="output folder (default: the first RUN_DIR's report/)")
     parser.add_argument("--kind", choices=KINDS, default="all", help="which report (default all)")
     parser.add_argument("--executor-sweep", type=Path, default=None,
                         help="planner JSON {candidates: [{name, throughput_rps}], chosen} → "

@@ -16,6 +16,7 @@ from coserve_jax.engine.build import build_engine, plan_executors
 from coserve_jax.engine.loop import EngineLoop
 from coserve_jax.engine.real import RealBackend
 from coserve_jax.engine.sim import SimBackend
+from coserve_jax.metrics.timeline import Timeline
 from coserve_jax.runner.heap import frozen_heap
 from coserve_jax.runner.model import Model, make_runtime
 from coserve_jax.types import Request
@@ -54,8 +55,10 @@ class ArmRunner:
             backend = RealBackend(self.runtime, load_threads=self.cfg.backend.load_threads,
                                   drop_page_cache=self.cfg.hardware.drop_page_cache,
                                   stall_timeout_s=self.cfg.backend.stall_timeout_s,
-                                  fault_injector=fault_injector)
+                                  fault_injector=fault_injector, annotate=self.cfg.metrics.jax_annotations)
         engine = build_engine(self.cfg, arm, self.model.graph, self.cost, backend, self.routing)
+        if self.cfg.metrics.timeline:
+            engine.attach_timeline(Timeline(self.cfg.metrics.timeline_max_events))
         if self.cfg.backend.name == "real":
             for ex in engine.executors:
                 backend.bind_pool(ex.pool.pool_id, self.runtime.device(ex.kind, ex.device_index))
@@ -126,7 +129,8 @@ class ArmRunner:
         summary["policy"] = arm_policy(arm)
         summary["executors"] = [{"id": ex.executor_id, "kind": ex.kind, "device": ex.device_index,
                                  "pool": ex.pool.pool_id, "max_batch": dict(ex.max_batches),
-                                 "batch_memory": "dynamic" if ex.dynamic_batch_memory else "reserved"}
+                                 "batch_memory": "dynamic" if ex.dynamic_batch_memory else "reserved",
+                                 "time_s": dict(ex.seconds)}
                                 for ex in engine.executors]
         if self.model.trained and self.routing == "model":
             summary["accuracy"] = accuracy(engine)
