@@ -240,7 +240,9 @@ def parse_config(cfg: DictConfig | Mapping[str, Any]) -> RunConfig:
     model = _build(ModelConfig, raw["model"], "model")
     _check_choice(model.kind, "model.kind", ("demo", "paper"))
     if model.kind == "paper":
-        _check_choice(model.board, "model.board", ("a", "b"))
+        from coserve_jax.coe.paper import BOARDS
+
+        _check_choice(model.board, "model.board", BOARDS)
     if not isinstance(model.seed, int) or isinstance(model.seed, bool):
         raise ConfigError(f"model.seed: must be an integer, got {model.seed!r}")
     if model.tail_types is not None:

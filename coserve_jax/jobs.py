@@ -39,7 +39,11 @@ def run_job(cfg: DictConfig, out_dir: str | Path) -> dict[str, Any]:
         from coserve_jax.profiler.plan_job import run_plan_job
 
         return run_plan_job(cfg, out_dir)
-    raise ConfigError(f"job: unknown job {job!r}; one of serve, zoo, profile, plan")
+    if job == "cluster":
+        from coserve_jax.serve.scaling import run_scaling_job
+
+        return run_scaling_job(cfg, out_dir)
+    raise ConfigError(f"job: unknown job {job!r}; one of serve, zoo, profile, plan, cluster")
 
 
 def print_arm_table(results: dict[str, Any], out_dir: str | Path) -> None:
