@@ -24,6 +24,7 @@ the detector the rules lead to.
 from __future__ import annotations
 
 import dataclasses
+import heapq
 import math
 import random
 from collections import Counter, deque
@@ -124,20 +125,24 @@ def build_partition(graph: CoEGraph, replicas: Sequence[ReplicaView], mix: Mappi
                     stickiness: float = 0.1, detector_affinity: float = 0.25) -> Partition:
     """Partition component types over replicas (longest-processing-time first, memory-aware).
 
-    Units are types, hottest first (expected work); a type whose work is more than
-    ``split_above`` x one replica's fair share is split into that many equal shares, each on a
-    different replica. A unit goes to the replica with the least load after adding it, among
-    those whose working set still fits its ``expert_bytes``; when none fits (the cluster holds
-    less than the hot working set) to the least-loaded one (it then loads on demand). Within
-    ``detector_affinity`` x the unit's work a replica already holding its detector wins (the
-    detector is not replicated without need), and within ``stickiness`` x a fair share its
-    previous home wins (a re-partition moves few types). Types with no expected traffic are
-    dealt round-robin, so every type has a home."""
+    Units, hottest (most expected work) first: a detector's family (the types whose requests
+    may continue to it) is one unit while its work is at most ``split_above`` x one replica's
+    fair share, so the detector is loaded once; a hotter family breaks into its types, and a
+    type hotter than that is split into as many equal shares, each on a different replica (the
+    detector is then replicated where its types landed). Types with no detector are units of
+    their own. A unit goes to the replica with the least load after adding it, among those
+    whose working set still fits its ``expert_bytes``; a family that fits nowhere breaks into
+    its types; a type that fits nowhere goes to the least-loaded replica (the cluster holds less
+    than the hot working set: it loads on demand there). A type-unit gets ``detector_affinity``
+    x its work off its score on a replica already holding its detector, and ``stickiness`` x a
+    fair share on its previous home (a re-partition moves few types). Types with no expected
+    traffic are dealt round-robin, so every type has a home."""
     ids = [r.replica_id for r in replicas]
     if not ids:
         raise NoReplicaError("no replica is alive")
     by_id = {r.replica_id: r for r in replicas}
-    work = {r.replica_id: {} for r in replicas}
+    rank = {i: n for n, i in enumerate(ids)}
+    work: dict[Hashable, dict[str, float]] = {}
     hot = [t for t in graph.components if mix.get(t, 0.0) > 0.0]
     priced: dict[tuple, dict[str, float]] = {}  # replicas of one profile, kind and lanes price alike
     for r in replicas:
@@ -147,15 +152,36 @@ def build_partition(graph: CoEGraph, replicas: Sequence[ReplicaView], mix: Mappi
         work[r.replica_id] = priced[key]
     ref = ids[0]
     total = sum(work[ref].values())
-    fair = total / len(ids) if total > 0 else 0.0
-    units: list[tuple[float, str, int]] = []  # (work on the reference replica, type, shares)
-    for t in hot:
+    cap = split_above * (total / len(ids)) if total > 0 else math.inf  # most work one unit may carry
+    fair = total / len(ids)
+
+    # A unit: (types, shares); its work on replica i is sum(work[i][t]) / shares.
+    heap: list[tuple[float, int, tuple[str, ...], int]] = []
+    seq = 0
+
+    def push(types: tuple[str, ...], shares: int) -> None:
+        nonlocal seq
+        for _ in range(shares):
+            heapq.heappush(heap, (-sum(work[ref][t] for t in types) / shares, seq, types, shares))
+            seq += 1
+
+    def push_type(t: str) -> None:
         w = work[ref][t]
-        k = 1
-        if fair > 0 and w > split_above * fair:
-            k = min(len(ids), math.ceil(w / (split_above * fair)))
-        units += [(w / k, t, k)] * k
-    units.sort(key=lambda u: (-u[0], u[1]))
+        push((t,), min(len(ids), max(1, math.ceil(w / cap - 1e-9))) if w > cap else 1)
+
+    families: dict[str, list[str]] = {}
+    for t in hot:
+        d = graph.components[t].detector
+        if d is None:
+            push_type(t)
+        else:
+            families.setdefault(d, []).append(t)
+    for members in families.values():
+        if len(members) > 1 and sum(work[ref][t] for t in members) <= cap * (1 + 1e-9):
+            push(tuple(sorted(members)), 1)
+        else:
+            for t in members:
+                push_type(t)
 
     homes: dict[str, list[Hashable]] = {t: [] for t in graph.components}
     held: dict[Hashable, set[str]] = {i: set() for i in ids}
@@ -164,35 +190,43 @@ def build_partition(graph: CoEGraph, replicas: Sequence[ReplicaView], mix: Mappi
     order: dict[Hashable, list[str]] = {i: [] for i in ids}
     prev = previous.homes if previous is not None else {}
 
-    def extra_bytes(i: Hashable, t: str) -> tuple[int, list[str]]:
-        c = graph.components[t]
-        new = [e for e in (c.classifier, c.detector) if e is not None and e not in held[i]]
-        return sum(graph.experts[e].param_bytes for e in new), new
+    def new_experts(i: Hashable, types: tuple[str, ...]) -> list[str]:
+        out: list[str] = []
+        for t in types:
+            c = graph.components[t]
+            out += [e for e in (c.classifier, c.detector) if e is not None and e not in held[i] and e not in out]
+        return out
 
-    for _, t, k in units:
-        c = graph.components[t]
+    while heap:
+        _, _, types, k = heapq.heappop(heap)
         best: tuple | None = None
         for i in ids:
-            if i in homes[t]:
+            if len(types) == 1 and i in homes[types[0]]:
                 continue  # each share of a split type on a different replica
-            w = work[i][t] / k
-            add, _ = extra_bytes(i, t)
-            fits = used[i] + add <= by_id[i].expert_bytes
+            w = sum(work[i][t] for t in types) / k
+            fits = used[i] + sum(graph.experts[e].param_bytes for e in new_experts(i, types)) <= by_id[i].expert_bytes
             score = load[i] + w
-            if c.detector is not None and c.detector in held[i]:
-                score -= detector_affinity * w
-            if i in prev.get(t, ()):
+            if len(types) == 1:
+                det = graph.components[types[0]].detector
+                if det is not None and det in held[i]:
+                    score -= detector_affinity * w
+            if any(i in prev.get(t, ()) for t in types):
                 score -= stickiness * fair
-            key = (not fits, score, ids.index(i))
+            key = (not fits, score, rank[i])
             if best is None or key < best[0]:
                 best = (key, i, w)
         assert best is not None
-        _, i, w = best
-        add, new = extra_bytes(i, t)
-        homes[t].append(i)
+        (unfit, _, _), i, w = best
+        if unfit and len(types) > 1:
+            for t in types:  # a family that fits nowhere whole: place its types one by one
+                push_type(t)
+            continue
+        new = new_experts(i, types)
+        for t in types:
+            homes[t].append(i)
         held[i].update(new)
         order[i].extend(new)
-        used[i] += add
+        used[i] += sum(graph.experts[e].param_bytes for e in new)
         load[i] += w
     cost_s = {t: (work[ref][t] / mix[t] if t in work[ref] else
                   type_work_s(graph, t, by_id[ref].cost, by_id[ref].kind, 1.0) / max(1, by_id[ref].lanes))
