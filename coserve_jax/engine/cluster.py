@@ -63,6 +63,26 @@ class WorkingSetPlacement:
         return plan
 
 
+def expert_bytes(engine: LoopEngine) -> int:
+    """Bytes an engine's pools hold for experts: their budgets less batch memory (the fixed
+    reserve, or for dynamic batch memory the reserve kept while the pool is first filled)."""
+    total = 0
+    for pool in {id(ex.pool): ex.pool for ex in engine.executors}.values():
+        batch = sum(ex.initial_reserve_bytes for ex in engine.executors if ex.pool is pool)
+        total += pool.budget_bytes - max(pool.reserved_bytes, batch)
+    return total
+
+
+def held_experts(engine: LoopEngine) -> set[str]:
+    """Experts an engine holds or has committed to load: resident, loading or queued."""
+    out: set[str] = set()
+    for pool in {id(ex.pool): ex.pool for ex in engine.executors}.values():
+        out.update(list(pool.resident), list(pool.loading))
+    for ex in engine.executors:
+        out.update(list(ex.queued_experts))
+    return out
+
+
 class SimReplica:
     """A replica as routers see it (``policies.router.ReplicaView``), over one engine loop."""
 
@@ -71,16 +91,11 @@ class SimReplica:
         self.engine = engine
         self.alive = True
         self.pending = 0
-        ex0 = engine.executors[0]
-        self.kind = ex0.kind
+        self.kind = engine.executors[0].kind
         self.cost = engine.cost
         self.lanes = len(engine.executors)
-        pools = {id(ex.pool): ex.pool for ex in engine.executors}
-        batch = {pid: max(p.reserved_bytes, sum(ex.initial_reserve_bytes for ex in engine.executors
-                                                 if id(ex.pool) == pid))
-                 for pid, p in pools.items()}
-        self.expert_bytes = sum(p.budget_bytes - batch[pid] for pid, p in pools.items())
-        self._pools = list(pools.values())
+        self.expert_bytes = expert_bytes(engine)
+        self._pools = list({id(ex.pool): ex.pool for ex in engine.executors}.values())
 
     @property
     def num_experts(self) -> int:
