@@ -128,11 +128,11 @@ def test_healthz_and_prometheus_metrics(server, real):
     assert post(server.url, ctype, encode_npy(img))[0] == 200
     with urllib.request.urlopen(f"{server.url}/healthz", timeout=10) as r:
         assert r.status == 200 and json.load(r)["status"] == "ok"
-    deadline = time.time() + 20  # replicas report their stats every serve.replica.routing_stats_period_s
+    deadline = time.time() + 30  # replicas report their stats every serve.replica.routing_stats_period_s
     while True:
         with urllib.request.urlopen(f"{server.url}/metrics", timeout=10) as r:
             text = r.read().decode()
-        if "coserve_replica_switches_total" in text or time.time() > deadline:
+        if "coserve_replica_load_seconds_bucket" in text or time.time() > deadline:
             break
         time.sleep(0.5)
     for name in ("coserve_requests_total", "coserve_failures_total", "coserve_request_latency_seconds_bucket",
