@@ -18,7 +18,6 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 
 
 def main() -> None:
@@ -38,7 +37,6 @@ def main() -> None:
     from coserve_jax.serve.config import parse_serve
     from coserve_jax.serve.launch import replica_config, start
     from coserve_jax.serve.scaling import cluster_model, simulate
-    from coserve_jax.types import Request
 
     overrides = [*a.overrides, f"serve.replicas={a.replicas}", f"serve.router={a.router}", "serve.ray.num_cpus=2"]
     t0 = time.time()
@@ -65,7 +63,8 @@ def main() -> None:
     graph, cost = cluster_model(run_cfg)
     from coserve_jax.api import make_trace
 
-    trace = make_trace(dataclasses.replace(run_cfg, workload=dataclasses.replace(run_cfg.workload, num_requests=len(items))), graph)
+    wl = dataclasses.replace(run_cfg.workload, num_requests=len(items))
+    trace = make_trace(dataclasses.replace(run_cfg, workload=wl), graph)
     reqs = [dataclasses.replace(r, arrival_s=float(t)) for r, t in zip(trace, offsets)]
     sim = simulate(run_cfg, serve_cfg, graph, cost, reqs)
     out = {"replicas": a.replicas, "router": a.router, "model": run_cfg.model.name, "offered_rps": a.rate,
