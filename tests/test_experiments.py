@@ -37,6 +37,8 @@ TINY: dict[str, list[str]] = {
     "paper_fig13_14": [*SIM_TINY, "planner.output={plans}/plan.yaml"],
     "demo_fig13_16": ["{tiny}", "workload.num_requests=40", "planner.output={plans}/plan.yaml"],
     "budget_sweep_demo": REAL_TINY,
+    "cluster_scaling": ["cluster.models=[pcb_paper_a]", "cluster.replicas=[1,2]", "cluster.requests_per_replica=50",
+                        "cluster.min_requests=100", "cluster.jobs=1", "cluster.out_dir=null"],
 }
 # Experiments whose coserve_best needs a plan first: (plan overrides) made with the simulator.
 NEEDS_PLAN = {

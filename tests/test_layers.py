@@ -52,6 +52,8 @@ LAYERS: list[tuple[str, ...]] = [
     ("jobs",),
     # the public API facade and the Hydra entry point
     ("api", "run"),
+    # the Ray Serve application: each replica wraps the public online Engine
+    ("serve",),
 ]
 
 # (module, imported module) -> why it is imported inside a function. Keep this short.

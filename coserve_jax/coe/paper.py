@@ -103,6 +103,14 @@ PAPER_ARCHS: dict[str, dict[str, Any]] = {
 }
 
 NUM_TYPES: dict[str, int] = {"a": 352, "b": 342}  # PAPER.md Workloads
+# Generated boards (not in the paper): the same construction at a larger scale, for the cluster
+# studies (experiments/cluster). g3000: 3,000 types; detectors scaled with the types (12 per
+# 352 -> 100, half YOLOv5m, half YOLOv5l); Fig. 11's head kept in proportion (the top 10% of
+# experts, 300, cover 0.602 of usage). Tail over every type (tail_types must be null).
+GENERATED_BOARDS: dict[str, dict[str, Any]] = {
+    "g3000": {"types": 3000, "detectors": {"yolov5m": 50, "yolov5l": 50}, "top_k": 300},
+}
+BOARDS = (*NUM_TYPES, *GENERATED_BOARDS)
 NUM_DETECTORS: dict[str, int] = {"yolov5m": 6, "yolov5l": 6}  # see module docstring
 DETECTION_SHARE = 0.30  # share of types with a detection check (module docstring)
 P_DAMAGED_RANGE = (0.01, 0.05)  # per-type damage probability, uniform (module docstring)
@@ -230,25 +238,30 @@ def build_paper_graph(board: str = "a", seed: int = 0, tail_types: int | None = 
     top 35 at 0.602 raises ValueError naming ``model.tail_types``.
     """
     board = str(board).lower()
-    if board not in NUM_TYPES:
-        raise ValueError(f"board must be one of {sorted(NUM_TYPES)}, got {board!r}")
+    if board not in BOARDS:
+        raise ValueError(f"board must be one of {sorted(BOARDS)}, got {board!r}")
+    gen = GENERATED_BOARDS.get(board)
+    if gen is not None and tail_types is not None:
+        raise ValueError(f"model.tail_types: generated board {board} spreads its tail over every type; set it to null")
     tail_types = check_tail_types(board, tail_types)
-    n_types = NUM_TYPES[board]
+    n_types = NUM_TYPES[board] if gen is None else gen["types"]
+    detectors = NUM_DETECTORS if gen is None else gen["detectors"]
+    top_k = TOP_K if gen is None else gen["top_k"]
     n_active = None if tail_types is None else TOP_K + tail_types
-    rng = np.random.default_rng([seed, ord(board)])
+    rng = np.random.default_rng([seed, *board.encode()])  # a paper board: [seed, ord(board)]
 
     det_ids = [
-        f"det_{board}_{arch[-1]}{i}" for arch, n in NUM_DETECTORS.items() for i in range(n)
+        f"det_{board}_{arch[-1]}{i}" for arch, n in detectors.items() for i in range(n)
     ]
-    det_archs = [arch for arch, n in NUM_DETECTORS.items() for _ in range(n)]
+    det_archs = [arch for arch, n in detectors.items() for _ in range(n)]
     n_det = len(det_ids)
 
     rank = rng.permutation(n_types)  # rank[i]: popularity rank of type i (0 = most common)
     p_damaged = rng.uniform(*P_DAMAGED_RANGE, size=n_types)
-    det_of = _assign_detectors(rng, rank, NUM_DETECTORS)
+    det_of = _assign_detectors(rng, rank, detectors)
 
     try:
-        exponent = _solve_exponent(rank, p_damaged, det_of, n_det, TOP_K, TOP_K_SHARE, n_active)
+        exponent = _solve_exponent(rank, p_damaged, det_of, n_det, top_k, TOP_K_SHARE, n_active)
     except ValueError as e:
         if n_active is None:
             raise

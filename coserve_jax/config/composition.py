@@ -62,7 +62,12 @@ def register_schema() -> None:
     # one name) and the catalog they come from.
     schema = _mutable(RunConfig, types={"arms": Any})
     schema = dataclasses.make_dataclass(
-        "CoserveConfig", [("arm_catalog", dict[str, Any], dataclasses.field(default_factory=dict))], bases=(schema,))
+        "CoserveConfig", [("arm_catalog", dict[str, Any], dataclasses.field(default_factory=dict)),
+                          # python -m coserve_jax.serve and job=cluster (config/serve.py checks it)
+                          ("serve", dict[str, Any], dataclasses.field(default_factory=dict)),
+                          # job=cluster's grid (+experiment=cluster_scaling; jobs/cluster.py checks it)
+                          ("cluster", dict[str, Any], dataclasses.field(default_factory=dict))],
+        bases=(schema,))
     ConfigStore.instance().store(name=SCHEMA_NAME, node=schema)
 
 

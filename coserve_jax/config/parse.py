@@ -14,7 +14,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from coserve_jax.coe.paper import build_paper_graph, check_tail_types
+from coserve_jax.coe.paper import BOARDS, build_paper_graph, check_tail_types
 from coserve_jax.config.errors import ConfigError, build, check_choice, fraction, positive
 from coserve_jax.config.schema import (
     ArmConfig,
@@ -73,7 +73,7 @@ def parse_config(cfg: DictConfig | Mapping[str, Any]) -> RunConfig:
     model = dataclasses.replace(model, zoo=build(ZooOverrides, model.zoo, "model.zoo"))
     check_choice(model.kind, "model.kind", ("demo", "paper"))
     if model.kind == "paper":
-        check_choice(model.board, "model.board", ("a", "b"))
+        check_choice(model.board, "model.board", BOARDS)
     if not isinstance(model.seed, int) or isinstance(model.seed, bool):
         raise ConfigError(f"model.seed: must be an integer, got {model.seed!r}")
     if model.tail_types is not None:

@@ -1,4 +1,4 @@
-"""The jobs an experiment config can ask for (``job: serve | zoo | profile | plan``), each writing
+"""The jobs an experiment config can ask for (``job: serve | zoo | profile | plan | cluster``), each writing
 its run dir (``rundir.py``); ``prepare.py`` sets up what jobs that run arms need."""
 
 from __future__ import annotations
@@ -9,12 +9,14 @@ from typing import Any
 from omegaconf import DictConfig
 
 from coserve_jax.config import ConfigError
+from coserve_jax.jobs.cluster import run_scaling_job
 from coserve_jax.jobs.plan import run_plan_job
 from coserve_jax.jobs.profile import run_profile_job
 from coserve_jax.jobs.serve import run_serve_job
 from coserve_jax.jobs.zoo import run_zoo_job
 
-JOBS = {"serve": run_serve_job, "zoo": run_zoo_job, "profile": run_profile_job, "plan": run_plan_job}
+JOBS = {"serve": run_serve_job, "zoo": run_zoo_job, "profile": run_profile_job, "plan": run_plan_job,
+        "cluster": run_scaling_job}
 
 
 def run_job(cfg: DictConfig, out_dir: str | Path) -> dict[str, Any]:

@@ -1,0 +1,161 @@
+"""Open-loop load generator for the HTTP endpoint (``python -m coserve_jax.serve``).
+
+    python scripts/loadgen.py --url http://127.0.0.1:8000 --rate 20 --requests 600 --duration-s 60
+    python scripts/loadgen.py --arrival gamma --cv 2 --rate 20 --slo-ms 500 --out runs/load.json
+
+Requests arrive at their scheduled times whatever the server's pace (open loop): Poisson
+arrivals, or gamma inter-arrival times with coefficient of variation ``--cv`` (burstier above
+1), at ``--rate`` img/s. The images and component types come from the model's seeded workload
+(``--overrides``, the same Hydra overrides as the server's model), rendered before the first send.
+Bounded: at most ``--requests`` sends, none after ``--duration-s``, each waiting at most
+``--timeout-s``; loopback addresses only. Reports sent, answered by HTTP status, lost (no
+answer), achieved throughput (200s over the span from the first send to the last answer),
+p50/p95/p99 latency of the 200s and the share of all sent requests answered 200 within ``--slo-ms``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures
+import ipaddress
+import json
+import socket
+import sys
+import threading
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+
+def loopback_only(url: str) -> None:
+    host = urllib.parse.urlparse(url).hostname or ""
+    try:
+        addrs = {info[4][0] for info in socket.getaddrinfo(host, None)}
+    except OSError as e:
+        raise SystemExit(f"--url: cannot resolve {host!r}: {e}") from None
+    if not addrs or not all(ipaddress.ip_address(a.split("%")[0]).is_loopback for a in addrs):
+        raise SystemExit(f"--url: {host} resolves to {sorted(addrs)}; this load generator targets loopback only")
+
+
+def arrival_offsets_s(n: int, rate: float, arrival: str, cv: float, seed: int) -> np.ndarray:
+    """Send times (s from the start) of n requests at ``rate`` per second."""
+    rng = np.random.default_rng(seed)
+    if arrival == "poisson":
+        gaps = rng.exponential(1.0 / rate, n)
+    else:  # gamma with mean 1/rate and coefficient of variation cv: shape 1/cv^2
+        shape = 1.0 / (cv * cv)
+        gaps = rng.gamma(shape, 1.0 / (rate * shape), n)
+    return np.concatenate([[0.0], np.cumsum(gaps[:-1])])
+
+
+def workload(overrides: list[str], n: int) -> list[tuple[str, bytes]]:
+    """(component type, .npy body) for n requests of the model's seeded workload."""
+    from coserve_jax.api import as_run_config, make_trace
+    from coserve_jax.coe.zoo import build_or_load_zoo, zoo_config
+    from coserve_jax.serve.decode import encode_npy
+
+    cfg = as_run_config([*overrides, f"workload.num_requests={n}"])[0]
+    zoo = build_or_load_zoo(zoo_config(dict(cfg.model.zoo), seed=cfg.model.seed), progress=False)
+    return [(r.component_type, encode_npy(zoo.render(r))) for r in make_trace(cfg, zoo.graph)]
+
+
+def send(url: str, ctype: str, body: bytes, timeout_s: float) -> tuple[int | None, float, str]:
+    req = urllib.request.Request(f"{url}/v1/infer?component_type={urllib.parse.quote(ctype)}", data=body,
+                                 headers={"Content-Type": "application/x-npy"})
+    t = time.perf_counter()
+    try:
+        with urllib.request.urlopen(req, timeout=timeout_s) as r:
+            r.read()
+            return r.status, time.perf_counter() - t, ""
+    except urllib.error.HTTPError as e:
+        return e.code, time.perf_counter() - t, e.read().decode(errors="replace")[:200]
+    except (urllib.error.URLError, OSError) as e:
+        return None, time.perf_counter() - t, f"{type(e).__name__}: {e}"
+
+
+def run(url: str, items: list[tuple[str, bytes]], offsets: np.ndarray, duration_s: float, timeout_s: float,
+        slo_ms: float, max_inflight: int) -> dict[str, Any]:
+    results: list[tuple[float, int | None, float, str]] = []  # (sent at, status, latency, error)
+    lock = threading.Lock()
+    late: list[float] = []
+
+    def one(i: int, t_sent: float) -> None:
+        status, lat, err = send(url, items[i][0], items[i][1], timeout_s)
+        with lock:
+            results.append((t_sent, status, lat, err))
+
+    t0 = time.perf_counter()
+    sent = 0
+    with concurrent.futures.ThreadPoolExecutor(max_inflight) as pool:
+        futs = []
+        for i, off in enumerate(offsets):
+            if off > duration_s:
+                break
+            wait = t0 + off - time.perf_counter()
+            if wait > 0:
+                time.sleep(wait)
+            else:
+                late.append(-wait)
+            futs.append(pool.submit(one, i, time.perf_counter() - t0))
+            sent += 1
+        concurrent.futures.wait(futs, timeout=timeout_s + 30)
+    end = time.perf_counter() - t0
+    ok = [(t, lat) for t, s, lat, _ in results if s == 200]
+    lat_ms = np.array([lat for _, lat in ok]) * 1e3
+    statuses: dict[str, int] = {}
+    errors: dict[str, int] = {}
+    for _, s, _, err in results:
+        statuses[str(s)] = statuses.get(str(s), 0) + 1
+        if s != 200:
+            errors[err.split(":")[0][:80] or str(s)] = errors.get(err.split(":")[0][:80] or str(s), 0) + 1
+    last_answer = max((t + lat for t, _, lat, _ in results), default=0.0)
+    pct = (lambda q: float(np.percentile(lat_ms, q))) if lat_ms.size else (lambda q: None)
+    return {
+        "url": url, "sent": sent, "answered": len(results), "lost": sent - len(results),
+        "status": statuses, "errors": errors,
+        "offered_rps": sent / max(offsets[min(sent, len(offsets)) - 1], 1e-9) if sent > 1 else None,
+        "achieved_rps": len(ok) / max(last_answer, 1e-9),
+        "latency_ms": {"p50": pct(50), "p95": pct(95), "p99": pct(99)},
+        "slo_ms": slo_ms, "within_slo": float((lat_ms <= slo_ms).sum() / max(sent, 1)),
+        "late_sends": len(late), "max_send_lag_s": max(late, default=0.0), "wall_s": end,
+    }
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--url", default="http://127.0.0.1:8000")
+    ap.add_argument("--rate", type=float, required=True, help="offered img/s")
+    ap.add_argument("--arrival", choices=("poisson", "gamma"), default="poisson")
+    ap.add_argument("--cv", type=float, default=1.0, help="gamma: coefficient of variation of the gaps")
+    ap.add_argument("--requests", type=int, default=500, help="at most this many sends")
+    ap.add_argument("--duration-s", type=float, default=60.0, help="no send after this many seconds")
+    ap.add_argument("--timeout-s", type=float, default=60.0, help="each request waits at most this long")
+    ap.add_argument("--slo-ms", type=float, default=1000.0, help="latency target")
+    ap.add_argument("--max-inflight", type=int, default=256, help="sender threads (open loop: keep it large)")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--overrides", nargs="*", default=["model=pcb_demo"],
+                    help="Hydra overrides naming the server's model (images and types)")
+    ap.add_argument("--out", type=Path, help="write the report here (JSON)")
+    a = ap.parse_args(argv)
+    if a.rate <= 0 or a.requests < 1 or a.duration_s <= 0 or a.timeout_s <= 0 or a.cv <= 0:
+        ap.error("--rate, --requests, --duration-s, --timeout-s and --cv must be positive")
+    loopback_only(a.url)
+    items = workload(a.overrides, a.requests)
+    report = run(a.url, items, arrival_offsets_s(len(items), a.rate, a.arrival, a.cv, a.seed), a.duration_s,
+                 a.timeout_s, a.slo_ms, a.max_inflight)
+    report.update(arrival=a.arrival, cv=a.cv, rate=a.rate)
+    text = json.dumps(report, indent=2)
+    print(text)
+    if a.out:
+        a.out.parent.mkdir(parents=True, exist_ok=True)
+        a.out.write_text(text + "\n")
+    return report
+
+
+if __name__ == "__main__":
+    sys.exit(0 if main()["lost"] == 0 else 1)
