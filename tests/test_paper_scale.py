@@ -194,3 +194,26 @@ def test_model_yaml(board):
     assert path.read_text().startswith("#")
     cfg = OmegaConf.load(path)
     assert cfg.kind == "paper" and cfg.board == board and cfg.seed == 0
+
+
+# ---- fair baselines and shared hardware (issue #22) ----------------------------------------
+@pytest.mark.parametrize("name", HARDWARE)
+def test_paper_loads_split_into_disk_cpu_and_link_parts(name):
+    """Table 1's SSD read, the deserialising overhead and Fig. 1's CPU -> GPU copy add up to each
+    load; the host has Table 1's CPU cores."""
+    hw = _hw(name)
+    cost = _cost(name)
+    size = PAPER_ARCHS["resnet101"]["param_bytes"]
+    ssd, deser = float(hw.paper_profile.ssd_read_bytes_per_s), float(hw.paper_profile.deserialise_bytes_per_s)
+    gpu = dict(cost.load_parts_s("gpu", Tier.DISK, size))
+    assert list(gpu) == ["disk", "cpu", "link"]
+    assert gpu["disk"] == pytest.approx(size / ssd) and gpu["cpu"] == pytest.approx(size / deser)
+    assert gpu["link"] == pytest.approx(cost.load_latency_s("gpu", Tier.HOST, size))
+    assert sum(gpu.values()) == pytest.approx(cost.load_latency_s("gpu", Tier.DISK, size))
+    assert dict(cost.load_parts_s("gpu", Tier.HOST, size)) == {"link": pytest.approx(gpu["link"])}
+    for pool in ("cpu", "host"):
+        host = dict(cost.load_parts_s(pool, Tier.DISK, size))
+        assert host == {"disk": pytest.approx(gpu["disk"]), "cpu": pytest.approx(gpu["cpu"])}
+    assert cost.host_cores == int(hw.paper_profile.host_cores) >= 8
+    unsplit = CostModel(paper_profile({**hw.paper_profile, "split_loads": False}, PAPER_ARCHS))
+    assert unsplit.load_parts_s("gpu", Tier.DISK, size) == ()
