@@ -296,6 +296,15 @@ def test_the_engine_splits_loads_only_where_the_profile_does():
         assert all(sum(s for _, s in j.parts) == pytest.approx(j.predicted_s) for j in seen if j.parts)
 
 
+def test_throughput_incl_init_counts_the_initial_preloads():
+    s, _ = run_arm("coserve")
+    assert s["init_s"] == s["time_s"]["init"] > 0
+    done = s["requests"]["completed"]
+    assert s["throughput_rps"] == pytest.approx(done / s["wall_s"])
+    assert s["throughput_rps_incl_init"] == pytest.approx(done / (s["wall_s"] + s["init_s"]))
+    assert s["throughput_rps_incl_init"] < s["throughput_rps"]
+
+
 # ---- infeasible arms (issue #16, item 4) -----------------------------------------------------
 # synthetic_graph(): 12 classifiers of 4 MB and 3 detectors of 8 MB (72 MB; largest 8 MB);
 # synthetic_cost(): 100 kB of working memory per image, up to 16 (1.6 MB). hardware=cpu: 2 executors.
