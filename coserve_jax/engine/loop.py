@@ -169,7 +169,7 @@ class Engine:
         return self._future
 
     def enable_future(self, requests: Sequence[Request]) -> None:
-        """Give eviction the whole trace (the oracle bound)."""
+        """Give eviction the whole trace (the oracle arm: the Belady-on-trace reference)."""
         self._future = TraceFuture(requests, self.graph)
 
     # ---- public ---------------------------------------------------------------------------------
