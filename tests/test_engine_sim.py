@@ -288,9 +288,14 @@ def test_the_engine_splits_loads_only_where_the_profile_does():
                                     "hardware.device_budget=40%"]))
         graph = synthetic_graph()
         eng = build_engine(cfg, cfg.arms[0], graph, cost, SimBackend(2), "trace")
-        seen = []
+        seen: list = []
         start = eng.backend.start_load
-        eng.backend.start_load = lambda job: (seen.append(job), start(job))[1]
+
+        def spy(job, seen=seen, start=start):
+            seen.append(job)
+            start(job)
+
+        eng.backend.start_load = spy
         assert eng.run(generate_trace(graph, cfg.workload))["requests"]["completed"] == 60
         assert seen and all(bool(j.parts) == split_expected for j in seen)
         assert all(sum(s for _, s in j.parts) == pytest.approx(j.predicted_s) for j in seen if j.parts)
