@@ -92,6 +92,10 @@ class LoadJob:
     initial: bool = False
     via_host_cache: bool = False  # a disk load that also fills the host cache
     predicted_s: float = 0.0  # what the cost model predicts (the simulator's duration)
+    # The load's parts in order, (resource, seconds) summing to predicted_s, where the profile
+    # splits loads: "disk" (read; shares the disk), "cpu" (deserialise; one host core), "link"
+    # (host -> device copy; shares the device's link). Empty: one undivided job (engine/sim.py).
+    parts: tuple[tuple[str, float], ...] = ()
 
 
 @dataclasses.dataclass(frozen=True)

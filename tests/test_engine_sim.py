@@ -192,6 +192,124 @@ def test_sim_loop_takes_a_host_core_while_busy(shares):
     assert gpu.now() == pytest.approx(1.0)
 
 
+# ---- shared hardware: split loads (issue #22, item 3) -----------------------------------------
+def _drain(be) -> dict[int, float]:
+    """Run a backend's events to the end: load id -> when it finished."""
+    from coserve_jax.engine.loop import LoadDone
+
+    done = {}
+    while (ev := be.next_event(None)) is not None:
+        assert isinstance(ev, LoadDone)
+        done[ev.job.load_id] = be.now()
+    return done
+
+
+def test_two_concurrent_loads_share_the_disk_while_their_cpu_parts_overlap():
+    """A split load = disk read (the one disk's bandwidth, shared) + deserialise (one host core).
+    One alone: 1.0 s read + 0.5 s CPU = 1.5 s. Two at once on two lanes: the reads share the disk
+    (each at half speed: 2.0 s, twice one read alone), then the CPU parts run side by side on two
+    of the host's cores (2.5 s, not 3.0 s); one lane serialises them (1.5 s, then 3.0 s)."""
+    from coserve_jax.types import LoadJob, Tier
+
+    def job(i: int, pool: str = "ex0:gpu") -> LoadJob:
+        return LoadJob(i, pool, f"cls_{i}", 1, Tier.DISK, 0, predicted_s=1.5, parts=(("disk", 1.0), ("cpu", 0.5)))
+
+    alone = SimBackend(2, host_cores=4)
+    alone.start_load(job(1))
+    assert _drain(alone) == {1: pytest.approx(1.5)}
+    two = SimBackend(2, host_cores=4)
+    two.start_load(job(1))
+    two.start_load(job(2, "ex1:cpu"))  # any pool: the disk is the machine's
+    assert _drain(two) == {1: pytest.approx(2.5), 2: pytest.approx(2.5)}
+    # The disk parts took twice one read: both left the disk at 2.0 s (2.5 - the 0.5 s CPU part).
+    one_core = SimBackend(2, host_cores=1)  # CPU parts on one core share it: 2.0 + 2 x 0.5
+    one_core.start_load(job(1))
+    one_core.start_load(job(2))
+    assert _drain(one_core) == {1: pytest.approx(3.0), 2: pytest.approx(3.0)}
+    one_lane = SimBackend(1, host_cores=4)
+    one_lane.start_load(job(1))
+    one_lane.start_load(job(2))
+    assert _drain(one_lane) == {1: pytest.approx(1.5), 2: pytest.approx(3.0)}
+
+
+def test_copies_to_one_gpu_share_its_link_and_unsplit_loads_share_nothing():
+    """Two host -> GPU copies (the "link" part) share the GPU's link: 0.2 s each instead of 0.1;
+    a load the profile does not split (no parts) into a GPU pool runs alone as before."""
+    from coserve_jax.types import LoadJob, Tier
+
+    be = SimBackend(2)
+    for i in (1, 2):
+        be.start_load(LoadJob(i, f"ex{i}:gpu", f"cls_{i}", 1, Tier.HOST, i, predicted_s=0.1, parts=(("link", 0.1),)))
+    assert _drain(be) == {1: pytest.approx(0.2), 2: pytest.approx(0.2)}
+    be = SimBackend(2)
+    for i in (1, 2):
+        be.start_load(LoadJob(i, f"ex{i}:gpu", f"cls_{i}", 1, Tier.DISK, i, predicted_s=0.1))
+    assert _drain(be) == {1: pytest.approx(0.1), 2: pytest.approx(0.1)}
+
+
+def test_cpu_parts_of_loads_share_the_host_with_cpu_batches():
+    """A CPU part is a one-core job in the host's max-min sharing: beside a batch on 2 cores it
+    gets its core, the batch the other (half speed), as unsplit host loads did before."""
+    from types import SimpleNamespace
+
+    from coserve_jax.engine.loop import BatchDone, LoadDone
+    from coserve_jax.types import Batch, LoadJob, Tier
+
+    be = SimBackend(1, host_cores=2)
+    be.start_batch(Batch(0, 0, "cls_0", (), predicted_s=1.0), SimpleNamespace(kind="cpu", device_index=0), [])
+    be.start_load(LoadJob(1, "ex1:gpu", "cls_1", 1, Tier.DISK, 1, predicted_s=0.6,
+                          parts=(("disk", 0.2), ("cpu", 0.4))))
+    done = {}
+    while (ev := be.next_event(None)) is not None:
+        done["load" if isinstance(ev, LoadDone) else "batch"] = be.now()
+        assert isinstance(ev, (LoadDone, BatchDone))
+    # 0-0.2 s: the read (the batch alone on the host); 0.2-0.6 s: the CPU part on one core, the
+    # batch at half speed (0.2 s of work); then the batch's last 0.6 s alone: 1.2 s.
+    assert done["load"] == pytest.approx(0.6) and done["batch"] == pytest.approx(1.2)
+
+
+def test_the_engine_splits_loads_only_where_the_profile_does():
+    """Load jobs carry the profile's parts (summing to the predicted seconds); a profile without
+    ``parts`` (measured demo profiles) gives undivided loads, simulated as before."""
+    import copy
+
+    from coserve_jax.cost.model import CostModel
+    from coserve_jax.types import Tier
+
+    prof = copy.deepcopy(synthetic_cost().profile)
+    prof["kinds"]["cpu"]["loads"]["disk"]["parts"] = {"disk": 0.25, "cpu": 0.75}
+    split = CostModel(prof)
+    parts = split.load_parts_s("cpu", Tier.DISK, 4_000_000)
+    assert [r for r, _ in parts] == ["disk", "cpu"]
+    assert sum(s for _, s in parts) == pytest.approx(split.load_latency_s("cpu", Tier.DISK, 4_000_000))
+    assert synthetic_cost().load_parts_s("cpu", Tier.DISK, 4_000_000) == ()
+    for cost, split_expected in ((split, True), (synthetic_cost(), False)):
+        cfg = parse_config(compose(["backend=sim", "arms=[coserve]", "workload.num_requests=60",
+                                    "hardware.device_budget=40%"]))
+        graph = synthetic_graph()
+        eng = build_engine(cfg, cfg.arms[0], graph, cost, SimBackend(2), "trace")
+        seen: list = []
+        start = eng.backend.start_load
+
+        def spy(job, seen=seen, start=start):
+            seen.append(job)
+            start(job)
+
+        eng.backend.start_load = spy
+        assert eng.run(generate_trace(graph, cfg.workload))["requests"]["completed"] == 60
+        assert seen and all(bool(j.parts) == split_expected for j in seen)
+        assert all(sum(s for _, s in j.parts) == pytest.approx(j.predicted_s) for j in seen if j.parts)
+
+
+def test_throughput_incl_init_counts_the_initial_preloads():
+    s, _ = run_arm("coserve")
+    assert s["init_s"] == s["time_s"]["init"] > 0
+    done = s["requests"]["completed"]
+    assert s["throughput_rps"] == pytest.approx(done / s["wall_s"])
+    assert s["throughput_rps_incl_init"] == pytest.approx(done / (s["wall_s"] + s["init_s"]))
+    assert s["throughput_rps_incl_init"] < s["throughput_rps"]
+
+
 # ---- infeasible arms (issue #16, item 4) -----------------------------------------------------
 # synthetic_graph(): 12 classifiers of 4 MB and 3 detectors of 8 MB (72 MB; largest 8 MB);
 # synthetic_cost(): 100 kB of working memory per image, up to 16 (1.6 MB). hardware=cpu: 2 executors.

@@ -13,7 +13,7 @@ import pytest
 
 from coserve_jax.report import paper_values as pv
 from coserve_jax.report import plots, tables
-from coserve_jax.report.cli import main
+from coserve_jax.report.cli import build_tables, main
 from coserve_jax.report.runs import ReportInputError, find_result_files, load_runs
 from coserve_jax.report.table_render import comparison_cell, fmt_number, to_csv, to_markdown
 
@@ -208,11 +208,54 @@ def test_arm_table_reports_bounds(paper_runs: Path) -> None:
     row = dict(zip(table.header, table.rows[table.header and [r[0] for r in table.rows]
                                             .index("coserve")], strict=True))
     assert row["img/s"] == "26.3 (26.3) ×1.00"
-    assert row["% of oracle"] == f"{26.3 / 30 * 100:.1f}%"
+    # The oracle is the Belady-on-trace reference, not a bound (issue #22): the header says so.
+    assert row["% of Belady ref. (oracle)"] == f"{26.3 / 30 * 100:.1f}%"
     assert row["% of all_resident"] == f"{26.3 / 40 * 100:.1f}%"
+    assert not any("bound" in h for h in table.header)
+    assert any(n.startswith("oracle: the Belady-on-trace reference") and "not a bound" in n for n in table.notes)
     assert row["peak memory"] == "4.00 GiB" and row["p99 ms"] == "300"
     rec = next(r for r in _csv_rows(to_csv(table)) if r["arm"] == "coserve")
     assert float(rec["peak_bytes"]) == 4 * 2**30
+
+
+def test_throughput_counted_from_initialisation(tmp_path: Path) -> None:
+    """throughput_rps counts from the first arrival; throughput_rps_incl_init adds the initial
+    preloads' seconds (older results without the key: completed / (wall_s + time_s.init))."""
+    new = {**_arm(25.0, 64, preloads=30), "throughput_rps_incl_init": 2500 / (100 + 30.0)}
+    old = _arm(20.0, 64, preloads=30)
+    old["time_s"]["init"] = 25.0
+    _write_run(tmp_path / "r", {"coserve_casual": new, "coserve_best": old})
+    runs = load_runs([tmp_path / "r"])
+    table = tables.throughput_incl_init_table(runs)
+    row = dict(zip(table.header, table.rows[0], strict=True))
+    assert row["coserve_casual"] == f"{2500 / 130:.1f} (22.2) ×{2500 / 130 / 22.2:.2f}"
+    assert row["coserve_best"].startswith(f"{2500 / (125 + 25):.1f} ")
+    assert any("counted from the first arrival" in n for n in tables.throughput_table(runs).notes)
+    arms = dict(zip(tables.arm_table(runs[0]).header, tables.arm_table(runs[0]).rows[0], strict=True))
+    assert arms["arm"] == "coserve_casual" and arms["img/s incl. init"] == f"{2500 / 130:.1f}"
+
+
+def test_variants_are_set_against_their_paper_arm(tmp_path: Path) -> None:
+    """samba_casual_split ↔ Samba-CoE, samba_parallel_gpu ↔ Parallel, *_gpu rungs ↔ the ladder."""
+    assert pv.paper_throughput_rps("NUMA", "A1", "samba_casual_split") == pv.paper_throughput_rps("NUMA", "A1", "samba")
+    assert pv.paper_speedup_label("NUMA", "A1", "samba_parallel_gpu") == 4.9
+    assert pv.paper_switches("NUMA", "A1", "em_ra_gpu") == 173
+    assert pv.paper_switch_range("NUMA", "samba_casual_split") == (287, 1226)
+    _write_run(tmp_path / "r", {"samba": _arm(5.0, 700), "samba_casual_split": _arm(3.5, 900),
+                                "none": _arm(4.0, 1900), "none_gpu": _arm(5.5, 1800),
+                                "em_ra_gpu": _arm(19.0, 400), "coserve": _arm(24.0, 200),
+                                "coserve_best": _arm(25.0, 200)})
+    runs = load_runs([tmp_path / "r"])
+    abl = tables.ablation_table(runs)
+    assert "none_gpu img/s" in abl.header and "em_gpu img/s" not in abl.header
+    row = dict(zip(abl.header, abl.rows[0], strict=True))
+    assert row["none_gpu img/s"] == "5.50 (4.50) ×1.22"
+    split = tables.speedup_table(runs, "samba_casual_split")
+    row = dict(zip(split.header, split.rows[0], strict=True))
+    assert row["coserve_best"] == f"{25 / 3.5:.2f} (9.40) ×{25 / 3.5 / 9.4:.2f}"
+    names = [t.name for t in build_tables(runs, "paper")]
+    assert names == ["throughput", "throughput_incl_init", "switches", "speedup_vs_samba",
+                     "speedup_vs_samba_casual_split"]
 
 
 def test_budget_table_sorts_budgets(multirun: Path) -> None:
@@ -295,7 +338,8 @@ def test_cli_module_runs_as_subprocess(tmp_path: Path, paper_runs: Path) -> None
     assert proc.returncode == 0, proc.stderr
     assert "2.80 (2.80) ×1.00" in proc.stdout
     assert sorted(p.name for p in out.iterdir()) == sorted(
-        ["throughput.md", "throughput.csv", "switches.md", "switches.csv",
+        ["throughput.md", "throughput.csv", "throughput_incl_init.md", "throughput_incl_init.csv",
+         "switches.md", "switches.csv",
          "speedup_vs_samba.md", "speedup_vs_samba.csv", "fig13_throughput.png",
          "fig14_switches.png", "report.md"])
 

@@ -141,6 +141,7 @@ def parse_config(cfg: DictConfig | Mapping[str, Any]) -> RunConfig:
             expert_fraction=fraction(arm.expert_fraction, f"{f}.expert_fraction"),
         )
         check_choice(arm.batch_memory, f"{f}.batch_memory", ("reserved", "dynamic"))
+        check_choice(arm.batch_reserve, f"{f}.batch_reserve", ("split", "max_batch"))
         arms.append(arm)
     if len(set(names)) != len(names):
         raise ConfigError(f"arms: listed twice: {sorted(n for n in set(names) if names.count(n) > 1)}")

@@ -120,12 +120,23 @@ class ArmConfig:
     host_eviction: Mapping[str, Any] | None = None  # None: LRU (Samba-CoE's cache)
     executors: Mapping[str, int] | None = None  # None: the hardware's
     single_executor: bool = False  # Samba-CoE: one executor of the hardware's first kind
+    # Only the hardware's executors of its fastest kind (GPU where it has one; else all of them):
+    # no slow CPU executor for round-robin to feed (samba_parallel_gpu, the *_gpu ablation rungs)
+    fastest_kind_only: bool = False
     share_pool: bool = False  # executors on one device share one model pool (ours)
     # reserved: each executor's batch working memory is set aside (the paper's split);
     # dynamic: a batch takes it from the pool's free bytes when it starts (ours; engine/memory.py)
     batch_memory: str = "reserved"
     expert_fraction: float | None = None  # None: the hardware's (None there: reserve max batch)
     expert_fraction_by_kind: Mapping[str, float] | None = None  # per executor kind (from a plan)
+    # split: the batch reserve follows expert_fraction (the arm's, else the hardware's: CoServe
+    # Casual's 25%); max_batch: the arm reserves what its own largest batch needs, whatever the
+    # hardware's split (Samba-CoE has no split of its own; engine/build.py)
+    batch_reserve: str = "split"
+    # With no CPU executor, the host RAM the hardware sets aside for CPU executors' pools
+    # (hardware.cpu_pool_budget) joins the host cache (where the hardware has one): the arm may
+    # use all the host memory the machine offers (engine/build.py host_cache_pool)
+    host_cache_includes_cpu_pool: bool = False
     unlimited_memory: bool = False  # all_resident: pools as large as the zoo
     sees_future: bool = False  # oracle: eviction may read the whole trace
     plan: str | None = None  # path to a planner output (coserve_best)

@@ -20,6 +20,10 @@ Schema ``coserve_jax.profile/1`` (all times in seconds, sizes in bytes)::
         }
       },
       "host_cache_loads": {"disk": {"a_s": float, "b_s_per_byte": float}},  # disk -> host cache
+      # optional in any load fit: "parts": {"disk": share, "cpu": share, "link": share}, the
+      # shares of the load's seconds spent reading the disk, deserialising on a host core and
+      # copying over the device's link, in that order (the simulator shares each resource;
+      # engine/sim.py). Without it a load is one undivided job, as before.
       "overheads": {"dispatch_s": float,     # optional: per-batch engine overhead
                     "loop_s_per_event": float,   # optional: the loop's own time per completion
                     "loop_s_per_arrival": float},  # optional: ... per arrival (default: per event)
@@ -46,6 +50,7 @@ from coserve_jax.metrics.results import read_json, write_json_atomic
 from coserve_jax.types import Tier
 
 SCHEMA = "coserve_jax.profile/1"
+LOAD_PARTS = ("disk", "cpu", "link")  # the order a split load's parts run in
 HOST_POOL_KIND = "host"
 
 
@@ -147,6 +152,17 @@ class CostModel:
         """Seconds to bring an expert of size_bytes from tier src into a pool of pool_kind."""
         fit = self._load_fit(pool_kind, src)
         return float(fit["a_s"]) + float(fit["b_s_per_byte"]) * size_bytes
+
+    def load_parts_s(self, pool_kind: str, src: Tier, size_bytes: int) -> tuple[tuple[str, float], ...]:
+        """The load's parts in order, (resource, seconds), where the profile's fit splits it
+        (``parts``: shares of its seconds); () when it does not."""
+        parts = self._load_fit(pool_kind, src).get("parts")
+        if not parts:
+            return ()
+        total = self.load_latency_s(pool_kind, src, size_bytes)
+        norm = sum(float(v) for v in parts.values())
+        order = [r for r in LOAD_PARTS if r in parts] + sorted(set(parts) - set(LOAD_PARTS))
+        return tuple((r, total * float(parts[r]) / norm) for r in order if float(parts[r]) > 0)
 
     def has_load(self, pool_kind: str, src: Tier) -> bool:
         if (pool_kind, src) in self._fits:

@@ -6,7 +6,10 @@ executor's share holds its model pool and its reserved batch working memory. Wit
 and the maximum batch is the largest that fits it (capped at the profiled best batch); without
 one, the maximum batch is the largest (up to the profiled best) whose working memory fits in
 ``hardware.max_batch_memory_fraction`` of the share, and the reserve is exactly what it needs:
-"min(profiled best batch, what free memory holds)" (DESIGN §5). A share that cannot hold the
+"min(profiled best batch, what free memory holds)" (DESIGN §5). An arm with
+``batch_reserve: max_batch`` (Samba-CoE, which has no split of its own) always takes this second
+way, whatever ``expert_fraction`` the hardware sets for CoServe Casual: on NUMA its batch of 6
+ResNet101 images needs ~1.6 GB, where Casual's 25% would hold 3 GiB back. A share that cannot hold the
 largest expert plus one batch is a start-up error naming the setting (``BudgetError``: a run
 reports that arm as infeasible and runs the others). A pool shared by a device's executors
 (``share_pool``) is checked as one pool: its bytes must hold the largest expert plus every one of
@@ -96,9 +99,9 @@ def plan_executors(cfg: RunConfig, arm: ArmConfig, graph: CoEGraph, cost: CostMo
     hw = cfg.hardware
     arm = apply_plan(arm)
     counts = dict(arm.executors or hw.executors)
-    if arm.single_executor:
+    if arm.single_executor or arm.fastest_kind_only:
         first = "gpu" if "gpu" in counts else "cpu"
-        counts = {first: 1}
+        counts = {first: 1 if arm.single_executor else counts[first]}
     total = graph.total_bytes
     archs = sorted({e.arch for e in graph.experts.values()})
     largest = max(e.param_bytes for e in graph.experts.values())
@@ -113,6 +116,8 @@ def plan_executors(cfg: RunConfig, arm: ArmConfig, graph: CoEGraph, cost: CostMo
         budget, field = executor_share(hw, counts, kind, total)
         # A plan may split memory per kind (the paper: slow processors reserve the max batch).
         fraction = by_kind.get(kind, arm.expert_fraction if arm.expert_fraction is not None else hw.expert_fraction)
+        if arm.batch_reserve == "max_batch":
+            fraction = None  # the arm's own largest batch, not another system's split
         for i in range(counts[kind]):
             if arm.unlimited_memory:
                 mb = {a: cost.max_batch(kind, a) for a in archs}
@@ -177,10 +182,19 @@ def make_pools(plans: list[ExecutorPlan], share: bool) -> list[Pool]:
     return [pools[(p.kind, p.device_index)] for p in plans]
 
 
-def host_cache_pool(cfg: RunConfig, graph: CoEGraph) -> Pool | None:
-    if cfg.hardware.host_budget is None:
+def host_cache_pool(cfg: RunConfig, graph: CoEGraph, arm: ArmConfig | None = None,
+                    plans: list[ExecutorPlan] | None = None) -> Pool | None:
+    """The host RAM cache in front of disk (``hardware.host_budget``; None: no cache). An arm
+    with ``host_cache_includes_cpu_pool`` that runs no CPU executor also gets the bytes the
+    hardware sets aside for CPU executors' pools (``hardware.cpu_pool_budget``): on NUMA 8 + 4
+    GiB, all the host RAM the machine offers, instead of 4 GiB left idle."""
+    hw = cfg.hardware
+    if hw.host_budget is None:
         return None
-    size = budget_bytes(cfg.hardware, "host_budget", graph.total_bytes)
+    size = budget_bytes(hw, "host_budget", graph.total_bytes)
+    if (arm is not None and arm.host_cache_includes_cpu_pool and hw.cpu_pool_budget is not None
+            and plans is not None and not any(p.kind == "cpu" for p in plans)):
+        size += budget_bytes(hw, "cpu_pool_budget", graph.total_bytes)
     return Pool("host", "host", size)
 
 
@@ -199,7 +213,7 @@ def build_engine(cfg: RunConfig, arm: ArmConfig, graph: CoEGraph, cost: CostMode
                  policy_kwargs: dict[str, Any] | None = None) -> EngineLoop:
     """One arm's EngineLoop over a backend (fresh pools and fresh policy objects)."""
     plans = plan_executors(cfg, arm, graph, cost)
-    cache = host_cache_pool(cfg, graph)
+    cache = host_cache_pool(cfg, graph, arm, plans)
     check_profile_covers(cost, plans, graph, cache)
     clock = clock or backend.now
     executors = [ExecutorState(p.executor_id, p.kind, p.device_index, pool, p.max_batch, clock,

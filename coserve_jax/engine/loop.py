@@ -106,7 +106,7 @@ class EngineLoop:
         return self._future
 
     def enable_future(self, requests: Sequence[Request]) -> None:
-        """Give eviction the whole trace (the oracle bound)."""
+        """Give eviction the whole trace (the oracle arm: the Belady-on-trace reference)."""
         self._future = TraceFuture(requests, self.graph)
 
     # ---- public ---------------------------------------------------------------------------------
@@ -455,7 +455,7 @@ class EngineLoop:
         self._ids["load"] += 1
         job = LoadJob(self._ids["load"], pool.pool_id, expert_id, size, src, ex.executor_id,
                       prefetch=prefetch, initial=initial, via_host_cache=via_cache,
-                      predicted_s=predicted)
+                      predicted_s=predicted, parts=self._load_parts(pool.kind, src, size))
         self._loads[job.load_id] = job
         if self.timeline is not None:
             self.timeline.load_started(job, self.backend.now())
@@ -463,6 +463,21 @@ class EngineLoop:
             self.decisions.append(("load", pool.pool_id, expert_id, src.name, prefetch))
         self.backend.start_load(job)
         return True
+
+    def _load_parts(self, pool_kind: str, src: Tier, size: int) -> tuple[tuple[str, float], ...]:
+        """The load's parts where the profile splits loads (disk read, deserialise, copy), hop by
+        hop as ``policies.base.load_latency_s`` prices it; () when a hop is not split."""
+        if src == Tier.DISK and self._host_cache is not None and not self.cost.has_load(pool_kind, Tier.DISK):
+            hops = [("host", Tier.DISK), (pool_kind, Tier.HOST)]
+        else:
+            hops = [(pool_kind, src)]
+        parts: list[tuple[str, float]] = []
+        for kind, tier in hops:
+            hop = self.cost.load_parts_s(kind, tier, size)
+            if not hop:
+                return ()
+            parts.extend(hop)
+        return tuple(parts)
 
     def _prefetch(self, ex: ExecutorState) -> None:
         if not ex.groups or len(ex.pool.loading) >= self.prefetcher.inflight_limit(ex.kind):

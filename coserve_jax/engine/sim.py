@@ -19,6 +19,14 @@ the resources they share, as on the real machines:
   one batch its whole core, while on this 2-core machine it ran ×1.4-1.6 slower (GIL hand-offs
   of the load's last steps, caches), and the simulator then predicted coserve_plus's demand
   loads ~30% faster and its throughput up to 23% higher than the real engine's.
+Shared hardware for loads the profile splits (``LoadJob.parts``; the paper's machines,
+``cost/paper_profiles.py``): a load runs its parts in order on one lane, each on what the
+machine shares. "disk": the read; concurrent reads share the one disk's bandwidth (n reads: each
+at 1/n speed), as an SSD does. "cpu": deserialising; a one-core job on the host in the max-min
+sharing above, so two lanes deserialise side by side on free cores. "link": the host -> device
+copy; copies to one device share its link (1/n each; ``plan_executors`` puts every GPU executor
+on device 0, so one link per pool kind). A load the profile does not split is one job as before:
+into host memory it shares the host, into a GPU pool it shares nothing but the lanes.
 The loop itself is one thread: every arrival it takes in costs ``loop_s_per_arrival`` and every
 completion ``loop_s_per_event`` of virtual time (the profile's ``overheads``, measured while
 serving), so the simulated loop lags behind fast arrivals as the real one does. With
@@ -43,6 +51,17 @@ from coserve_jax.engine.events import BATCH_DONE, LOAD_DONE, BatchDone, Event, L
 from coserve_jax.types import Batch, LoadJob, Request
 
 HOST = ("cpu",)
+DISK = ("disk",)
+
+
+def part_key(resource: str, job: LoadJob) -> tuple:
+    """The shared resource a part of a split load runs on (module docstring)."""
+    if resource == "cpu":
+        return HOST
+    if resource == "disk":
+        return DISK
+    kind = "host" if job.pool_id == "host" else job.pool_id.rsplit(":", 1)[-1]
+    return (resource, kind)
 
 
 def device_key(kind: str, device_index: int) -> tuple:
@@ -51,10 +70,12 @@ def device_key(kind: str, device_index: int) -> tuple:
 
 
 class _Job:
-    __slots__ = ("item", "start_s", "work_s", "token")
+    __slots__ = ("item", "start_s", "work_s", "token", "rest")
 
-    def __init__(self, item: Batch | LoadJob, start_s: float, work_s: float):
+    def __init__(self, item: Batch | LoadJob, start_s: float, work_s: float,
+                 rest: tuple[tuple[str, float], ...] = ()):
         self.item, self.start_s, self.work_s, self.token = item, start_s, work_s, 0
+        self.rest = rest  # a split load's parts still to run after this one
 
 
 class SimBackend:
@@ -106,7 +127,9 @@ class SimBackend:
             job = self._waiting_loads.popleft()
             self._lanes_free -= 1
             host_pool = job.pool_id == "host" or job.pool_id.endswith(":cpu")
-            if self.loads_share_host and host_pool:
+            if job.parts:
+                self._next_part(job, self._now, job.parts)
+            elif self.loads_share_host and host_pool:
                 self._join(HOST, job)
             else:
                 self._push(self._now + job.predicted_s, LOAD_DONE, (None, job, self._now))
@@ -116,10 +139,18 @@ class SimBackend:
         key = device_key(executor.kind, executor.device_index) if self.share_devices else ("ex", executor.executor_id)
         self._join(key, batch)
 
-    def _join(self, key: tuple, item: Batch | LoadJob) -> None:
+    def _join(self, key: tuple, item: Batch | LoadJob, work_s: float | None = None, start_s: float | None = None,
+              rest: tuple[tuple[str, float], ...] = ()) -> None:
         self._advance(key)
-        self._running.setdefault(key, {})[next(self._ids)] = _Job(item, self._now, item.predicted_s)
+        job = _Job(item, self._now if start_s is None else start_s,
+                   item.predicted_s if work_s is None else work_s, rest)
+        self._running.setdefault(key, {})[next(self._ids)] = job
         self._reschedule(key)
+
+    def _next_part(self, job: LoadJob, start_s: float, parts: tuple[tuple[str, float], ...]) -> None:
+        """Run a split load's next part on its shared resource (the load started at start_s)."""
+        (resource, seconds), rest = parts[0], parts[1:]
+        self._join(part_key(resource, job), job, seconds, start_s, rest)
 
     def _rates(self, key: tuple, running: dict[int, _Job]) -> dict[int, float]:
         """Each running job's speed (1: as fast as alone); see the module docstring."""
@@ -190,6 +221,9 @@ class SimBackend:
                 self._advance(key)
                 del self._running[key][jid]
                 self._reschedule(key)
+                if r.rest:  # a split load moves on to its next part: no event yet
+                    self._next_part(r.item, r.start_s, r.rest)
+                    continue
                 ev = (LoadDone(r.item, seconds=self._now - r.start_s) if isinstance(r.item, LoadJob)
                       else BatchDone(r.item, seconds=self._now - r.start_s))
             if isinstance(ev, LoadDone):

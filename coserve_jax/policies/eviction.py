@@ -12,8 +12,10 @@ the store evicts from the front of the ranking until the new expert fits.
   everything else goes first, ordered by the expected cost of getting it back —
   usage probability × reload seconds, per byte freed (so cheap-to-reload, rarely-used, large
   experts leave first).
-- ``Belady``: the oracle bound: queued uses first (as above), then the trace's next arrival
-  that needs the expert; the farthest next use leaves first.
+- ``Belady``: the ``oracle`` arm's eviction, a Belady-on-trace reference: queued uses first
+  (as above), then the trace's next arrival that needs the expert; the farthest next use leaves
+  first. Not a bound: with experts of varying sizes, several pools and scheduling feedback,
+  farthest-next-use is not optimal, and coserve_plus beats it in some cells.
 """
 
 from __future__ import annotations
@@ -92,7 +94,8 @@ class QueueAware:
 
 
 class Belady:
-    """Oracle bound: evict the expert whose next use (queue, then trace) is farthest."""
+    """Belady-on-trace reference (not a bound): evict the expert whose next use (queue, then
+    trace) is farthest."""
 
     def rank(self, view: EngineView, pool: PoolView, candidates: Sequence[str]) -> list[str]:
         if view.future is None:

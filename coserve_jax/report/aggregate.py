@@ -15,8 +15,9 @@ from coserve_jax.report.runs import RunRecord
 
 # Canonical arm order for columns and legends; unknown arms follow, sorted.
 ARM_ORDER = (
-    "samba", "samba_fifo", "samba_parallel", "none", "em", "em_ra",
-    "coserve_casual", "coserve", "coserve_best", "coserve_plus", "oracle", "all_resident",
+    "samba", "samba_casual_split", "samba_fifo", "samba_parallel", "samba_parallel_gpu",
+    "none", "em", "em_ra", "none_gpu", "em_gpu", "em_ra_gpu",
+    "coserve_casual", "coserve", "coserve_gpu", "coserve_best", "coserve_plus", "oracle", "all_resident",
 )
 TASK_ORDER = ("A1", "A2", "B1", "B2")
 HARDWARE_ORDER = ("NUMA", "UMA")
@@ -30,6 +31,17 @@ def _num(value: Any) -> float | None:
 def throughput_rps(arm: dict[str, Any]) -> float | None:
     """An arm's ``throughput_rps`` (img/s)."""
     return _num(arm.get("throughput_rps"))
+
+
+def throughput_rps_incl_init(arm: dict[str, Any]) -> float | None:
+    """An arm's img/s counted from the start of initialisation (``throughput_rps_incl_init``;
+    older results: completed / (wall_s + time_s.init))."""
+    value = _num(arm.get("throughput_rps_incl_init"))
+    if value is not None:
+        return value
+    wall, done = _num(arm.get("wall_s")), _num((arm.get("requests") or {}).get("completed"))
+    init = _num((arm.get("time_s") or {}).get("init"))
+    return done / (wall + init) if None not in (wall, done, init) and wall + init > 0 else None
 
 
 def switch_count(arm: dict[str, Any]) -> float | None:
@@ -68,6 +80,7 @@ def peak_bytes(arm: dict[str, Any]) -> float | None:
 
 METRICS: dict[str, Callable[[dict[str, Any]], float | None]] = {
     "throughput_rps": throughput_rps,
+    "throughput_rps_incl_init": throughput_rps_incl_init,
     "switches": switch_count,
     "switches_during_run": switches_during_run,
     "initial_preloads": initial_preloads,

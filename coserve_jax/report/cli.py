@@ -33,8 +33,11 @@ def build_tables(runs: list[RunRecord], kind: str) -> list[Table]:
     if kind == "all":
         return [t for k in KINDS[:-1] for t in build_tables(runs, k)]
     if kind == "paper":
-        return [tables.throughput_table(runs), tables.switches_table(runs),
-                tables.speedup_table(runs)]
+        out = [tables.throughput_table(runs), tables.throughput_incl_init_table(runs),
+               tables.switches_table(runs), tables.speedup_table(runs)]
+        if any("samba_casual_split" in r.arms for r in runs):
+            out.append(tables.speedup_table(runs, "samba_casual_split"))  # before issue #22
+        return out
     if kind == "ablation":
         return [tables.ablation_table(runs)]
     if kind == "arms":
@@ -53,7 +56,7 @@ def build_plots(runs: list[RunRecord], kind: str, out_dir: Path) -> list[Path]:
         return [plots.plot_throughput(runs, out_dir / "fig13_throughput.png"),
                 plots.plot_switches(runs, out_dir / "fig14_switches.png")]
     if kind == "ablation":
-        return plots.plot_ablation(runs, out_dir) if arm_names & set(pv.ABLATION_ARMS) else []
+        return plots.plot_ablation(runs, out_dir) if arm_names & {*pv.ABLATION_ARMS, *pv.GPU_ABLATION_ARMS} else []
     if kind == "arms":
         # A run where no arm fitted its budget (all infeasible) has nothing to plot.
         named = [(r, t) for r, t in zip(runs, tables.arm_tables(runs), strict=True) if r.arms]

@@ -14,6 +14,12 @@ images). Paper names map to our arms as follows:
 | Samba-CoE / ... FIFO / ... Parallel | ``samba`` / ``samba_fifo`` / ``samba_parallel`` |
 | ablation None / EM / EM+RA | ``none`` / ``em`` / ``em_ra`` |
 
+Variants of a paper arm (issue #22) are compared with that arm's paper value
+(``PAPER_ARM_OF``): ``samba_casual_split`` (Samba-CoE with CoServe Casual's batch reserve, the
+configuration before #22) ↔ Samba-CoE; ``samba_parallel_gpu`` ↔ Samba-CoE Parallel; the GPU-only
+ablation rungs ``none_gpu`` / ``em_gpu`` / ``em_ra_gpu`` / ``coserve_gpu`` ↔ None / EM / EM+RA /
+full. The tables then show which setup of a baseline comes nearer the paper's figure.
+
 ASSUMPTION (baseline speedup labels, Fig. 13). The paper prints three speedup labels per bar
 group ("CoServe Best is N× faster than ...") without saying in PAPER.md's reading which label
 belongs to which baseline ("three baselines"; "owners unclear" is PAPER.md's wording for such
@@ -161,6 +167,20 @@ def _build_switches() -> dict[tuple[str, str], dict[str, float]]:
     return table
 
 
+# Our variants of a paper arm: compared with that arm's paper values (module docstring).
+PAPER_ARM_OF: Final = {
+    "samba_casual_split": "samba",
+    "samba_parallel_gpu": "samba_parallel",
+    "none_gpu": "none", "em_gpu": "em", "em_ra_gpu": "em_ra", "coserve_gpu": "coserve",
+}
+GPU_ABLATION_ARMS: Final = ("none_gpu", "em_gpu", "em_ra_gpu", "coserve_gpu")
+
+
+def paper_arm(arm: str) -> str:
+    """The paper arm whose figures ``arm`` is compared with (itself unless a variant)."""
+    return PAPER_ARM_OF.get(arm, arm)
+
+
 PAPER_THROUGHPUT_RPS: Final = _build_throughput()
 PAPER_SWITCHES: Final = _build_switches()
 DERIVED_BASELINE_ARMS: Final = frozenset({"samba", "samba_fifo", "samba_parallel"})
@@ -172,12 +192,12 @@ def paper_throughput_rps(hardware: str | None, task: str | None, arm: str) -> fl
     Baseline values (samba*) are derived: CoServe Best / speedup label (see the assumption in
     this module's docstring).
     """
-    return PAPER_THROUGHPUT_RPS.get((hardware, task), {}).get(arm)
+    return PAPER_THROUGHPUT_RPS.get((hardware, task), {}).get(paper_arm(arm))
 
 
 def paper_switches(hardware: str | None, task: str | None, arm: str) -> float | None:
     """The paper's expert-switch count for ``arm`` on (hardware, task), or None."""
-    return PAPER_SWITCHES.get((hardware, task), {}).get(arm)
+    return PAPER_SWITCHES.get((hardware, task), {}).get(paper_arm(arm))
 
 
 def paper_switch_range(hardware: str | None, arm: str) -> tuple[int, int] | None:
@@ -185,6 +205,7 @@ def paper_switch_range(hardware: str | None, arm: str) -> tuple[int, int] | None
 
     Baselines: Fig. 14's range over all baselines and tasks; none/em: Fig. 16's range.
     """
+    arm = paper_arm(arm)
     if arm in DERIVED_BASELINE_ARMS and hardware in FIG14_BASELINE_SWITCH_RANGE:
         return FIG14_BASELINE_SWITCH_RANGE[hardware]
     if arm in ("none", "em") and hardware in HARDWARES:
@@ -197,6 +218,7 @@ def paper_speedup_label(hardware: str | None, task: str | None, arm: str) -> flo
     if (hardware, task) not in PAPER_THROUGHPUT_RPS or hardware not in BASELINE_LABEL_ORDER:
         return None
     order = BASELINE_LABEL_ORDER[hardware]
+    arm = paper_arm(arm)
     if arm not in order:
         return None
     return FIG13_SPEEDUP_LABELS[hardware][task][order.index(arm)]

@@ -33,10 +33,14 @@ from coserve_jax.report.runs import RunRecord
 DPI = 150
 ARM_COLOURS = {
     "samba": "#8c564b", "samba_fifo": "#c49c94", "samba_parallel": "#e377c2",
+    "samba_casual_split": "#5c3a32", "samba_parallel_gpu": "#f7b6d2",
     "none": "#7f7f7f", "em": "#9edae5", "em_ra": "#17becf",
+    "none_gpu": "#c7c7c7", "em_gpu": "#dbdb8d", "em_ra_gpu": "#bcbd22", "coserve_gpu": "#aec7e8",
     "coserve_casual": "#ff7f0e", "coserve": "#1f77b4", "coserve_best": "#2ca02c",
     "coserve_plus": "#d62728", "oracle": "#9467bd", "all_resident": "#393b79",
 }
+# Legend labels where the arm key is not what the arm is (the key stays: committed results use it).
+ARM_LABELS = {"oracle": "Belady-on-trace ref. (oracle)"}
 _FALLBACK = ("#bcbd22", "#aec7e8", "#ffbb78", "#98df8a", "#ff9896", "#c5b0d5", "#f7b6d2",
              "#dbdb8d", "#637939", "#843c39")
 OURS_HATCH = "//"
@@ -96,7 +100,7 @@ def plot_comparison(grid: Grid, out_path: str | Path, *, title: str, ylabel: str
         ax.set_title(f"{hw}", fontsize=10)
         ax.grid(axis="y", alpha=0.3)
     fig.suptitle(title)
-    handles = [Patch(facecolor=arm_colour(a), edgecolor="black", label=a) for a in arms]
+    handles = [Patch(facecolor=arm_colour(a), edgecolor="black", label=ARM_LABELS.get(a, a)) for a in arms]
     handles += [Patch(facecolor="grey", edgecolor="black", label="paper (solid)"),
                 Patch(facecolor="white", edgecolor="grey", hatch=OURS_HATCH,
                       label="ours (hatched)")]
@@ -119,9 +123,11 @@ def plot_switches(runs: list[RunRecord], out_path: str | Path) -> Path:
 
 
 def plot_ablation(runs: list[RunRecord], out_dir: str | Path) -> list[Path]:
-    """Fig. 15 (img/s) and Fig. 16 (switches) for the ablation arms none/em/em_ra/coserve."""
+    """Fig. 15 (img/s) and Fig. 16 (switches) for the ablation arms none/em/em_ra/coserve (and
+    the GPU-only rungs none_gpu ... coserve_gpu where the runs have them)."""
     out_dir = Path(out_dir)
-    arms = list(pv.ABLATION_ARMS)
+    present = {a for r in runs for a in r.arms}
+    arms = list(pv.ABLATION_ARMS) + [a for a in pv.GPU_ABLATION_ARMS if a in present]
     return [
         plot_comparison(metric_grid(runs, "throughput_rps"), out_dir / "fig15_ablation.png",
                         title="Ablation throughput — ours vs paper Fig. 15",
@@ -135,7 +141,8 @@ def plot_ablation(runs: list[RunRecord], out_dir: str | Path) -> list[Path]:
 
 
 def plot_arms(run: RunRecord, out_path: str | Path) -> Path:
-    """One run's arms: img/s bars, with the oracle and all_resident bounds as lines."""
+    """One run's arms: img/s bars, with the Belady-on-trace reference (``oracle``) and the
+    all_resident ceiling as lines."""
     names = [a for a in ordered_arms(run.arms)
              if isinstance(run.arms[a], dict) and throughput_rps(run.arms[a]) is not None]
     fig, ax = _new_figure(max(5.0, 1.0 + 0.6 * len(names)), 4.0)
@@ -145,7 +152,7 @@ def plot_arms(run: RunRecord, out_path: str | Path) -> Path:
     for bound, style in (("oracle", ":"), ("all_resident", "--")):
         value = throughput_rps(run.arms.get(bound) or {})
         if value is not None:
-            ax.axhline(value, color=arm_colour(bound), linestyle=style, label=bound)
+            ax.axhline(value, color=arm_colour(bound), linestyle=style, label=ARM_LABELS.get(bound, bound))
     ax.set_xticks(range(len(names)), names, rotation=30, ha="right")
     ax.set_ylabel("throughput (img/s)")
     ax.set_xlabel("arm")
