@@ -50,7 +50,11 @@ VARIANT_NOTE = (
     "Variants are set against the paper arm they are a setup of (paper_values.PAPER_ARM_OF): "
     "samba_casual_split (Samba-CoE with CoServe Casual's 25% batch reserve and the CPU pool's host RAM "
     "idle, the configuration before issue #22) ↔ Samba-CoE, samba_parallel_gpu ↔ Samba-CoE Parallel, "
-    "none_gpu / em_gpu / em_ra_gpu / coserve_gpu (GPU executors only) ↔ None / EM / EM+RA / full."
+    "none_gpu / em_gpu / em_ra_gpu / coserve_gpu (GPU executors only) ↔ None / EM / EM+RA / full. "
+    "The paper most likely fed the CPU executor, as samba_parallel / none / em / em_ra do: its Parallel "
+    "has 'as many executors as CoServe' (the CPU one included), its ablation base an 'even distribution', "
+    "and its None / EM / EM+RA img/s and assigning step are near the CPU-fed rungs' "
+    "(experiments/paper_tables/README.md, Fairness item 2)."
 )
 INIT_NOTE = (
     "img/s is throughput_rps, counted from the first arrival: the initial preloads (time_s.init) are "
