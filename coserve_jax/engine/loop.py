@@ -16,29 +16,25 @@ from __future__ import annotations
 import logging
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from coserve_jax.coe.graph import CoEGraph, UnknownComponentError
 from coserve_jax.cost.model import CostModel
 from coserve_jax.engine.events import Arrival, Backend, BatchDone, Event, LoadDone
-from coserve_jax.engine.memory import fit_batch, full_batch_bytes, needed_experts
+from coserve_jax.engine.loads import BROKEN, LoadSide
+from coserve_jax.engine.memory import fit_batch
 from coserve_jax.engine.oracle import TraceFuture
 from coserve_jax.engine.state import ExecutorState, RequestState
 from coserve_jax.metrics.collector import ArmMetrics
-from coserve_jax.policies.base import Eviction, Initialiser, Prefetcher, Scheduler, load_latency_s, source_tier
-from coserve_jax.store.broken import log_broken_once
+from coserve_jax.metrics.timeline import NO_TIMELINE
+from coserve_jax.policies.base import Eviction, Initialiser, Prefetcher, Scheduler
 from coserve_jax.store.pool import Pool
-from coserve_jax.types import Batch, LoadJob, Request, Task, Tier
+from coserve_jax.types import Batch, LoadJob, Request, Task
 
 log = logging.getLogger(__name__)
 
-# A missing or corrupt checkpoint fails every load of that expert, in every run of the process:
-# it is logged once (expert, path, reason); its attempts and the requests it fails go to debug.
-_BROKEN = "CheckpointError"
-
-
-class EngineLoop:
+class EngineLoop(LoadSide):
     """One arm's serving loop over a backend. Implements the policies' EngineView."""
 
     def __init__(
@@ -84,10 +80,12 @@ class EngineLoop:
         self.record_decisions = False
         self.keep_outputs = False  # keep every task's logits on its RequestState (tests, API)
         self.timeline: Any = None  # metrics.timeline.Timeline when metrics.timeline is on
+        self._tl: Any = NO_TIMELINE  # what the loop calls: the timeline, or hooks that do nothing
+        self._pools_by_id = {p.pool_id: p for p in self.pools()}
 
     def attach_timeline(self, timeline: Any) -> None:
         """Record what this engine does (``metrics/timeline.py``); call before ``run``."""
-        self.timeline = timeline
+        self.timeline = self._tl = timeline
         timeline.describe(self)
         for ex in self._executors:
             ex.on_state = timeline.executor_state
@@ -132,8 +130,7 @@ class EngineLoop:
             if ev is None:
                 raise RuntimeError("engine: initial loads did not finish (backend stalled)")
             self._handle(ev)
-            if self.timeline is not None:
-                self.timeline.sample(self.backend.now(), self)
+            self._tl.sample(self.backend.now(), self)
         for pool, b in held:
             pool.release(b)
         return self.backend.now() - t0
@@ -151,8 +148,7 @@ class EngineLoop:
             ex.set_state("idle", t0)
             ex.seconds.clear()
             ex.state_since_s = t0  # idle counts from here, not from before the initial loads
-        if self.timeline is not None:
-            self.timeline.mark("serving starts", t0)
+        self._tl.mark("serving starts", t0)
         while k < len(order) or self._pending or self._loads:
             next_t = t0 + requests[order[k]].arrival_s if k < len(order) else None
             now = self.backend.now()
@@ -267,7 +263,7 @@ class EngineLoop:
     def _fail(self, rs: RequestState, reason: str) -> None:
         if rs.done:
             return
-        log.log(logging.DEBUG if _BROKEN in reason else logging.WARNING,
+        log.log(logging.DEBUG if BROKEN in reason else logging.WARNING,
                 "request %d failed: %s", rs.request.request_id, reason)
         rs.failed, rs.done, rs.done_s = reason, True, self.backend.now()
         self._failures[reason.split(":")[0]] += 1
@@ -296,44 +292,6 @@ class EngineLoop:
         if self.check_invariants:
             self.check()
 
-    def _on_load_done(self, ev: LoadDone) -> None:
-        job = self._loads.pop(ev.job.load_id)
-        if self.timeline is not None:
-            self.timeline.load_done(job, ev, self.backend.now())
-        pool = self._pool(job.pool_id)
-        cache = self._host_cache
-        if job.src == Tier.HOST and cache is not None and job.expert_id in cache.resident:
-            cache.unpin(job.expert_id)
-        if ev.error is None:
-            pool.finish_load(job.expert_id)
-            if job.via_host_cache and cache is not None:
-                cache.finish_load(job.expert_id)
-            self.metrics.record_load(job, ev.seconds, initial=job.initial)
-            self._load_attempts.pop((job.pool_id, job.expert_id), None)
-            return
-        # A failed load: release its bytes, retry a bounded number of times, then fail only
-        # the requests that need this expert on this executor.
-        pool.cancel_load(job.expert_id)
-        if job.via_host_cache and cache is not None:
-            cache.cancel_load(job.expert_id)
-        self.metrics.failed_loads[job.expert_id] += 1
-        broken = ev.error.startswith(_BROKEN)
-        if broken:
-            log_broken_once(job.expert_id, ev.error, "requests that need it fail")
-        log.log(logging.DEBUG if broken else logging.WARNING, "load of %s into %s failed%s: %s", job.expert_id,
-                job.pool_id, " (prefetch)" if job.prefetch else " (initial)" if job.initial else "", ev.error)
-        if job.prefetch or job.initial or job.executor_id is None:
-            return  # only demand loads count toward the retry limit
-        key = (job.pool_id, job.expert_id)
-        self._load_attempts[key] += 1
-        ex = self._executors[job.executor_id]
-        if self._load_attempts[key] <= self.load_retries:
-            return  # _dispatch starts it again: the head group still needs it
-        del self._load_attempts[key]
-        for t in ex.drop_expert(job.expert_id):
-            self._fail(self._requests[t.request_id],
-                       f"load failed: expert {job.expert_id} after {self.load_retries + 1} attempts: {ev.error}")
-
     def _on_batch_done(self, ev: BatchDone) -> None:
         b = ev.batch
         ex = self._executors[b.executor_id]
@@ -342,8 +300,7 @@ class EngineLoop:
             ex.pool.release(b.held_bytes)
         ex.running = None
         self.metrics.record_batch(len(b.tasks), ev.seconds)
-        if self.timeline is not None:
-            self.timeline.batch_done(b, ev)
+        self._tl.batch_done(b, ev)
         for i, task in enumerate(b.tasks):
             rs = self._requests[task.request_id]
             if ev.error is not None:
@@ -362,8 +319,7 @@ class EngineLoop:
         if self.prefetcher is not None:
             for ex in self._executors:
                 self._prefetch(ex)
-        if self.timeline is not None:
-            self.timeline.sample(now, self)
+        self._tl.sample(now, self)
 
     def _dispatch(self, ex: ExecutorState, now: float) -> None:
         if ex.running is not None:
@@ -377,8 +333,7 @@ class EngineLoop:
             self._launch(ex, idx, now)
         elif e in ex.pool.loading or self._begin_load(ex, e, prefetch=False):
             ex.set_state("wait_load", now)
-            if self.timeline is not None:
-                self.timeline.load_waited(ex.executor_id, ex.pool.pool_id, e, now)
+            self._tl.load_waited(ex.executor_id, ex.pool.pool_id, e, now)
         else:
             ex.set_state("idle", now)  # no room yet: in-flight loads hold the bytes
 
@@ -405,103 +360,15 @@ class EngineLoop:
         ex.set_state("compute", now)
         if self.record_decisions:
             self.decisions.append(("batch", ex.executor_id, expert_id, tuple(t.request_id for t in tasks)))
-        if self.timeline is not None:
-            self.timeline.batch_started(batch, now)
+        self._tl.batch_started(batch, now)
         states = [self._requests[t.request_id] for t in tasks]
         for rs in states:
             if rs.started_s is None:
                 rs.started_s = now
         self.backend.start_batch(batch, ex, [rs.image for rs in states])
 
-    def _rank(self, policy: Eviction, pool: Pool) -> Callable[[Sequence[str]], list[str]]:
-        def rank(candidates: Sequence[str]) -> list[str]:
-            t = time.perf_counter()
-            out = policy.rank(self, pool, candidates)
-            self.metrics.scheduling_s += time.perf_counter() - t
-            return out
-        return rank
-
-    def _evicted(self, pool: Pool, expert_id: str) -> None:
-        self.metrics.evictions += 1
-        if self.timeline is not None:
-            self.timeline.evicted(pool.pool_id, expert_id, self.backend.now())
-        if self.record_decisions:
-            self.decisions.append(("evict", pool.pool_id, expert_id))
-        self.backend.drop(pool.pool_id, expert_id)
-
-    def _begin_load(self, ex: ExecutorState, expert_id: str, *, prefetch: bool,
-                    initial: bool = False, protect: Iterable[str] = (), leave_free: int = 0) -> bool:
-        """Start loading expert_id into ex's pool, evicting by policy (never ``protect``) until
-        it fits with ``leave_free`` bytes to spare; False if it cannot."""
-        pool = ex.pool
-        size = self.graph.experts[expert_id].param_bytes
-        keep = {expert_id, *protect}
-        if not pool.make_room(size + leave_free, self._rank(self.eviction, pool), keep,
-                              on_evict=lambda e: self._evicted(pool, e)):
-            return False
-        src = source_tier(self, expert_id, pool.kind)
-        predicted = load_latency_s(self, pool.kind, expert_id)
-        cache = self._host_cache
-        via_cache = False
-        if cache is not None and src == Tier.DISK and not cache.holds(expert_id):
-            busy = [j.expert_id for j in self._loads.values() if j.src == Tier.HOST]
-            if cache.make_room(size, self._rank(self.host_eviction, cache), busy,
-                               on_evict=lambda e: self._evicted(cache, e)):
-                cache.begin_load(expert_id, size)
-                via_cache = True
-        if src == Tier.HOST and cache is not None:
-            cache.pin(expert_id)  # the copy reads it: keep it in the cache meanwhile
-        pool.begin_load(expert_id, size)
-        self._ids["load"] += 1
-        job = LoadJob(self._ids["load"], pool.pool_id, expert_id, size, src, ex.executor_id,
-                      prefetch=prefetch, initial=initial, via_host_cache=via_cache,
-                      predicted_s=predicted, parts=self._load_parts(pool.kind, src, size))
-        self._loads[job.load_id] = job
-        if self.timeline is not None:
-            self.timeline.load_started(job, self.backend.now())
-        if self.record_decisions:
-            self.decisions.append(("load", pool.pool_id, expert_id, src.name, prefetch))
-        self.backend.start_load(job)
-        return True
-
-    def _load_parts(self, pool_kind: str, src: Tier, size: int) -> tuple[tuple[str, float], ...]:
-        """The load's parts where the profile splits loads (disk read, deserialise, copy), hop by
-        hop as ``policies.base.load_latency_s`` prices it; () when a hop is not split."""
-        if src == Tier.DISK and self._host_cache is not None and not self.cost.has_load(pool_kind, Tier.DISK):
-            hops = [("host", Tier.DISK), (pool_kind, Tier.HOST)]
-        else:
-            hops = [(pool_kind, src)]
-        parts: list[tuple[str, float]] = []
-        for kind, tier in hops:
-            hop = self.cost.load_parts_s(kind, tier, size)
-            if not hop:
-                return ()
-            parts.extend(hop)
-        return tuple(parts)
-
-    def _prefetch(self, ex: ExecutorState) -> None:
-        if not ex.groups or len(ex.pool.loading) >= self.prefetcher.inflight_limit(ex.kind):
-            return  # bounded loads per pool: a prefetch must not crowd out a demand load
-        t = time.perf_counter()
-        targets = self.prefetcher.prefetch(self, ex.executor_id)
-        self.metrics.scheduling_s += time.perf_counter() - t
-        for e in targets:
-            if ex.pool.holds(e):
-                continue
-            # A prefetch never evicts an expert that running or queued work on this pool needs
-            # (any executor sharing it): that would only move a load, or add a reload. With
-            # dynamic batch memory it also leaves one full batch's working memory free.
-            leave = full_batch_bytes(self.cost, ex) if ex.dynamic_batch_memory else 0
-            self._begin_load(ex, e, prefetch=True, protect=needed_experts(self._executors, ex.pool), leave_free=leave)
-            return
-
     def _pool(self, pool_id: str) -> Pool:
-        if self._host_cache is not None and pool_id == self._host_cache.pool_id:
-            return self._host_cache
-        for ex in self._executors:
-            if ex.pool.pool_id == pool_id:
-                return ex.pool
-        raise KeyError(pool_id)
+        return self._pools_by_id[pool_id]
 
     # ---- invariants and results --------------------------------------------------------------
     def pools(self) -> list[Pool]:

@@ -1,7 +1,7 @@
 """One arm's timeline: what the engine did and when, as a Chrome/Perfetto trace.
 
-The engine loop (``engine/loop.py``) calls a ``Timeline`` when ``metrics.timeline`` is on (each
-call site is one ``is not None`` check when it is off); policies never see it. Times are the
+The engine loop (``engine/loop.py``) calls a ``Timeline`` when ``metrics.timeline`` is on, and
+``NO_TIMELINE``'s empty hooks when it is off; policies never see it. Times are the
 backend's clock (``backend.now()``): wall seconds on the real backend, virtual seconds in the
 simulator. ``to_trace`` renders the Trace Event Format (``{"traceEvents": [...]}``, ``ts`` and
 ``dur`` in microseconds) that ui.perfetto.dev and chrome://tracing open:
@@ -211,6 +211,18 @@ class Timeline:
         body.sort(key=lambda e: e["ts"])
         other = {"budgets_bytes": self.budgets_bytes, "events": len(body), **(meta or {})}
         return {"traceEvents": out + body, "displayTimeUnit": "ms", "otherData": other}
+
+
+class _NoTimeline:
+    """The engine's hooks when no timeline is recorded: each call does nothing."""
+
+    def _nothing(self, *args: Any) -> None:
+        return None
+
+    mark = batch_started = batch_done = load_started = load_waited = load_done = evicted = sample = _nothing
+
+
+NO_TIMELINE = _NoTimeline()
 
 
 def timeline_file(arm: str) -> str:

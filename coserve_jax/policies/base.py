@@ -152,16 +152,31 @@ def switch_latency_s(view: EngineView, ex: ExecutorView, expert_id: str) -> floa
     return load_latency_s(view, ex.pool.kind, expert_id)
 
 
+def load_hops(view: EngineView, pool_kind: str, src: Tier) -> tuple[tuple[str, Tier], ...]:
+    """The (pool kind, source tier) hops of a load into a pool of pool_kind from src: disk ->
+    host cache -> pool in two hops where the profile has no direct disk load of that kind."""
+    if src == Tier.DISK and view.host_cache is not None and not view.cost.has_load(pool_kind, Tier.DISK):
+        return (("host", Tier.DISK), (pool_kind, Tier.HOST))
+    return ((pool_kind, src),)
+
+
 def load_latency_s(view: EngineView, pool_kind: str, expert_id: str) -> float:
     """Predicted seconds to load expert_id into a pool of pool_kind from where it is now."""
     size = view.graph.experts[expert_id].param_bytes
-    src = source_tier(view, expert_id, pool_kind)
-    if src == Tier.DISK and view.host_cache is not None and not view.cost.has_load(pool_kind, Tier.DISK):
-        # Disk -> host cache -> pool, in two hops.
-        return view.cost.load_latency_s("host", Tier.DISK, size) + view.cost.load_latency_s(
-            pool_kind, Tier.HOST, size
-        )
-    return view.cost.load_latency_s(pool_kind, src, size)
+    return sum(view.cost.load_latency_s(kind, tier, size)
+               for kind, tier in load_hops(view, pool_kind, source_tier(view, expert_id, pool_kind)))
+
+
+def load_parts(view: EngineView, pool_kind: str, src: Tier, size: int) -> tuple[tuple[str, float], ...]:
+    """The load's parts where the profile splits loads (disk read, deserialise, copy), hop by hop
+    as ``load_latency_s`` prices it; () when a hop is not split."""
+    parts: list[tuple[str, float]] = []
+    for kind, tier in load_hops(view, pool_kind, src):
+        hop = view.cost.load_parts_s(kind, tier, size)
+        if not hop:
+            return ()
+        parts.extend(hop)
+    return tuple(parts)
 
 
 def group_exec_s(view: EngineView, ex: ExecutorView, expert_id: str, n: int) -> float:
