@@ -6,8 +6,10 @@ import subprocess
 import sys
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from coserve_jax.policies.base import added_latency_s, queue_total_s
+from coserve_jax.policies.base import _MEMOS, added_latency_s, queue_total_s
 from coserve_jax.policies.eviction import FIFO, LRU, Belady, QueueAware, TwoStage
 from coserve_jax.policies.placement import NextGroup, RoundRobinByUsage
 from coserve_jax.policies.scheduling import FCFS, LatencyAware, RoundRobin
@@ -298,3 +300,33 @@ def test_next_group_fastest_kind_only_leaves_cpu_helpers_beside_gpus_out():
     assert pf.prefetch(eng, 0) == ["cls_A"]  # CPU executors only: the CPU is the fastest kind
     eng.executors[1].kind = "gpu"
     assert pf.prefetch(eng, 0) == [] and pf.prefetch(eng, 1) == ["cls_A"]
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from(["enqueue", "join", "take", "drop", "load", "evict"]),
+                          st.integers(0, 5), st.integers(1, 20)), max_size=400))
+def test_queue_predictions_follow_queue_changes_exactly(ops):
+    # queue_total_s updates its memo change by change (ExecutorState.changes); after any mix of
+    # queue and pool changes it must equal a rescan of the queue exactly (integer nanoseconds),
+    # including after the change list was trimmed (> 256 changes).
+    g = graph_of({t: 1 / 6 for t in "ABCDEF"})
+    eng = sim_engine(g, LatencyAware(), LRU(), pool_bytes=[40 * MB])
+    ex, pool = eng.executors[0], eng.executors[0].pool
+    experts = [f"cls_{t}" for t in "ABCDEF"]
+    for n, (op, k, m) in enumerate(ops):
+        e = experts[k]
+        if op in ("enqueue", "join"):
+            ex.enqueue(Task(n, e, 0, 0.0), join=op == "join")
+        elif op == "take" and ex.groups:
+            ex.take(k % len(ex.groups), m)
+        elif op == "drop":
+            ex.drop_expert(e)
+        elif op == "load" and not pool.holds(e) and pool.free_bytes >= 4 * MB:
+            make_resident(pool, (e, 4 * MB))
+        elif op == "evict" and e in pool.resident:
+            pool.evict(e)
+        if n % 7 == 0 or n == len(ops) - 1:
+            followed = queue_total_s(eng, ex)
+            _MEMOS.pop(ex)
+            assert queue_total_s(eng, ex) == followed
+            assert ex.num_queued == sum(len(grp.tasks) for grp in ex.groups)

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections import Counter, deque
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 
 from coserve_jax.store.pool import Pool
 from coserve_jax.types import Batch, Request, Task
@@ -51,7 +51,13 @@ class ExecutorState:
         self._groups: deque[Group] = deque()
         self._tail_group: dict[str, Group] = {}  # expert -> last queued group of it
         self._queued: Counter[str] = Counter()
+        self._num_queued = 0
         self.version = 0  # bumped on every queue change (memo key for policies)
+        # What each change did, for policies that update a memo instead of rescanning the queue:
+        # (version, expert, its group's tasks before, after, its queued tasks before, after).
+        # Every change after version ``changes_since`` is listed (older entries are dropped).
+        self.changes: list[tuple[int, str, int, int, int, int]] = []
+        self.changes_since = 0
         self.running: Batch | None = None
         self.running_end_s = 0.0
         # Time accounting: the state since when, and seconds per state.
@@ -72,7 +78,7 @@ class ExecutorState:
 
     @property
     def num_queued(self) -> int:
-        return sum(self._queued.values())
+        return self._num_queued
 
     @property
     def running_expert(self) -> str | None:
@@ -91,42 +97,59 @@ class ExecutorState:
 
     # ---- queue mutations ---------------------------------------------------------------------
     def enqueue(self, task: Task, join: bool) -> None:
-        self.version += 1
-        g = self._tail_group.get(task.expert_id) if join else None
+        e = task.expert_id
+        g = self._tail_group.get(e) if join else None
         if g is None:
-            g = Group(task.expert_id)
+            g = Group(e)
             self._groups.append(g)
-            self._tail_group[task.expert_id] = g
+            self._tail_group[e] = g
+        n, c = len(g.tasks), self._queued[e]
+        self._changed(((e, n, n + 1, c, c + 1),))
         g.tasks.append(task)
-        self._queued[task.expert_id] += 1
+        self._queued[e] = c + 1
+        self._num_queued += 1
 
     def take(self, index: int, n: int) -> tuple[Task, ...]:
         """Pop up to n tasks of the group at index (the paper's split; index 0: the head)."""
-        self.version += 1
         g = self._groups[index]
         out = tuple(g.tasks.popleft() for _ in range(min(n, len(g.tasks))))
-        self._dequeued(g, len(out))
+        self._changed((self._dequeued(g, len(out)),))
         return out
 
     def drop_expert(self, expert_id: str) -> list[Task]:
         """Remove every queued task of expert_id (a load that failed for good)."""
-        self.version += 1
         out: list[Task] = []
+        changes = []
         for g in [g for g in self._groups if g.expert_id == expert_id]:
             out.extend(g.tasks)
             n = len(g.tasks)
             g.tasks.clear()
-            self._dequeued(g, n)
+            changes.append(self._dequeued(g, n))
+        self._changed(changes)
         return out
 
-    def _dequeued(self, g: Group, n: int) -> None:
-        self._queued[g.expert_id] -= n
-        if self._queued[g.expert_id] <= 0:
-            del self._queued[g.expert_id]
+    def _changed(self, changes: Sequence[tuple[str, int, int, int, int]]) -> None:
+        self.version += 1
+        if len(self.changes) > 256:
+            self.changes.clear()
+            self.changes_since = self.version - 1
+        v = self.version
+        self.changes.extend([(v, *c) for c in changes])
+
+    def _dequeued(self, g: Group, n: int) -> tuple[str, int, int, int, int]:
+        """Account for n tasks taken off group g (already popped); returns the change."""
+        e = g.expert_id
+        c = self._queued[e]
+        self._queued[e] -= n
+        self._num_queued -= n
+        if self._queued[e] <= 0:
+            del self._queued[e]
+        change = (e, len(g.tasks) + n, len(g.tasks), c, c - n)
         if not g.tasks:
             self._groups.remove(g)  # by identity: Group defines no __eq__
             if self._tail_group.get(g.expert_id) is g:
                 del self._tail_group[g.expert_id]
+        return change
 
     # ---- time accounting ---------------------------------------------------------------------
     def set_state(self, state: str, now_s: float) -> None:

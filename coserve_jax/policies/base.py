@@ -57,6 +57,10 @@ class PoolView(Protocol):
 class ExecutorView(Protocol):
     executor_id: int
     version: int  # changes whenever the queue changes
+    # (version, expert, its group's tasks before, after, its queued tasks before, after) per
+    # group a change touched; every change after version changes_since is listed
+    changes: Sequence[tuple[int, str, int, int, int, int]]
+    changes_since: int
     kind: str
     pool: PoolView
 
@@ -145,13 +149,6 @@ def source_tier(view: EngineView, expert_id: str, pool_kind: str) -> Tier:
     return Tier.DISK
 
 
-def switch_latency_s(view: EngineView, ex: ExecutorView, expert_id: str) -> float:
-    """Predicted seconds to make expert_id usable on ex: 0 if pooled, loading or queued there."""
-    if ex.pool.holds(expert_id) or expert_id in ex.queued_experts:
-        return 0.0
-    return load_latency_s(view, ex.pool.kind, expert_id)
-
-
 def load_hops(view: EngineView, pool_kind: str, src: Tier) -> tuple[tuple[str, Tier], ...]:
     """The (pool kind, source tier) hops of a load into a pool of pool_kind from src: disk ->
     host cache -> pool in two hops where the profile has no direct disk load of that kind."""
@@ -192,64 +189,111 @@ def group_exec_s(view: EngineView, ex: ExecutorView, expert_id: str, n: int) -> 
     return t
 
 
-class _QueueMemo:
-    """Per-executor memo for queue_total_s: the last total and its key, each group size's
-    execution seconds (an executor's max batch never changes) and each expert's load seconds
-    (valid while the host cache, which decides where a load reads from, is unchanged)."""
+def _ns(seconds: float) -> int:
+    return round(seconds * 1e9)
 
-    __slots__ = ("key", "total", "exec_s", "load_s", "cache_version")
+
+class _QueueMemo:
+    """Per-executor memo for the queue predictions: the queue's total in integer nanoseconds (so
+    updating it change by change gives exactly what a rescan gives), each (expert, group size)'s
+    execution and each expert's load nanoseconds. Valid for one (pool, host cache) version; the
+    total follows the executor's queue changes (``ExecutorView.changes``)."""
+
+    __slots__ = ("version", "pool_version", "cache_version", "total_ns", "exec_ns", "arch_exec_ns", "load_ns")
 
     def __init__(self) -> None:
-        self.key: tuple | None = None
-        self.total = 0.0
-        self.exec_s: dict[tuple[str, int], float] = {}
-        self.load_s: dict[str, float] = {}
-        self.cache_version: int | None = None
+        self.version = self.pool_version = -1
+        self.cache_version: int | None = -1
+        self.total_ns = 0
+        self.exec_ns: dict[tuple[str, int], int] = {}  # (expert, tasks) -> ns
+        self.arch_exec_ns: dict[tuple[str, int], int] = {}  # (architecture, tasks) -> ns
+        self.load_ns: dict[str, int] = {}
 
 
-_QUEUED_S: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+_MEMOS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _memo(view: EngineView, ex: ExecutorView) -> _QueueMemo:
+    memo = _MEMOS.get(ex)
+    if memo is None:
+        memo = _MEMOS[ex] = _QueueMemo()
+    cache = view.host_cache
+    cache_version = None if cache is None else cache.version
+    if memo.cache_version != cache_version:  # where a load reads from may have changed
+        memo.load_ns.clear()
+        memo.cache_version, memo.version = cache_version, -1
+    return memo
+
+
+def _exec_ns(memo: _QueueMemo, view: EngineView, ex: ExecutorView, expert_id: str, n: int) -> int:
+    ns = memo.exec_ns.get((expert_id, n))
+    if ns is None:  # experts of one architecture share their execution times
+        arch = view.graph.experts[expert_id].arch
+        ns = memo.arch_exec_ns.get((arch, n))
+        if ns is None:
+            ns = memo.arch_exec_ns[(arch, n)] = _ns(group_exec_s(view, ex, expert_id, n))
+        memo.exec_ns[(expert_id, n)] = ns
+    return ns
+
+
+def _load_ns(memo: _QueueMemo, view: EngineView, ex: ExecutorView, expert_id: str) -> int:
+    ns = memo.load_ns.get(expert_id)
+    if ns is None:
+        ns = memo.load_ns[expert_id] = _ns(load_latency_s(view, ex.pool.kind, expert_id))
+    return ns
+
+
+def _queue_total_ns(memo: _QueueMemo, view: EngineView, ex: ExecutorView) -> int:
+    # The loop asks for every executor on every arrival. The total changes only with the queue,
+    # the pool or the host cache; between pool changes it follows the queue's changes one by
+    # one (an arrival adds one task: one group's term and maybe one load), and rescans only when
+    # the pool or the cache changed or the change list no longer reaches back.
+    pool = ex.pool
+    if memo.pool_version == pool.version and memo.version >= ex.changes_since:
+        if memo.version == ex.version:
+            return memo.total_ns
+        total = memo.total_ns
+        changes = ex.changes
+        i = len(changes)
+        while i and changes[i - 1][0] > memo.version:
+            i -= 1
+        for _, e, g0, g1, q0, q1 in changes[i:]:
+            total += _exec_ns(memo, view, ex, e, g1) - _exec_ns(memo, view, ex, e, g0)
+            if (q0 == 0) != (q1 == 0) and not pool.holds(e):
+                total += _load_ns(memo, view, ex, e) if q1 else -_load_ns(memo, view, ex, e)
+    else:
+        total = 0
+        for g in ex.groups:
+            total += _exec_ns(memo, view, ex, g.expert_id, len(g.tasks))
+        for e in ex.queued_experts:
+            if not pool.holds(e):
+                total += _load_ns(memo, view, ex, e)
+        memo.pool_version = pool.version
+    memo.total_ns, memo.version = total, ex.version
+    return total
+
+
+def _added_ns(memo: _QueueMemo, view: EngineView, ex: ExecutorView, expert_id: str) -> int:
+    n_before = ex.queued_experts.get(expert_id, 0)
+    ns = _exec_ns(memo, view, ex, expert_id, n_before + 1) - _exec_ns(memo, view, ex, expert_id, n_before)
+    if not n_before and not ex.pool.holds(expert_id):
+        ns += _load_ns(memo, view, ex, expert_id)  # a switch: not pooled, loading or queued here
+    return ns
 
 
 def queue_total_s(view: EngineView, ex: ExecutorView) -> float:
-    """Predicted seconds until ex drains its queue: running batch + groups + switches."""
-    # Memoised on (queue, pool, host cache) versions: the sum only changes when they do; and
-    # when it does, each group's terms come from the memo (the loop calls this per arrival).
-    cache = view.host_cache
-    cache_version = None if cache is None else cache.version
-    key = (ex.version, ex.pool.version, cache_version)
-    memo = _QUEUED_S.get(ex)
-    if memo is None:
-        memo = _QUEUED_S[ex] = _QueueMemo()
-    elif memo.key == key:
-        return ex.running_remaining_s + memo.total
-    if memo.cache_version != cache_version:
-        memo.load_s.clear()
-        memo.cache_version = cache_version
-    exec_memo, load_memo = memo.exec_s, memo.load_s
-    total = 0.0
-    seen: set[str] = set()
-    for g in ex.groups:
-        e = g.expert_id
-        k = (e, len(g.tasks))
-        s = exec_memo.get(k)
-        if s is None:
-            s = exec_memo[k] = group_exec_s(view, ex, e, k[1])
-        total += s
-        if e not in seen:
-            seen.add(e)
-            if not ex.pool.holds(e):
-                s = load_memo.get(e)
-                if s is None:
-                    s = load_memo[e] = load_latency_s(view, ex.pool.kind, e)
-                total += s
-    memo.key, memo.total = key, total
-    return ex.running_remaining_s + total
+    """Predicted seconds until ex drains its queue: running batch + groups + switches (one load
+    per queued expert the pool does not hold)."""
+    return ex.running_remaining_s + _queue_total_ns(_memo(view, ex), view, ex) / 1e9
 
 
 def added_latency_s(view: EngineView, ex: ExecutorView, task: Task) -> float:
     """Predicted seconds one more task of its expert adds to ex's queue (paper §4.2)."""
-    n_before = ex.queued_experts.get(task.expert_id, 0)
-    exec_s = group_exec_s(view, ex, task.expert_id, n_before + 1) - group_exec_s(
-        view, ex, task.expert_id, n_before
-    )
-    return exec_s + switch_latency_s(view, ex, task.expert_id)
+    return _added_ns(_memo(view, ex), view, ex, task.expert_id) / 1e9
+
+
+def queue_predictions(view: EngineView, ex: ExecutorView, expert_id: str) -> tuple[float, float]:
+    """(``queue_total_s``, ``added_latency_s``) of a task of expert_id on ex, in one call."""
+    memo = _memo(view, ex)
+    return (ex.running_remaining_s + _queue_total_ns(memo, view, ex) / 1e9,
+            _added_ns(memo, view, ex, expert_id) / 1e9)

@@ -15,7 +15,7 @@
 
 from __future__ import annotations
 
-from coserve_jax.policies.base import EngineView, added_latency_s, queue_total_s
+from coserve_jax.policies.base import EngineView, queue_predictions
 from coserve_jax.types import Task
 
 
@@ -78,11 +78,17 @@ class LatencyAware(_Ordering):
         super().__init__(arranging, work_conserving)
 
     def assign(self, view: EngineView, task: Task) -> int:
-        totals = [queue_total_s(view, ex) for ex in view.executors]
+        executors = view.executors
+        predictions = [queue_predictions(view, ex, task.expert_id) for ex in executors]
+        # The longest of the other queues: the longest queue, or for the executor that has it,
+        # the second longest.
+        order = sorted(range(len(executors)), key=lambda i: -predictions[i][0])[:2]
+        first = predictions[order[0]][0]
+        second = predictions[order[1]][0] if len(order) > 1 else 0.0
         best: tuple[float, float, int] | None = None
-        for i, ex in enumerate(view.executors):
-            added = added_latency_s(view, ex, task)
-            longest = max(max(totals[:i] + totals[i + 1 :], default=0.0), totals[i] + added)
+        for i, ex in enumerate(executors):
+            total, added = predictions[i]
+            longest = max(second if i == order[0] else first, total + added)
             key = (longest, added, ex.executor_id)
             if best is None or key < best:
                 best = key
