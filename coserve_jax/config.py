@@ -124,7 +124,14 @@ class HardwareConfig:
     profile: str | None = None  # profile.json path; None: measured (real) or paper_profile (sim)
     paper_profile: Mapping[str, Any] | None = None
     drop_page_cache: bool = False  # posix_fadvise(DONTNEED) before each disk load
-    cpu_devices: int = 2  # XLA host platform device count (CPU executors' devices)
+    # XLA host platform device count: CPU executors spread over that many host devices, each a
+    # device with its own budget (one host device: the machine's memory, as the paper's UMA).
+    cpu_devices: int = 1
+    # GPU devices (JAX indices) the GPU executors spread over; None: every local GPU (real
+    # backend) or one (simulator).
+    gpu_devices: Any = None
+    # Per-device budgets overriding device_budget: {index: size} or a list (entry i: device i).
+    device_budgets: Any = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -136,6 +143,9 @@ class BackendConfig:
     load_retries: int = 2
     stall_timeout_s: float = 120.0
     compilation_cache_dir: str | None = None  # None: ~/.cache/coserve_jax/jax_cache
+    # Where the host cache keeps experts: auto (JAX pinned_host memory where the platform has
+    # it, else numpy), pinned_host (required), numpy (store/host_tier.py).
+    host_tier: str = "auto"
     check_invariants: bool = False  # re-verify byte accounting after every event
     loop_shares_host: bool = True  # sim: the loop's busy time takes a host core from CPU jobs
 
@@ -208,6 +218,49 @@ def _executors(value: Any, field: str) -> dict[str, int]:
     return out
 
 
+def _index(value: Any, field: str) -> int:
+    """A device index: a whole number >= 0 (Hydra may hand a mapping key over as a string)."""
+    if isinstance(value, str) and value.strip().isdigit():
+        value = int(value)
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        raise ConfigError(f"{field}: a device index must be a whole number >= 0, got {value!r}")
+    return value
+
+
+def _device_list(value: Any, field: str) -> tuple[int, ...] | None:
+    """hardware.gpu_devices: None or a non-empty list of distinct device indices."""
+    if value is None:
+        return None
+    if isinstance(value, int) and not isinstance(value, bool):
+        value = [value]
+    if isinstance(value, (str, Mapping)) or not isinstance(value, (list, tuple)) or not value:
+        raise ConfigError(f"{field}: expected a list of device indices like [0, 1], or null (every device)")
+    out = tuple(_index(v, f"{field}[{i}]") for i, v in enumerate(value))
+    if len(set(out)) != len(out):
+        raise ConfigError(f"{field}: a device is listed twice in {list(out)}")
+    return out
+
+
+def _device_budgets(value: Any, field: str) -> dict[int, Any] | None:
+    """hardware.device_budgets: {device index: size} or a list (entry i: device i); sizes are
+    checked for syntax here and against the zoo's bytes (and the devices in use) when an arm is
+    planned (engine/build.py)."""
+    if value is None:
+        return None
+    if isinstance(value, (list, tuple)):
+        value = dict(enumerate(value))
+    if not isinstance(value, Mapping) or not value:
+        raise ConfigError(f"{field}: expected {{device index: size}} like {{0: 40%, 1: 60%}} or a list of sizes")
+    out: dict[int, Any] = {}
+    for k, v in value.items():
+        d = _index(k, f"{field}.{k}")
+        if v is None:
+            continue  # a list entry left null: that device keeps hardware.device_budget
+        parse_bytes(v, f"{field}.{d}", total_bytes=1)
+        out[d] = v
+    return out or None
+
+
 def _fraction(value: Any, field: str) -> float | None:
     if value is None:
         return None
@@ -238,7 +291,7 @@ def parse_config(cfg: DictConfig | Mapping[str, Any]) -> RunConfig:
             raise ConfigError(f"config: missing top-level key {key!r}")
 
     model = _build(ModelConfig, raw["model"], "model")
-    _check_choice(model.kind, "model.kind", ("demo", "paper"))
+    _check_choice(model.kind, "model.kind", ("demo", "paper", "synth"))
     if model.kind == "paper":
         _check_choice(model.board, "model.board", ("a", "b"))
     if not isinstance(model.seed, int) or isinstance(model.seed, bool):
@@ -273,6 +326,8 @@ def parse_config(cfg: DictConfig | Mapping[str, Any]) -> RunConfig:
         max_batch_memory_fraction=_fraction(hw.max_batch_memory_fraction, "hardware.max_batch_memory_fraction"),
     )
     _positive(hw.cpu_devices, "hardware.cpu_devices")
+    hw = dataclasses.replace(hw, gpu_devices=_device_list(hw.gpu_devices, "hardware.gpu_devices"),
+                             device_budgets=_device_budgets(hw.device_budgets, "hardware.device_budgets"))
     # Sizes are parsed later against the zoo's total; check their syntax now.
     for f in ("device_budget", "host_budget", "cpu_pool_budget"):
         v = getattr(hw, f)
@@ -282,6 +337,7 @@ def parse_config(cfg: DictConfig | Mapping[str, Any]) -> RunConfig:
     be = _build(BackendConfig, raw["backend"], "backend")
     _check_choice(be.name, "backend.name", ("real", "sim"))
     _check_choice(be.routing, "backend.routing", ("auto", "model", "trace"))
+    _check_choice(be.host_tier, "backend.host_tier", ("auto", "pinned_host", "numpy"))
     _positive(be.load_threads, "backend.load_threads")
     _positive(be.load_processes, "backend.load_processes", allow_zero=True)
     _positive(be.load_retries, "backend.load_retries", allow_zero=True)

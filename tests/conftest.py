@@ -1,14 +1,15 @@
 """Shared fixtures: a tiny trained zoo built once per session, composed configs, a real-engine runner.
 
 XLA reads its host device count when JAX initialises, so the flag is set here, at import time,
-before any test module imports jax: executors then get two CPU devices.
+before any test module imports jax: four CPU devices, which tests of several devices spread
+executors over with ``hardware.cpu_devices`` (the default hardware uses one).
 """
 
 from __future__ import annotations
 
 import os
 
-_FLAG = "--xla_force_host_platform_device_count=2"
+_FLAG = "--xla_force_host_platform_device_count=4"
 if "xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", ""):
     os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + _FLAG).strip()
 

@@ -1,5 +1,11 @@
 """Build an arm's engine from the typed config: executors, pools, budgets, policies.
 
+Devices (DESIGN §12; ``engine/devices.py``): executors of a kind are dealt round-robin over that
+kind's devices (every local GPU, or ``hardware.gpu_devices``; ``hardware.cpu_devices`` host
+devices); each device has its own budget (``hardware.device_budgets``, else
+``hardware.device_budget``) and its own pools, and ``ExecutorPlan.device_index`` and
+``Pool.device_index`` say which.
+
 Memory (DESIGN §5): a device budget per device is split evenly among the executors on it; each
 executor's share holds its model pool and its reserved batch working memory. With an
 ``expert_fraction`` f (the paper's Casual split: 0.75) the batch reserve is (1 − f) of the share
@@ -29,6 +35,7 @@ from hydra.utils import instantiate
 
 from coserve_jax.coe.graph import CoEGraph
 from coserve_jax.config import ArmConfig, BudgetError, ConfigError, RunConfig, parse_bytes
+from coserve_jax.engine.devices import executor_shares
 from coserve_jax.engine.events import Backend
 from coserve_jax.engine.loop import EngineLoop
 from coserve_jax.engine.state import ExecutorState
@@ -47,6 +54,7 @@ class ExecutorPlan:
     reserved_bytes: int
     max_batch: dict[str, int]
     dynamic: bool = False  # batch memory from the pool's free bytes; reserved_bytes only guides the initial fill
+    budget_field: str = "hardware.device_budget"  # the setting budget_bytes comes from (errors name it)
 
 
 def _max_batch_within(cost: CostModel, kind: str, arch: str, reserve: int) -> int:
@@ -95,20 +103,14 @@ def plan_executors(cfg: RunConfig, arm: ArmConfig, graph: CoEGraph, cost: CostMo
             raise ConfigError(f"hardware.executors.{kind}: the profile has no figures for {kind!r} executors "
                               f"(it has {list(cost.kinds)})")
 
-    def share(kind: str) -> tuple[int, str]:
-        if kind == "cpu" and "gpu" in counts:
-            if hw.cpu_pool_budget is None:
-                raise ConfigError("hardware.cpu_pool_budget: required when CPU executors run beside GPU ones")
-            return parse_bytes(hw.cpu_pool_budget, "hardware.cpu_pool_budget", total) // counts[kind], "hardware.cpu_pool_budget"
-        return parse_bytes(hw.device_budget, "hardware.device_budget", total) // counts[kind], "hardware.device_budget"
-
     plans: list[ExecutorPlan] = []
     by_kind = dict(arm.expert_fraction_by_kind or {})
     for kind in sorted(counts, key=lambda k: (k != "gpu", k)):
-        budget, field = share(kind)
+        # Each executor's device and share of that device's budget (engine/devices.py).
+        shares = executor_shares(cfg, counts, kind, total)
         # A plan may split memory per kind (the paper: slow processors reserve the max batch).
         fraction = by_kind.get(kind, arm.expert_fraction if arm.expert_fraction is not None else hw.expert_fraction)
-        for i in range(counts[kind]):
+        for device, budget, field in shares:
             if arm.unlimited_memory:
                 mb = {a: cost.max_batch(kind, a) for a in archs}
             else:
@@ -122,23 +124,23 @@ def plan_executors(cfg: RunConfig, arm: ArmConfig, graph: CoEGraph, cost: CostMo
             if arm.unlimited_memory:
                 budget = total + reserve
             if not arm.share_pool and budget - reserve < largest:
+                where = f" on device {device}" if field.startswith("hardware.device_budgets") else ""
                 raise BudgetError(
-                    f"{field}: each {kind} executor gets {budget} B, which cannot hold the largest "
+                    f"{field}: each {kind} executor{where} gets {budget} B, which cannot hold the largest "
                     f"expert ({largest} B) plus one batch ({reserve} B); raise {field} or use fewer executors"
                 )
             dynamic = arm.batch_memory == "dynamic" and not arm.unlimited_memory
             if dynamic:
                 # Memory, not a fixed split, caps each batch (engine/memory.py): up to the profiled maximum.
                 mb = {a: cost.max_batch(kind, a) for a in archs}
-            # Executors sharing one pool must sit on one JAX device (their weights live there).
-            device = 0 if kind == "gpu" or arm.share_pool else (i % hw.cpu_devices)
-            plans.append(ExecutorPlan(len(plans), kind, device, budget, reserve, mb, dynamic))
+            # A shared pool is one per device: its executors sit on that device, with its weights.
+            plans.append(ExecutorPlan(len(plans), kind, device, budget, reserve, mb, dynamic, field))
         if arm.share_pool:
-            _check_shared_pools([p for p in plans if p.kind == kind], largest, field)
+            _check_shared_pools([p for p in plans if p.kind == kind], largest)
     return plans
 
 
-def _check_shared_pools(plans: list[ExecutorPlan], largest: int, field: str) -> None:
+def _check_shared_pools(plans: list[ExecutorPlan], largest: int) -> None:
     """One pool per device shared by its executors (make_pools): its bytes, the sum of their
     shares, must hold the largest expert plus every executor's batch reserve at once."""
     groups: dict[int, list[ExecutorPlan]] = {}
@@ -147,7 +149,7 @@ def _check_shared_pools(plans: list[ExecutorPlan], largest: int, field: str) -> 
     for device, ps in groups.items():
         size, batches = sum(p.budget_bytes for p in ps), sum(p.reserved_bytes for p in ps)
         if size - batches < largest:
-            kind = ps[0].kind
+            kind, field = ps[0].kind, ps[0].budget_field
             raise BudgetError(
                 f"{field}: the {kind} pool shared by {len(ps)} executor(s) on device {device} gets {size} B, "
                 f"which cannot hold the largest expert ({largest} B) plus their batches ({batches} B); "
@@ -162,12 +164,13 @@ def _fixed_reserve(p: ExecutorPlan) -> int:
 def make_pools(plans: list[ExecutorPlan], share: bool) -> list[Pool]:
     """One pool per executor, or (share) one per device holding all its executors' bytes."""
     if not share:
-        return [Pool(f"ex{p.executor_id}:{p.kind}", p.kind, p.budget_bytes, _fixed_reserve(p)) for p in plans]
+        return [Pool(f"ex{p.executor_id}:{p.kind}", p.kind, p.budget_bytes, _fixed_reserve(p), device_index=p.device_index)
+                for p in plans]
     groups: dict[tuple[str, int], list[ExecutorPlan]] = {}
     for p in plans:
         groups.setdefault((p.kind, p.device_index), []).append(p)
     pools = {key: Pool(f"dev{key[1]}:{key[0]}", key[0], sum(p.budget_bytes for p in ps),
-                       sum(_fixed_reserve(p) for p in ps))
+                       sum(_fixed_reserve(p) for p in ps), device_index=key[1])
              for key, ps in groups.items()}
     return [pools[(p.kind, p.device_index)] for p in plans]
 
