@@ -304,7 +304,7 @@ class ArmRunner:
             backend = RealBackend(self.runtime, load_threads=self.cfg.backend.load_threads,
                                   drop_page_cache=self.cfg.hardware.drop_page_cache,
                                   stall_timeout_s=self.cfg.backend.stall_timeout_s,
-                                  fault_injector=fault_injector)
+                                  fault_injector=fault_injector, host_tier=self.cfg.backend.host_tier)
         engine = build_engine(self.cfg, arm, self.model.graph, self.cost, backend, self.routing)
         if self.cfg.backend.name == "real":
             for ex in engine.executors:
@@ -380,6 +380,7 @@ class ArmRunner:
                                  "pool": ex.pool.pool_id, "max_batch": dict(ex.max_batches),
                                  "batch_memory": "dynamic" if ex.dynamic_batch_memory else "reserved"}
                                 for ex in engine.executors]
+        summary["host_tier"] = getattr(engine.backend, "host_tier", None)  # real: pinned_host | numpy | none
         if self.model.trained and self.routing == "model":
             summary["accuracy"] = accuracy(engine)
         return summary, engine

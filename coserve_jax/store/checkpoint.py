@@ -124,10 +124,12 @@ def restore_expert(path: str | os.PathLike, abstract_state: Any, *, device: jax.
     return leaves_to_state(abstract_state, leaves)
 
 
-def unpack_to_device(packed: dict[str, np.ndarray], specs: list | tuple, device: jax.Device) -> list[jax.Array]:
+def unpack_to_device(packed: dict[str, Any], specs: list | tuple, device: jax.Device) -> list[jax.Array]:
     """``read_packed``'s vectors -> the expert's leaves on ``device``: one explicit
-    ``device_put`` per vector, unpacked there by one jitted call (cached per layout)."""
-    sharding = jax.sharding.SingleDeviceSharding(device)
+    ``device_put`` per vector into the device's default memory, unpacked there by one jitted call
+    (cached per layout). The vectors may be numpy or ``jax.Array``s in another memory, e.g. the
+    host cache's ``pinned_host`` (``store/host_tier.py``)."""
+    sharding = jax.sharding.SingleDeviceSharding(device, memory_kind=device.default_memory().kind)
     flats = {k: jax.device_put(v, sharding) for k, v in packed.items() if k.startswith("flat_")}
     return _unpacker(tuple(specs))(flats)
 
