@@ -100,6 +100,11 @@ def load_model(cfg: RunConfig, progress: bool = True) -> Model:
 
         return Model(build_paper_graph(cfg.model.board, seed=cfg.model.seed,
                                        tail_types=cfg.model.tail_types))
+    if cfg.model.kind == "synth":  # untrained paper-size experts (coe/synth.py)
+        from coserve_jax.coe.synth import build_or_load_synth_zoo, synth_config
+
+        zoo = build_or_load_synth_zoo(synth_config(dict(cfg.model.zoo), seed=cfg.model.seed), progress=progress)
+        return Model(zoo.graph, zoo)
     from coserve_jax.coe.zoo import build_or_load_zoo, zoo_config
 
     zoo = build_or_load_zoo(zoo_config(dict(cfg.model.zoo), seed=cfg.model.seed), progress=progress)
@@ -152,7 +157,7 @@ def load_cost_model(cfg: RunConfig, model: Model, runtime: Any = None, progress:
         prof = measure_profile(rt, kinds, batch_sizes=tuple(settings["batch_sizes"] or (1, 2, 4, 8, 16, 32)),
                                repeats=int(settings["repeats"] or 3), load_samples=int(settings["load_samples"] or 3),
                                drop_cache=hw.drop_page_cache, seed=cfg.seed, progress=progress,
-                               executors=dict(hw.executors))
+                               executors=dict(hw.executors), loop_requests=int(cfg.profiler.get("loop_requests") or 1500))
         write_json_atomic(path, prof)
         return CostModel(prof)
 
@@ -219,11 +224,12 @@ def make_runtime(cfg: RunConfig, model: Model):
 
 # ---- arms -----------------------------------------------------------------------------------
 def routing_for(cfg: RunConfig, model: Model) -> str:
+    routable = model.trained and model.zoo.routing == "model"  # a synthetic zoo's outputs mean nothing
     if cfg.backend.routing != "auto":
-        if cfg.backend.routing == "model" and (cfg.backend.name == "sim" or not model.trained):
+        if cfg.backend.routing == "model" and (cfg.backend.name == "sim" or not routable):
             raise ConfigError("backend.routing: 'model' needs the real backend and a trained zoo")
         return cfg.backend.routing
-    return "model" if cfg.backend.name == "real" and model.trained else "trace"
+    return "model" if cfg.backend.name == "real" and routable else "trace"
 
 
 def make_trace(cfg: RunConfig, graph: CoEGraph) -> list[Request]:
@@ -455,6 +461,7 @@ def run_experiment(cfg: RunConfig | DictConfig | Sequence[str] | None = None,
             "device_budget_bytes": parse_bytes(hw.device_budget, "hardware.device_budget", total),
             "host_budget": hw.host_budget, "drop_page_cache": hw.drop_page_cache,
             "routing": runner.routing, "executors": dict(hw.executors), "repeats": run_cfg.repeats,
+            **device_config(run_cfg),
         },
         "zoo": zoo_summary(model),
         "compile_s": compile_s,
@@ -469,6 +476,13 @@ def run_experiment(cfg: RunConfig | DictConfig | Sequence[str] | None = None,
                                  + "\n".join(f"  {name}: {reason}" for name, reason in infeasible.items()),
                                  results)
     return results
+
+
+def device_config(cfg: RunConfig) -> dict[str, Any]:
+    """results.json config: the device settings (engine/devices.py), as given."""
+    hw = cfg.hardware
+    return {"cpu_devices": hw.cpu_devices, "gpu_devices": None if hw.gpu_devices is None else list(hw.gpu_devices),
+            "device_budgets": hw.device_budgets, "host_tier": cfg.backend.host_tier}
 
 
 def median_run(runs: list[dict[str, Any]]) -> dict[str, Any]:

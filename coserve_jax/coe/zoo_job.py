@@ -58,9 +58,11 @@ def run_zoo_job(cfg: DictConfig, out_dir: str | Path, progress: bool = True) -> 
     from coserve_jax.coe.zoo import build_or_load_zoo, zoo_config
 
     run_cfg, resolved = as_run_config(cfg)
+    if run_cfg.model.kind == "synth":
+        return run_synth_zoo_job(run_cfg, resolved, out_dir, progress)
     if run_cfg.model.kind != "demo":
-        raise ConfigError(f"model: the zoo job builds a trained demo zoo (model.kind=demo, e.g. model=pcb_demo "
-                          f"or model=pcb_tiny); {run_cfg.model.name!r} is kind {run_cfg.model.kind!r}")
+        raise ConfigError(f"model: the zoo job builds a zoo on disk (model.kind=demo or synth, e.g. model=pcb_demo, "
+                          f"pcb_tiny or pcb_synth); {run_cfg.model.name!r} is kind {run_cfg.model.kind!r}")
     settings = eval_settings(cfg.get("zoo_eval"))
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -119,3 +121,38 @@ def print_summary(results: dict[str, Any], out_dir: str | Path) -> None:
           f"{acc['seed']}): classification {acc['classification']:.3f}, detection {acc['detection']:.3f}, "
           f"end to end {acc['end_to_end']:.3f}")
     print(f"results: {Path(out_dir) / 'results.json'}")
+
+
+def run_synth_zoo_job(run_cfg: Any, resolved: Any, out_dir: str | Path, progress: bool = True) -> dict[str, Any]:
+    """Draw (or reuse) a synthetic paper-size zoo (coe/synth.py) and report its bytes and build
+    speed; there is no accuracy (random weights)."""
+    from coserve_jax.coe.synth import build_or_load_synth_zoo, synth_config
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    zcfg = synth_config(dict(run_cfg.model.zoo), seed=run_cfg.model.seed)
+    reused = (Path(zcfg.cache_dir).expanduser() / zcfg.config_hash() / "manifest.json").is_file()
+    t0 = time.perf_counter()
+    zoo = build_or_load_synth_zoo(zcfg, progress=progress)
+    m = zoo.manifest
+    results = {
+        "experiment": run_cfg.experiment,
+        "config": {"model": run_cfg.model.name, "seed": run_cfg.seed, "model_seed": run_cfg.model.seed,
+                   "git_sha": git_sha()},
+        "zoo": {"num_experts": len(zoo.graph.experts), "num_component_types": len(zoo.graph.components),
+                "total_bytes": zoo.graph.total_bytes, "per_expert_bytes": bytes_by_role_arch(zoo),
+                "bytes_written": m.get("bytes_written"), "usage_top30pct": float(zoo.graph.usage_cdf()[
+                    max(0, round(0.3 * len(zoo.graph.experts)) - 1)]),
+                "reused": reused, "build_s": None if reused else time.perf_counter() - t0,
+                "manifest_build_s": m.get("build_s"), "root": str(zoo.root), "routing": zoo.routing},
+    }
+    write_json_atomic(out / "results.json", results)
+    (out / "resolved_config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.create(resolved)) if resolved else "")
+    z = results["zoo"]
+    how = "reused from cache" if reused else f"drawn in {z['build_s']:.1f} s"
+    print(f"\nzoo {run_cfg.model.name}: {z['num_experts']} untrained experts, {z['total_bytes'] / 1e9:.2f} GB, "
+          f"{z['num_component_types']} component types ({how}; {z['root']})")
+    for key, d in z["per_expert_bytes"].items():
+        print(f"  {key:<32} {d['num_experts']:>4} experts x {d['param_bytes']:>12,} B = {d['total_bytes']:>14,} B")
+    print(f"results: {out / 'results.json'}")
+    return results

@@ -68,8 +68,8 @@ def run_profile_job(cfg: DictConfig, out_dir: str | Path, progress: bool = True)
     from coserve_jax.api import as_run_config, configure_jax_devices, load_model, make_runtime, make_trace
 
     run_cfg, resolved = as_run_config(cfg)
-    if run_cfg.model.kind != "demo":
-        raise ConfigError(f"model: the profile job measures a trained zoo (model.kind=demo); "
+    if run_cfg.model.kind == "paper":
+        raise ConfigError(f"model: the profile job measures a zoo on disk (model.kind=demo or synth); "
                           f"{run_cfg.model.name!r} is kind {run_cfg.model.kind!r} (paper-scale graphs "
                           "use hardware.paper_profile in the simulator)")
     prof_cfg = dict(run_cfg.profiler)
@@ -99,7 +99,8 @@ def run_profile_job(cfg: DictConfig, out_dir: str | Path, progress: bool = True)
         t0 = time.perf_counter()
         prof = measure_profile(rt, kinds, batch_sizes=batch_sizes, repeats=repeats, load_samples=load_samples,
                                drop_cache=hw.drop_page_cache, seed=run_cfg.seed, progress=progress,
-                               heldout_sizes=heldout, warmup=warmup, executors=dict(hw.executors))
+                               heldout_sizes=heldout, warmup=warmup, executors=dict(hw.executors),
+                               loop_requests=int(prof_cfg.get("loop_requests") or 1500))
         # The other page-cache setting, so both load fits are on record.
         other = not hw.drop_page_cache
         variants: dict[str, Any] = {k: {_pc(hw.drop_page_cache): prof["kinds"][k]["loads"]} for k in kinds}
@@ -126,7 +127,7 @@ def run_profile_job(cfg: DictConfig, out_dir: str | Path, progress: bool = True)
                                     for r in sample], list(graph.experts)),
         "trace_requests": len(sample),
     }
-    if router_sample > 0:
+    if router_sample > 0 and model.zoo.routing == "model":  # untrained (synthetic) experts do not route
         routes = route_with_router(model.zoo, sample[:router_sample], progress)
         usage["router"] = usage_from_routes(routes, list(graph.experts))
         usage["router_requests"] = len(routes)

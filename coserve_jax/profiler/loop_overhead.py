@@ -76,9 +76,12 @@ def measure_serving_loop_s(runtime: Any, profile: dict[str, Any], executors: dic
             counts[kind] = max(1, min(int(n), len(jax.devices(kind))))
         except RuntimeError:
             continue  # no such devices here: the profile has no such kind either
-    spec = ",".join(f"{k}:{n}" for k, n in sorted(counts.items()))
+    # Each kind set on its own (a whole-mapping override would merge into the default {cpu: 2});
+    # CPU helpers beside GPUs get hardware=gpu's host-RAM pool share.
     overrides = ["backend=real", "arms=[coserve]", f"workload.num_requests={num_requests}",
-                 f"workload.seed={seed}", f"hardware.executors={{{spec}}}"]
+                 f"workload.seed={seed}", *(f"++hardware.executors.{k}={counts.get(k, 0)}" for k in ("cpu", "gpu"))]
+    if len(counts) > 1:
+        overrides.append("hardware.cpu_pool_budget=10%")
     zoo = runtime.zoo
     # The loop is timed at the default device budget, where it evicts and reloads as in serving;
     # a zoo too small to split at that budget (pcb_tiny: its largest expert and one batch exceed

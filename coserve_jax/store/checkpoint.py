@@ -97,14 +97,21 @@ def _dtype_key(dtype: Any) -> str:
 
 def save_expert(path: str | os.PathLike, state: Any) -> None:
     """Save one expert's state (an ``nnx.State`` or a pytree of arrays) to a new directory ``path``."""
-    path = Path(path).absolute()
     leaves = [np.asarray(x) for x in jax.tree.leaves(_pure(state))]
-    packed: dict[str, Any] = {"leaf_sizes": np.array([x.size for x in leaves], np.int64)}
     keys = sorted({_dtype_key(x.dtype) for x in leaves})
-    for key in keys:
-        packed[key] = np.concatenate([x.ravel() for x in leaves if _dtype_key(x.dtype) == key])
-    packed["crc32"] = np.array([zlib.crc32(packed[k].tobytes()) for k in keys], np.int64)
-    _checkpointer().save(path, args=ocp.args.PyTreeSave(packed))
+    flats = {key: np.concatenate([x.ravel() for x in leaves if _dtype_key(x.dtype) == key]) for key in keys}
+    save_packed(path, flats, [x.size for x in leaves])
+
+
+def save_packed(path: str | os.PathLike, flats: dict[str, np.ndarray], leaf_sizes: list[int]) -> None:
+    """Save already packed vectors (``flat_<dtype>`` -> 1-D array, leaves in ``leaf_layout``
+    order) with their leaf sizes and checksums: what ``save_expert`` writes, without packing a
+    pytree first (the synthetic zoo draws its weights straight into the vectors)."""
+    packed: dict[str, Any] = {"leaf_sizes": np.asarray(leaf_sizes, np.int64), **flats}
+    keys = sorted(flats)
+    packed["crc32"] = np.array([zlib.crc32(memoryview(np.ascontiguousarray(flats[k])).cast("B"))
+                                for k in keys], np.int64)
+    _checkpointer().save(Path(path).absolute(), args=ocp.args.PyTreeSave(packed))
 
 
 def restore_expert(path: str | os.PathLike, abstract_state: Any, *, device: jax.Device | None = None,
@@ -171,6 +178,13 @@ class _Layout:
 @functools.lru_cache(maxsize=64)
 def _layout(specs: tuple) -> _Layout:
     return _Layout(specs)
+
+
+def leaf_layout(specs: list | tuple) -> tuple[dict[str, int], list[tuple[str, int, int, tuple[int, ...]]]]:
+    """Where each leaf sits in the packed vectors: (vector key -> length, per leaf (key, offset,
+    size, shape)), leaves in packing order."""
+    layout = _layout(tuple(specs))
+    return dict(layout.lengths), list(layout.leaves)
 
 
 def read_packed(path: str | os.PathLike, specs: list[tuple[tuple[int, ...], np.dtype]],
