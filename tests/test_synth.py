@@ -96,27 +96,45 @@ def test_bad_synth_settings_name_the_field(overrides, field):
         synth_config(overrides)
 
 
-def test_the_real_engine_serves_the_synthetic_zoo_by_trace(tiny_zoo, synth_cache, transfer_guard):
-    """pcb_synth_tiny with a host cache in pinned_host memory, routed by the trace. One device:
-    several are tests/test_devices_real.py's; the YOLO-family experts compile for ~30 s per
-    device here, once (the default persistent compilation cache keeps them for later sessions)."""
-    cfg = as_run_config(["model=pcb_synth_tiny", f"+model.zoo.cache_dir={synth_cache}", "arms=[coserve_plus]",
-                         "hardware.executors={cpu:2}", "hardware.device_budget=40%",
-                         "hardware.host_budget=100%", "workload.num_requests=80"])[0]
-    model = Model(tiny_zoo.graph, tiny_zoo)
-    cost = synthetic_cost(archs=tuple(sorted(tiny_zoo.archs)), max_batch=2, act_bytes_per_image=20_000)
+def serve_synth(zoo, synth_cache, *overrides: str, kind: str = "cpu", n: int = 80):
+    """One arm of pcb_synth_tiny on the real engine with round-figure costs (no profile to
+    measure); returns (summary, engine, the runtime's devices used)."""
+    cfg = as_run_config(["model=pcb_synth_tiny", f"+model.zoo.cache_dir={synth_cache}", f"workload.num_requests={n}",
+                         *overrides])[0]
+    model = Model(zoo.graph, zoo)
+    cost = synthetic_cost(kinds=(kind,), archs=tuple(sorted(zoo.archs)), max_batch=2, act_bytes_per_image=20_000)
     runtime = make_runtime(cfg, model)
     try:
         runner = ArmRunner(cfg, model, cost, runtime)
         assert runner.routing == "trace"
         runner.warm_up(cfg.arms)
         requests = make_trace(cfg, model.graph)
-        summary, engine = runner.run_arm(cfg.arms[0], requests, runner.images(requests), progress=False)
+        images = runner.images(requests)
+        engine = runner.new_engine(cfg.arms[0], requests)
+        engine.keep_outputs = True
+        try:
+            summary = engine.run(requests, images)
+            summary["host_tier"] = engine.backend.host_tier
+            placed = {pool: {(d.platform, d.id, a.sharding.memory_kind) for leaves in experts.values()
+                             for a in leaves for d in a.devices()}
+                      for pool, experts in engine.backend._weights.items() if pool != "host"}
+        finally:
+            engine.backend.close()
     finally:
         runtime.close()
-    assert_accounted(summary, engine, 80)
+    assert_accounted(summary, engine, n)
+    for rs in engine.request_states().values():
+        assert tuple(rs.experts) == rs.request.route  # routed by the trace
+    return summary, engine, placed
+
+
+def test_the_real_engine_serves_the_synthetic_zoo_by_trace(tiny_zoo, synth_cache, transfer_guard):
+    """pcb_synth_tiny with a host cache in pinned_host memory, routed by the trace. One device:
+    several are tests/test_devices_real.py's; the YOLO-family experts compile for ~30 s per
+    device here, once (the default persistent compilation cache keeps them for later sessions)."""
+    summary, engine, placed = serve_synth(tiny_zoo, synth_cache, "arms=[coserve_plus]", "hardware.executors={cpu:2}",
+                                          "hardware.device_budget=40%", "hardware.host_budget=100%")
     assert summary["requests"]["completed"] == 80
     assert summary["host_tier"] == "pinned_host"
     assert sorted(p["device"] for p in summary["pools"]) == ["cpu:0", "host"]
-    for rs in engine.request_states().values():
-        assert tuple(rs.experts) == rs.request.route  # routed by the trace
+    assert set().union(*placed.values()) == {("cpu", 0, "device")}
