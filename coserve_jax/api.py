@@ -157,7 +157,8 @@ def load_cost_model(cfg: RunConfig, model: Model, runtime: Any = None, progress:
         prof = measure_profile(rt, kinds, batch_sizes=tuple(settings["batch_sizes"] or (1, 2, 4, 8, 16, 32)),
                                repeats=int(settings["repeats"] or 3), load_samples=int(settings["load_samples"] or 3),
                                drop_cache=hw.drop_page_cache, seed=cfg.seed, progress=progress,
-                               executors=dict(hw.executors), loop_requests=int(cfg.profiler.get("loop_requests") or 1500))
+                               executors=dict(hw.executors), loop_requests=int(cfg.profiler.get("loop_requests") or 1500),
+                               cpu_devices=hw.cpu_devices)
         write_json_atomic(path, prof)
         return CostModel(prof)
 

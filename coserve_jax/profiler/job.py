@@ -100,7 +100,7 @@ def run_profile_job(cfg: DictConfig, out_dir: str | Path, progress: bool = True)
         prof = measure_profile(rt, kinds, batch_sizes=batch_sizes, repeats=repeats, load_samples=load_samples,
                                drop_cache=hw.drop_page_cache, seed=run_cfg.seed, progress=progress,
                                heldout_sizes=heldout, warmup=warmup, executors=dict(hw.executors),
-                               loop_requests=int(prof_cfg.get("loop_requests") or 1500))
+                               loop_requests=int(prof_cfg.get("loop_requests") or 1500), cpu_devices=hw.cpu_devices)
         # The other page-cache setting, so both load fits are on record.
         other = not hw.drop_page_cache
         variants: dict[str, Any] = {k: {_pc(hw.drop_page_cache): prof["kinds"][k]["loads"]} for k in kinds}
