@@ -50,6 +50,62 @@ def _read_raw(path: Path) -> int:
     return n
 
 
+def measure_arch(zoo: Any, e: Any, dev: Any, repeats: int, pinned_ok: bool) -> dict[str, Any]:
+    """Host->device and disk->host figures of one expert (module docstring, 1 and 2)."""
+    import jax
+    import numpy as np
+
+    from coserve_jax.store.checkpoint import leaf_specs, read_packed, unpack_to_device
+    from coserve_jax.store.disk import drop_page_cache
+    from coserve_jax.store.host_tier import PINNED, to_device, to_host
+
+    specs = leaf_specs(zoo.abstract_state(e.arch))
+    path = Path(e.checkpoint_path)
+    packed = read_packed(path, specs, e.expert_id)
+    nbytes = int(sum(v.nbytes for k, v in packed.items() if k.startswith("flat_")))
+    flat = np.concatenate([v.view(np.uint8) for k, v in packed.items() if k.startswith("flat_")])
+    on_device = jax.sharding.SingleDeviceSharding(dev, memory_kind=dev.default_memory().kind)
+    r: dict[str, Any] = {"expert": e.expert_id, "bytes": nbytes, "leaves": len(specs)}
+    # --- host -> device ---
+    paths = {"engine_numpy": lambda: unpack_to_device(packed, specs, dev),
+             "contiguous_numpy": lambda: jax.device_put(flat, on_device)}
+    if pinned_ok:
+        copy = to_host(packed, PINNED, dev)
+        flat_pinned = jax.block_until_ready(
+            jax.device_put(flat, jax.sharding.SingleDeviceSharding(dev, memory_kind=PINNED)))
+        paths["engine_pinned"] = lambda: to_device(copy, specs, dev)
+        paths["contiguous_pinned"] = lambda: jax.device_put(flat_pinned, on_device)
+    h2d: dict[str, Any] = {}
+    for name, fn in paths.items():
+        jax.block_until_ready(fn())  # compiles the unpacker, warms the allocator
+        s = _median_s(lambda fn=fn: jax.block_until_ready(fn()), repeats)
+        h2d[name] = {"s": s, "bytes_per_s": nbytes / s}
+    for eng, ref in (("engine_pinned", "contiguous_pinned"), ("engine_numpy", "contiguous_numpy"),
+                     ("engine_pinned", "contiguous_numpy")):
+        if eng in h2d and ref in h2d:
+            h2d[f"{eng}/{ref}"] = h2d[eng]["bytes_per_s"] / h2d[ref]["bytes_per_s"]
+    r["host_to_device"] = h2d
+    # --- disk -> host ---
+    d2h: dict[str, Any] = {}
+    reads = {"raw": lambda: _read_raw(path), "engine": lambda: read_packed(path, specs, e.expert_id)}
+    for cache in ("cold", "warm"):
+        for name, fn in reads.items():
+            ts = []
+            for _ in range(max(1, repeats)):
+                if cache == "cold":
+                    os.sync()  # a just-written checkpoint's dirty pages would stay cached
+                    drop_page_cache(path)
+                t = time.perf_counter()
+                fn()
+                ts.append(time.perf_counter() - t)
+            s = statistics.median(ts)
+            d2h[f"{name}_{cache}"] = {"s": s, "bytes_per_s": nbytes / s}
+        d2h[f"engine/raw_{cache}"] = d2h[f"engine_{cache}"]["bytes_per_s"] / d2h[f"raw_{cache}"]["bytes_per_s"]
+    d2h["checkpoint_file_bytes"] = _read_raw(path)
+    r["disk_to_host"] = d2h
+    return r
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("overrides", nargs="*", help="Hydra overrides selecting the zoo, e.g. model=pcb_synth")
@@ -65,8 +121,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from coserve_jax.api import as_run_config, load_model
     from coserve_jax.engine.real import Runtime, run_padded
-    from coserve_jax.store.checkpoint import leaf_specs, read_packed, unpack_to_device
-    from coserve_jax.store.disk import drop_page_cache
+    from coserve_jax.store.checkpoint import leaf_specs, read_packed
     from coserve_jax.store.host_tier import NUMPY, PINNED, memory_kinds, to_device, to_host
 
     cfg, _ = as_run_config(list(args.overrides))
@@ -74,8 +129,6 @@ def main(argv: list[str] | None = None) -> int:
     zoo = model.zoo
     dev = jax.devices(args.kind)[0]
     pinned_ok = PINNED in memory_kinds(dev)
-    pinned = jax.sharding.SingleDeviceSharding(dev, memory_kind=PINNED) if pinned_ok else None
-    on_device = jax.sharding.SingleDeviceSharding(dev, memory_kind=dev.default_memory().kind)
     by_arch: dict[str, Any] = {}
     for e in sorted(zoo.graph.experts.values(), key=lambda e: e.expert_id):
         by_arch.setdefault(e.arch, e)
@@ -83,50 +136,7 @@ def main(argv: list[str] | None = None) -> int:
                               "memory_kinds": sorted(memory_kinds(dev)), "model": cfg.model.name,
                               "repeats": args.repeats, "archs": {}}
     for arch, e in sorted(by_arch.items()):
-        specs = leaf_specs(zoo.abstract_state(arch))
-        path = Path(e.checkpoint_path)
-        packed = read_packed(path, specs, e.expert_id)
-        nbytes = int(sum(v.nbytes for k, v in packed.items() if k.startswith("flat_")))
-        flat = np.concatenate([v.view(np.uint8) for k, v in packed.items() if k.startswith("flat_")])
-        r: dict[str, Any] = {"expert": e.expert_id, "bytes": nbytes, "leaves": len(specs)}
-        # --- host -> device ---
-        paths = {"engine_numpy": lambda: unpack_to_device(packed, specs, dev),
-                 "contiguous_numpy": lambda: jax.device_put(flat, on_device)}
-        if pinned_ok:
-            copy = to_host(packed, PINNED, dev)
-            flat_pinned = jax.block_until_ready(jax.device_put(flat, pinned))
-            paths["engine_pinned"] = lambda: to_device(copy, specs, dev)
-            paths["contiguous_pinned"] = lambda: jax.device_put(flat_pinned, on_device)
-        h2d = {}
-        for name, fn in paths.items():
-            jax.block_until_ready(fn())  # compiles the unpacker, warms the allocator
-            s = _median_s(lambda fn=fn: jax.block_until_ready(fn()), args.repeats)
-            h2d[name] = {"s": s, "bytes_per_s": nbytes / s}
-        for eng, ref in (("engine_pinned", "contiguous_pinned"), ("engine_numpy", "contiguous_numpy"),
-                         ("engine_pinned", "contiguous_numpy")):
-            if eng in h2d and ref in h2d:
-                h2d[f"{eng}/{ref}"] = h2d[eng]["bytes_per_s"] / h2d[ref]["bytes_per_s"]
-        r["host_to_device"] = h2d
-        # --- disk -> host ---
-        d2h: dict[str, Any] = {}
-        for cache in ("cold", "warm"):
-            def prep(cache=cache) -> None:
-                if cache == "cold":
-                    os.sync()
-                    drop_page_cache(path)
-            for name, fn in (("raw", lambda: _read_raw(path)), ("engine", lambda: read_packed(path, specs, e.expert_id))):
-                ts = []
-                for _ in range(max(1, args.repeats)):
-                    prep()
-                    t = time.perf_counter()
-                    fn()
-                    ts.append(time.perf_counter() - t)
-                s = statistics.median(ts)
-                d2h[f"{name}_{cache}"] = {"s": s, "bytes_per_s": nbytes / s}
-            d2h[f"engine/raw_{cache}"] = d2h[f"engine_{cache}"]["bytes_per_s"] / d2h[f"raw_{cache}"]["bytes_per_s"]
-        d2h["checkpoint_file_bytes"] = _read_raw(path)
-        r["disk_to_host"] = d2h
-        report["archs"][arch] = r
+        report["archs"][arch] = measure_arch(zoo, e, dev, args.repeats, pinned_ok)
 
     # --- overlap: switches beside running batches -----------------------------------------------
     arch = sorted(by_arch, key=lambda a: -by_arch[a].param_bytes)[0]  # the largest expert switches

@@ -80,6 +80,20 @@ def real(tiny_overrides, tiny_cache) -> RealSetup:
     runtime.close()
 
 
+@pytest.fixture(scope="session")
+def synth_cache(tmp_path_factory) -> Path:
+    """The session's cache of synthetic zoos (tests/test_synth.py, tests/test_gpu.py)."""
+    return tmp_path_factory.mktemp("synth_cache")
+
+
+@pytest.fixture(scope="session")
+def tiny_zoo(synth_cache):
+    """model=pcb_synth_tiny, drawn once per session (~1 s, plus tracing its three architectures)."""
+    from coserve_jax.coe.synth import SynthConfig, build_or_load_synth_zoo
+
+    return build_or_load_synth_zoo(SynthConfig.tiny(cache_dir=str(synth_cache)), progress=False)
+
+
 @pytest.fixture
 def transfer_guard():
     """Implicit host<->device transfers raise (explicit device_put / device_get pass)."""

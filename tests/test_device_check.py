@@ -25,7 +25,8 @@ def test_device_check_dry_run(tmp_path):
     proc = subprocess.run([str(ROOT / "scripts" / "device_check.sh"), "--dry-run"], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=1500, check=False)
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
-    steps = {r["step"]: r["rc"] for r in csv.DictReader(open(out / "steps.tsv"), delimiter="\t")}
+    with open(out / "steps.tsv") as f:
+        steps = {r["step"]: r["rc"] for r in csv.DictReader(f, delimiter="\t")}
     assert all(steps[s] == "0" for s in ("env", "wheels", "pytest", "zoo", "serve", "profile", "bench")), steps
     assert "SKIPPED" in (out / "pytest.log").read_text()  # -m gpu ran, and said why it skipped
     res = json.loads((out / "serve" / "results.json").read_text())

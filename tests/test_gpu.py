@@ -13,7 +13,6 @@ import jax
 import numpy as np
 import pytest
 
-from coserve_jax.coe.synth import SynthConfig, build_or_load_synth_zoo
 from tests.test_engine_real import reference_logits
 from tests.test_synth import serve_synth
 
@@ -29,16 +28,6 @@ def gpus() -> list:
 pytestmark = [pytest.mark.gpu,
               pytest.mark.skipif("not gpus()", reason="needs a GPU: jax.devices('gpu') finds none on this machine"),
               pytest.mark.usefixtures("transfer_guard")]
-
-
-@pytest.fixture(scope="module")
-def synth_cache(tmp_path_factory):
-    return tmp_path_factory.mktemp("synth_gpu")
-
-
-@pytest.fixture(scope="module")
-def tiny_zoo(synth_cache):
-    return build_or_load_synth_zoo(SynthConfig.tiny(cache_dir=str(synth_cache)), progress=False)
 
 
 def gpu_overrides(per_gpu: int = 2) -> list[str]:

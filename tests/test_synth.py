@@ -17,16 +17,6 @@ from tests.test_engine_real import assert_accounted
 MB = 1e6
 
 
-@pytest.fixture(scope="module")
-def synth_cache(tmp_path_factory):
-    return tmp_path_factory.mktemp("synth_cache")
-
-
-@pytest.fixture(scope="module")
-def tiny_zoo(synth_cache):
-    return build_or_load_synth_zoo(SynthConfig.tiny(cache_dir=str(synth_cache)), progress=False)
-
-
 def plan_graph(cfg: SynthConfig) -> CoEGraph:
     types, experts = plan(cfg)
     return CoEGraph([ExpertInfo(e, r, a.name, 1, a.input_shape) for e, r, a in experts], _components(types))

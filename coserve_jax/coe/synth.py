@@ -40,7 +40,7 @@ import numpy as np
 
 from coserve_jax.coe.graph import CoEGraph, ComponentType
 from coserve_jax.coe.paper import paper_shaped_mix
-from coserve_jax.coe.zoo import Zoo, build_once, default_cache_dir
+from coserve_jax.coe.zoo import Zoo, build_once, default_cache_dir, zoo_kwargs
 from coserve_jax.data.generator import GeneratorSpec
 from coserve_jax.metrics.results import write_json_atomic
 from coserve_jax.models import ArchSpec, abstract_state, named_spec, param_bytes
@@ -160,14 +160,7 @@ def synth_config(overrides: Mapping[str, Any] | None = None, seed: int = 0) -> S
     """SynthConfig from Hydra's ``model.zoo`` mapping; ``preset: tiny`` starts from ``SynthConfig.tiny``."""
     from coserve_jax.config import ConfigError
 
-    kw = dict(overrides or {})
-    preset = kw.pop("preset", None)
-    if preset not in (None, "tiny"):
-        raise ConfigError(f"model.zoo.preset: must be null or 'tiny', got {preset!r}")
-    known = {f.name for f in dataclasses.fields(SynthConfig)}
-    unknown = sorted(set(kw) - known)
-    if unknown:
-        raise ConfigError(f"model.zoo: unknown key(s) {unknown}; known: {sorted(known)}")
+    preset, kw = zoo_kwargs(overrides, SynthConfig)
     kw.setdefault("seed", seed)
     try:
         return SynthConfig.tiny(**kw) if preset == "tiny" else SynthConfig(**kw)

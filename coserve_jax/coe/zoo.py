@@ -447,14 +447,7 @@ def zoo_config(overrides: Mapping[str, Any] | None = None, seed: int = 0) -> Zoo
     """ZooConfig from Hydra's ``model.zoo`` mapping; ``preset: tiny`` starts from ZooConfig.tiny."""
     from coserve_jax.config import ConfigError
 
-    kw = dict(overrides or {})
-    preset = kw.pop("preset", None)
-    if preset not in (None, "tiny"):
-        raise ConfigError(f"model.zoo.preset: must be null or 'tiny', got {preset!r}")
-    known = {f.name for f in dataclasses.fields(ZooConfig)}
-    unknown = sorted(set(kw) - known)
-    if unknown:
-        raise ConfigError(f"model.zoo: unknown key(s) {unknown}; known: {sorted(known)}")
+    preset, kw = zoo_kwargs(overrides, ZooConfig)
     for key in ("classifier_arch", "detector_arch"):
         if isinstance(kw.get(key), Mapping):
             kw[key] = ArchSpec.from_dict(dict(kw[key]))
@@ -463,3 +456,19 @@ def zoo_config(overrides: Mapping[str, Any] | None = None, seed: int = 0) -> Zoo
         return ZooConfig.tiny(**kw) if preset == "tiny" else ZooConfig(**kw)
     except (TypeError, ValueError) as e:
         raise ConfigError(f"model.zoo: {e}") from None
+
+
+def zoo_kwargs(overrides: Mapping[str, Any] | None, cls: type) -> tuple[str | None, dict[str, Any]]:
+    """Hydra's ``model.zoo`` mapping as (preset, keyword arguments of the dataclass ``cls``):
+    ``preset`` is null or 'tiny'; unknown keys are an error naming them."""
+    from coserve_jax.config import ConfigError
+
+    kw = dict(overrides or {})
+    preset = kw.pop("preset", None)
+    if preset not in (None, "tiny"):
+        raise ConfigError(f"model.zoo.preset: must be null or 'tiny', got {preset!r}")
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(kw) - known)
+    if unknown:
+        raise ConfigError(f"model.zoo: unknown key(s) {unknown}; known: {sorted(known)}")
+    return preset, kw

@@ -67,11 +67,8 @@ def run_zoo_job(cfg: DictConfig, out_dir: str | Path, progress: bool = True) -> 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
 
-    zcfg = zoo_config(dict(run_cfg.model.zoo), seed=run_cfg.model.seed)
-    reused = (Path(zcfg.cache_dir).expanduser() / zcfg.config_hash() / "manifest.json").is_file()
-    t0 = time.perf_counter()
-    zoo = build_or_load_zoo(zcfg, progress=progress)
-    build_s = None if reused else time.perf_counter() - t0
+    zoo, reused, build_s = build_timed(zoo_config(dict(run_cfg.model.zoo), seed=run_cfg.model.seed),
+                                       build_or_load_zoo, progress)
 
     t1 = time.perf_counter()
     ev = zoo.evaluate(num_boards=settings["num_boards"], seed=settings["seed"], progress=progress)
@@ -123,6 +120,14 @@ def print_summary(results: dict[str, Any], out_dir: str | Path) -> None:
     print(f"results: {Path(out_dir) / 'results.json'}")
 
 
+def build_timed(zcfg: Any, build: Any, progress: bool) -> tuple[Any, bool, float | None]:
+    """(zoo, whether its cache had it, seconds the build took or None when reused)."""
+    reused = (Path(zcfg.cache_dir).expanduser() / zcfg.config_hash() / "manifest.json").is_file()
+    t0 = time.perf_counter()
+    zoo = build(zcfg, progress=progress)
+    return zoo, reused, None if reused else time.perf_counter() - t0
+
+
 def run_synth_zoo_job(run_cfg: Any, resolved: Any, out_dir: str | Path, progress: bool = True) -> dict[str, Any]:
     """Draw (or reuse) a synthetic paper-size zoo (coe/synth.py) and report its bytes and build
     speed; there is no accuracy (random weights)."""
@@ -130,10 +135,8 @@ def run_synth_zoo_job(run_cfg: Any, resolved: Any, out_dir: str | Path, progress
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    zcfg = synth_config(dict(run_cfg.model.zoo), seed=run_cfg.model.seed)
-    reused = (Path(zcfg.cache_dir).expanduser() / zcfg.config_hash() / "manifest.json").is_file()
-    t0 = time.perf_counter()
-    zoo = build_or_load_synth_zoo(zcfg, progress=progress)
+    zoo, reused, build_s = build_timed(synth_config(dict(run_cfg.model.zoo), seed=run_cfg.model.seed),
+                                       build_or_load_synth_zoo, progress)
     m = zoo.manifest
     results = {
         "experiment": run_cfg.experiment,
@@ -143,7 +146,7 @@ def run_synth_zoo_job(run_cfg: Any, resolved: Any, out_dir: str | Path, progress
                 "total_bytes": zoo.graph.total_bytes, "per_expert_bytes": bytes_by_role_arch(zoo),
                 "bytes_written": m.get("bytes_written"), "usage_top30pct": float(zoo.graph.usage_cdf()[
                     max(0, round(0.3 * len(zoo.graph.experts)) - 1)]),
-                "reused": reused, "build_s": None if reused else time.perf_counter() - t0,
+                "reused": reused, "build_s": build_s,
                 "manifest_build_s": m.get("build_s"), "root": str(zoo.root), "routing": zoo.routing},
     }
     write_json_atomic(out / "results.json", results)
