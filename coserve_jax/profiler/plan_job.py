@@ -144,8 +144,12 @@ class Layout:
 
 
 def kind_shares(cfg: RunConfig, total_bytes: int, executors: dict[str, int]) -> dict[str, int]:
-    """Bytes per executor of each kind, as ``engine.build.plan_executors`` splits budgets."""
+    """Bytes per executor of each kind, as ``engine.build.plan_executors`` splits budgets on one
+    device (the planner searches one device's split; several devices are not planned yet)."""
     hw = cfg.hardware
+    if hw.cpu_devices > 1 or hw.device_budgets or (hw.gpu_devices is not None and len(hw.gpu_devices) > 1):
+        raise ConfigError("hardware.cpu_devices: the planner searches the split of one device; plan with "
+                          "hardware.cpu_devices=1, one GPU and no hardware.device_budgets")
     out = {}
     for kind, n in executors.items():
         if kind == "cpu" and "gpu" in executors:
