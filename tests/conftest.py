@@ -1,14 +1,15 @@
 """Shared fixtures: a tiny trained zoo built once per session, composed configs, a real-engine runner.
 
 XLA reads its host device count when JAX initialises, so the flag is set here, at import time,
-before any test module imports jax: executors then get two CPU devices.
+before any test module imports jax: four CPU devices, which tests of several devices spread
+executors over with ``hardware.cpu_devices`` (the default hardware uses one).
 """
 
 from __future__ import annotations
 
 import os
 
-_FLAG = "--xla_force_host_platform_device_count=2"
+_FLAG = "--xla_force_host_platform_device_count=4"
 if "xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", ""):
     os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + _FLAG).strip()
 
@@ -77,6 +78,20 @@ def real(tiny_overrides, tiny_cache) -> RealSetup:
     cost = load_cost_model(cfg, model, runtime, progress=False)
     yield RealSetup(tiny_cache, list(tiny_overrides), model, cost, runtime)
     runtime.close()
+
+
+@pytest.fixture(scope="session")
+def synth_cache(tmp_path_factory) -> Path:
+    """The session's cache of synthetic zoos (tests/test_synth.py, tests/test_gpu.py)."""
+    return tmp_path_factory.mktemp("synth_cache")
+
+
+@pytest.fixture(scope="session")
+def tiny_zoo(synth_cache):
+    """model=pcb_synth_tiny, drawn once per session (~1 s, plus tracing its three architectures)."""
+    from coserve_jax.coe.synth import SynthConfig, build_or_load_synth_zoo
+
+    return build_or_load_synth_zoo(SynthConfig.tiny(cache_dir=str(synth_cache)), progress=False)
 
 
 @pytest.fixture

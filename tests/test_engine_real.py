@@ -101,8 +101,8 @@ def reference_logits(zoo, expert_id: str, image: np.ndarray, cache: dict) -> np.
 
 # ---- correctness ----------------------------------------------------------------------------
 def test_outputs_equal_each_expert_alone(real):
-    """Batched (max batch > 1), padded, on two executors: every task's logits = the expert alone."""
-    summary, engine, requests = run_one(real, "coserve", "hardware.device_budget=200%", n=120)
+    """Batched (max batch > 1), padded, on two executors on two devices: every task's logits = the expert alone."""
+    summary, engine, requests = run_one(real, "coserve", "hardware.device_budget=200%", "hardware.cpu_devices=2", n=120)
     assert summary["requests"]["completed"] == 120
     batches = [d for d in engine.decisions if d[0] == "batch"]
     assert max(len(d[3]) for d in batches) > 1, "no batch held more than one request"

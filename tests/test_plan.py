@@ -122,6 +122,26 @@ def test_heterogeneous_executors_use_the_cpu_figures(tmp_path, monkeypatch):
         assert b.predicted_s > cost.batch_latency_s("gpu", arch, len(b.tasks))  # the CPU is the slow processor
 
 
+@pytest.mark.parametrize("overrides, field", [
+    (["hardware.cpu_devices=2"], "hardware.cpu_devices"),
+    (["hardware.device_budgets={0:30%}"], "hardware.cpu_devices"),
+    (["hardware.gpu_devices=[0,1]"], "hardware.cpu_devices"),
+])
+def test_the_planner_plans_one_device(overrides, field):
+    """The planner's memory arithmetic is one device's split (engine/devices.py spreads executors
+    over several): several devices are a config error naming the field."""
+    from coserve_jax.coe.paper import build_paper_graph
+    from coserve_jax.config import parse_config
+    from coserve_jax.profiler.layout import kind_shares
+
+    cfg = parse_config(compose([*PAPER_SIM, *overrides]))
+    total = build_paper_graph("a").total_bytes
+    with pytest.raises(ConfigError, match=field.replace(".", r"\.")):
+        kind_shares(cfg, total, {"gpu": 3, "cpu": 1})
+    one = parse_config(compose(PAPER_SIM))
+    assert kind_shares(one, total, {"gpu": 2, "cpu": 1})["gpu"] == kind_shares(one, total, {"gpu": 1})["gpu"] // 2
+
+
 def test_planner_repeats_are_validated():
     assert PlannerSettings.from_mapping({"repeats": 5}).repeats == 5
     with pytest.raises(ConfigError, match="planner.repeats"):

@@ -85,9 +85,12 @@ def test_bad_config_names_field():
 
 
 def test_the_model_zoo_node_is_typed_with_every_zoo_config_field():
-    """``model.zoo`` (config.ZooOverrides) lists ZooConfig's fields, plus the preset, so an
-    override like model.zoo.num_types=64 composes without '+' and a typo fails while composing."""
+    """``model.zoo`` (config.ZooOverrides) lists the fields of ZooConfig and of the synthetic zoo's
+    SynthConfig, plus the preset, so an override like model.zoo.num_types=64 composes without '+'
+    and a typo fails while composing."""
+    from coserve_jax.coe.synth import SynthConfig
     from coserve_jax.config import ZooOverrides
 
     assert ({f.name for f in dataclasses.fields(ZooOverrides)}
-            == {f.name for f in dataclasses.fields(ZooConfig)} | {"preset"})
+            == {f.name for f in dataclasses.fields(ZooConfig)} | {f.name for f in dataclasses.fields(SynthConfig)}
+            | {"preset"})

@@ -200,6 +200,23 @@ def _assign_detectors(
     return det_of
 
 
+def paper_shaped_mix(rng: np.random.Generator, n_types: int, num_detectors: Mapping[str, int], top_k: int,
+                     top_share: float, n_active: int | None = None,
+                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The paper's CoE shape for ``n_types`` types: a seeded popularity ranking, per-type damage
+    rates, detectors assigned stratified over popularity (``_assign_detectors``) and a Zipf mix
+    whose top ``top_k`` experts cover ``top_share`` of usage. Returns (p_damaged, det_of (-1: no
+    detector), mix, usage of classifiers then detectors). ``build_paper_graph`` and the synthetic
+    paper-size zoo (``coe/synth.py``) both draw their graphs with it."""
+    rank = rng.permutation(n_types)  # rank[i]: popularity rank of type i (0 = most common)
+    p_damaged = rng.uniform(*P_DAMAGED_RANGE, size=n_types)
+    det_of = _assign_detectors(rng, rank, num_detectors)
+    n_det = sum(num_detectors.values())
+    exponent = _solve_exponent(rank, p_damaged, det_of, n_det, top_k, top_share, n_active)
+    mix = _zipf_mix(rank, exponent, n_active)
+    return p_damaged, det_of, mix, _usage(mix, p_damaged, det_of, n_det)
+
+
 def derived_tail_types(board: str, with_cpu_pool: bool = True) -> int:
     """K from the paper's NUMA figures (module docstring): distinct experts of the board's
     smaller task <= preloaded (Fig. 18's GPU N + the CPU pool) + CoServe Best's switches (Fig. 14),
@@ -254,21 +271,14 @@ def build_paper_graph(board: str = "a", seed: int = 0, tail_types: int | None = 
         f"det_{board}_{arch[-1]}{i}" for arch, n in detectors.items() for i in range(n)
     ]
     det_archs = [arch for arch, n in detectors.items() for _ in range(n)]
-    n_det = len(det_ids)
-
-    rank = rng.permutation(n_types)  # rank[i]: popularity rank of type i (0 = most common)
-    p_damaged = rng.uniform(*P_DAMAGED_RANGE, size=n_types)
-    det_of = _assign_detectors(rng, rank, detectors)
 
     try:
-        exponent = _solve_exponent(rank, p_damaged, det_of, n_det, top_k, TOP_K_SHARE, n_active)
+        p_damaged, det_of, mix, usage = paper_shaped_mix(rng, n_types, detectors, top_k, TOP_K_SHARE, n_active)
     except ValueError as e:
         if n_active is None:
             raise
         raise ValueError(f"model.tail_types: {tail_types} is too few for board {board} (seed "
                          f"{seed}); {e}; use at least ~{MIN_TAIL_TYPES} or null") from None
-    mix = _zipf_mix(rank, exponent, n_active)
-    usage = _usage(mix, p_damaged, det_of, n_det)
 
     cls_arch = PAPER_ARCHS["resnet101"]
     experts = [

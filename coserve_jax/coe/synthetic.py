@@ -33,14 +33,16 @@ def synthetic_graph(num_types: int = 12, num_detectors: int = 3, detect_share: f
 
 def synthetic_profile(kinds: tuple[str, ...] = ("cpu",), k_s: float = 0.002, b_s: float = 0.004,
                       max_batch: int = 16, load_a_s: float = 0.02, load_b_s_per_byte: float = 2e-9,
-                      act_bytes_per_image: int = 100_000) -> dict:
+                      act_bytes_per_image: int = 100_000, archs: tuple[str, ...] = ("cls", "det")) -> dict:
+    """Round figures for ``archs`` (the first a classifier, the others 1.5x slower detectors)."""
     arch = {"k_s": k_s, "b_s": b_s, "max_batch": max_batch, "compile_s": 0.0,
             "activation_bytes": {"1": act_bytes_per_image, str(max_batch): act_bytes_per_image * max_batch}}
     fit = {"a_s": load_a_s, "b_s_per_byte": load_b_s_per_byte}
+    per_arch = {a: dict(arch, k_s=k_s * (1.0 if i == 0 else 1.5)) for i, a in enumerate(archs)}
     return {
         "schema": SCHEMA,
         "device": {"name": "synthetic"},
-        "kinds": {k: {"archs": {"cls": dict(arch), "det": dict(arch, k_s=k_s * 1.5)},
+        "kinds": {k: {"archs": {a: dict(v) for a, v in per_arch.items()},
                       "loads": {"disk": dict(fit), "host": {"a_s": load_a_s / 4, "b_s_per_byte": load_b_s_per_byte / 4}}}
                   for k in kinds},
         "host_cache_loads": {"disk": dict(fit)},

@@ -170,14 +170,20 @@ def _components(types: list[dict[str, Any]]) -> list[ComponentType]:
 def build_or_load_zoo(cfg: ZooConfig | None = None, progress: bool = True) -> Zoo:
     """The zoo for ``cfg``: loaded from ``cache_dir/<hash>`` if built before, else trained now."""
     cfg = cfg or ZooConfig()
-    cache = Path(cfg.cache_dir).expanduser()
-    root = cache / cfg.config_hash()
+    root = build_once(Path(cfg.cache_dir).expanduser(), cfg.config_hash(), lambda tmp: _build(cfg, tmp, progress))
+    return Zoo(root)
+
+
+def build_once(cache: Path, name: str, build: Any) -> Path:
+    """``cache/name``, built by ``build(tmp_dir)`` unless a finished one (with a manifest) is
+    there: built in ``cache/.tmp-<name>-<pid>`` and renamed into place only when complete."""
+    root = cache / name
     if not (root / "manifest.json").is_file():
         cache.mkdir(parents=True, exist_ok=True)
-        tmp = cache / f".tmp-{cfg.config_hash()}-{os.getpid()}"
+        tmp = cache / f".tmp-{name}-{os.getpid()}"
         shutil.rmtree(tmp, ignore_errors=True)
         try:
-            _build(cfg, tmp, progress)
+            build(tmp)
             try:
                 os.rename(tmp, root)
             except OSError:
@@ -186,7 +192,7 @@ def build_or_load_zoo(cfg: ZooConfig | None = None, progress: bool = True) -> Zo
                     raise
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
-    return Zoo(root)
+    return root
 
 
 def _build(cfg: ZooConfig, out: Path, progress: bool) -> None:
@@ -292,6 +298,10 @@ def _accuracy(fwd, state, x: np.ndarray, y: np.ndarray) -> float:
 class Zoo:
     """A built demo zoo on disk: manifest, CoE graph, architectures, checkpoints, renderer."""
 
+    # How requests are routed when backend.routing=auto: by the experts' outputs (trained
+    # experts) or by each request's ground-truth route (coe/synth.py: untrained experts).
+    routing = "model"
+
     def __init__(self, root: str | os.PathLike):
         self.root = Path(root).absolute()
         path = self.root / "manifest.json"
@@ -299,14 +309,11 @@ class Zoo:
             self.manifest: dict[str, Any] = json.loads(path.read_text())
         except (OSError, json.JSONDecodeError) as e:
             raise RuntimeError(f"zoo at {self.root}: cannot read manifest {path}: {e}") from e
-        cfg = dict(self.manifest["config"])
-        cfg.pop("zoo_format", None)
-        cfg["classifier_arch"] = ArchSpec.from_dict(cfg["classifier_arch"])
-        cfg["detector_arch"] = ArchSpec.from_dict(cfg["detector_arch"])
-        self.config = ZooConfig(**cfg, cache_dir=str(self.root.parent))
+        self.config = self._read_config(dict(self.manifest["config"]))
         self.archs: dict[str, ArchSpec] = {n: ArchSpec.from_dict(d) for n, d in self.manifest["archs"].items()}
         self.generator_spec = GeneratorSpec(**self.manifest["generator"])
-        self.layout = BoardLayout(self.manifest["layout"]["name"], tuple(self.manifest["layout"]["counts"]))
+        layout = self.manifest.get("layout")
+        self.layout = None if layout is None else BoardLayout(layout["name"], tuple(layout["counts"]))
         experts = [ExpertInfo(expert_id=e["expert_id"], role=Role(e["role"]), arch=e["arch"],
                               param_bytes=int(e["param_bytes"]), input_shape=tuple(e["input_shape"]),
                               usage_prob=float(e["usage_prob"]),
@@ -315,8 +322,14 @@ class Zoo:
         self._types = {t["name"]: t for t in self.manifest["component_types"]}
         self.graph = CoEGraph(experts, _components(self.manifest["component_types"]))
 
+    def _read_config(self, cfg: dict[str, Any]) -> Any:
+        cfg.pop("zoo_format", None)
+        cfg["classifier_arch"] = ArchSpec.from_dict(cfg["classifier_arch"])
+        cfg["detector_arch"] = ArchSpec.from_dict(cfg["detector_arch"])
+        return ZooConfig(**cfg, cache_dir=str(self.root.parent))
+
     def __repr__(self) -> str:
-        return f"Zoo({self.root}, experts={len(self.graph.experts)}, total_bytes={self.graph.total_bytes})"
+        return f"{type(self).__name__}({self.root}, experts={len(self.graph.experts)}, total_bytes={self.graph.total_bytes})"
 
     def graphdef(self, arch: str) -> nnx.GraphDef:
         """Eval-mode graphdef of architecture ``arch`` (merge with a restored state to serve)."""
@@ -433,14 +446,7 @@ class Zoo:
 def zoo_config(overrides: Mapping[str, Any] | None = None, seed: int = 0) -> ZooConfig:
     """ZooConfig from Hydra's ``model.zoo`` mapping; ``preset: tiny`` starts from ZooConfig.tiny.
     A bad value is a ValueError naming the field (the runner reports it as a ConfigError)."""
-    kw = dict(overrides or {})
-    preset = kw.pop("preset", None)
-    if preset not in (None, "tiny"):
-        raise ValueError(f"model.zoo.preset: must be null or 'tiny', got {preset!r}")
-    known = {f.name for f in dataclasses.fields(ZooConfig)}
-    unknown = sorted(set(kw) - known)
-    if unknown:
-        raise ValueError(f"model.zoo: unknown key(s) {unknown}; known: {sorted(known)}")
+    preset, kw = zoo_kwargs(overrides, ZooConfig)
     for key in ("classifier_arch", "detector_arch"):
         if isinstance(kw.get(key), Mapping):
             kw[key] = ArchSpec.from_dict(dict(kw[key]))
@@ -449,3 +455,17 @@ def zoo_config(overrides: Mapping[str, Any] | None = None, seed: int = 0) -> Zoo
         return ZooConfig.tiny(**kw) if preset == "tiny" else ZooConfig(**kw)
     except (TypeError, ValueError) as e:
         raise ValueError(f"model.zoo: {e}") from None
+
+
+def zoo_kwargs(overrides: Mapping[str, Any] | None, cls: type) -> tuple[str | None, dict[str, Any]]:
+    """Hydra's ``model.zoo`` mapping as (preset, keyword arguments of the dataclass ``cls``):
+    ``preset`` is null or 'tiny'; a bad preset or an unknown key is a ValueError naming it."""
+    kw = dict(overrides or {})
+    preset = kw.pop("preset", None)
+    if preset not in (None, "tiny"):
+        raise ValueError(f"model.zoo.preset: must be null or 'tiny', got {preset!r}")
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(kw) - known)
+    if unknown:
+        raise ValueError(f"model.zoo: unknown key(s) {unknown}; known: {sorted(known)}")
+    return preset, kw

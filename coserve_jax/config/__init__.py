@@ -25,11 +25,11 @@ from coserve_jax.config.schema import (
     ZooEvalConfig,
     ZooOverrides,
 )
-from coserve_jax.config.sizes import BUDGETS, budget_bytes, parse_bytes
+from coserve_jax.config.sizes import BUDGETS, budget_bytes, budget_field, parse_bytes
 
 __all__ = [
     "BUDGETS", "CONF_DIR", "ArmConfig", "BackendConfig", "BudgetError", "ConfigError", "HardwareConfig",
     "MetricsConfig", "ModelConfig", "NoFeasibleArmError", "PlannerConfig", "ProfilerConfig", "RunConfig", "SearchConfig", "WorkloadConfig",
-    "ZooEvalConfig", "ZooOverrides", "as_run_config", "budget_bytes", "compose", "format_executors",
+    "ZooEvalConfig", "ZooOverrides", "as_run_config", "budget_bytes", "budget_field", "compose", "format_executors",
     "parse_bytes", "parse_config", "parse_executors", "register_schema",
 ]

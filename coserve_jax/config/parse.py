@@ -48,6 +48,43 @@ def _executors(value: Any, field: str) -> dict[str, int]:
     return out
 
 
+def _index(value: Any, field: str) -> int:
+    """A device index: a whole number >= 0 (Hydra may hand a mapping key over as a string)."""
+    if isinstance(value, str) and value.strip().isdigit():
+        value = int(value)
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        raise ConfigError(f"{field}: a device index must be a whole number >= 0, got {value!r}")
+    return value
+
+
+def _device_list(value: Any, field: str) -> tuple[int, ...] | None:
+    """hardware.gpu_devices: None or a non-empty list of distinct device indices."""
+    if value is None:
+        return None
+    if isinstance(value, int) and not isinstance(value, bool):
+        value = [value]
+    if isinstance(value, (str, Mapping)) or not isinstance(value, (list, tuple)) or not value:
+        raise ConfigError(f"{field}: expected a list of device indices like [0, 1], or null (every device)")
+    out = tuple(_index(v, f"{field}[{i}]") for i, v in enumerate(value))
+    if len(set(out)) != len(out):
+        raise ConfigError(f"{field}: a device is listed twice in {list(out)}")
+    return out
+
+
+def _device_budgets(value: Any, field: str) -> dict[int, Any] | None:
+    """hardware.device_budgets: {device index: size} or a list (entry i: device i; null entries
+    keep hardware.device_budget). Sizes are checked against the zoo's bytes (and the devices in
+    use) when an arm is planned (engine/devices.py)."""
+    if value is None:
+        return None
+    if isinstance(value, (list, tuple)):
+        value = dict(enumerate(value))
+    if not isinstance(value, Mapping) or not value:
+        raise ConfigError(f"{field}: expected {{device index: size}} like {{0: 40%, 1: 60%}} or a list of sizes")
+    out = {_index(k, f"{field}.{k}"): v for k, v in value.items() if v is not None}
+    return out or None
+
+
 def _target(node: Any, field: str, required: bool = True) -> Mapping[str, Any] | None:
     if node is None:
         if required:
@@ -71,7 +108,7 @@ def parse_config(cfg: DictConfig | Mapping[str, Any]) -> RunConfig:
 
     model = build(ModelConfig, raw["model"], "model")
     model = dataclasses.replace(model, zoo=build(ZooOverrides, model.zoo, "model.zoo"))
-    check_choice(model.kind, "model.kind", ("demo", "paper"))
+    check_choice(model.kind, "model.kind", ("demo", "synth", "paper"))
     if model.kind == "paper":
         check_choice(model.board, "model.board", BOARDS)
     if not isinstance(model.seed, int) or isinstance(model.seed, bool):
@@ -104,14 +141,19 @@ def parse_config(cfg: DictConfig | Mapping[str, Any]) -> RunConfig:
         max_batch_memory_fraction=fraction(hw.max_batch_memory_fraction, "hardware.max_batch_memory_fraction"),
     )
     positive(hw.cpu_devices, "hardware.cpu_devices")
+    hw = dataclasses.replace(hw, gpu_devices=_device_list(hw.gpu_devices, "hardware.gpu_devices"),
+                             device_budgets=_device_budgets(hw.device_budgets, "hardware.device_budgets"))
     # Sizes are parsed later against the zoo's total; check their syntax now.
     for name in BUDGETS:
         if getattr(hw, name) is not None:
             budget_bytes(hw, name, total_bytes=1)
+    for device in hw.device_budgets or {}:
+        budget_bytes(hw, "device_budget", total_bytes=1, device=device)
 
     be = build(BackendConfig, raw["backend"], "backend")
     check_choice(be.name, "backend.name", ("real", "sim"))
     check_choice(be.routing, "backend.routing", ("auto", "model", "trace"))
+    check_choice(be.host_tier, "backend.host_tier", ("auto", "pinned_host", "numpy"))
     positive(be.load_threads, "backend.load_threads")
     positive(be.load_processes, "backend.load_processes", allow_zero=True)
     positive(be.load_retries, "backend.load_retries", allow_zero=True)

@@ -20,16 +20,19 @@ from coserve_jax.config.executors import format_executors, parse_executors
 
 @dataclasses.dataclass(frozen=True)
 class ZooOverrides:
-    """``model.zoo``: fields of the demo zoo's ``coserve_jax.coe.zoo.ZooConfig`` (documented
-    there) to set; null keeps the preset's value. ``preset: tiny`` starts from ZooConfig.tiny."""
+    """``model.zoo``: fields of the zoo's config to set (the demo zoo's
+    ``coserve_jax.coe.zoo.ZooConfig``, the synthetic zoo's ``coserve_jax.coe.synth.SynthConfig``;
+    each documented there); null keeps the preset's value. ``preset: tiny`` starts from its
+    ``tiny()``. A field the model's zoo does not have is an error naming it."""
 
     preset: str | None = None
     num_types: int | None = None
     num_detectors: int | None = None
     detect_share: float | None = None
     image_size: int | None = None
-    classifier_arch: dict[str, Any] | None = None  # an ArchSpec as a mapping
-    detector_arch: dict[str, Any] | None = None
+    # demo: an ArchSpec as a mapping; synth: also an architecture name (resnet101, yolov5m, ...)
+    classifier_arch: Any = None
+    detector_arch: dict[str, Any] | None = None  # demo only
     p_damaged: float | None = None
     p_misaligned: float | None = None
     p_reversed: float | None = None
@@ -43,6 +46,12 @@ class ZooOverrides:
     board_mean_count: float | None = None
     seed: int | None = None  # null: model.seed
     cache_dir: str | None = None  # null: $COSERVE_JAX_CACHE, else ~/.cache/coserve_jax/zoo
+    # synth only: detectors of each kind, their architectures, build threads
+    num_yolov5m: int | None = None
+    num_yolov5l: int | None = None
+    yolov5m_arch: Any = None
+    yolov5l_arch: Any = None
+    workers: int | None = None
 
     def overrides(self) -> dict[str, Any]:
         """The fields set (not null), as ``coe.zoo.zoo_config`` takes them."""
@@ -54,10 +63,12 @@ class ModelConfig:
     """Which CoE to serve."""
 
     name: str = "pcb_demo"
-    kind: str = "demo"  # "demo": a trained zoo (Orbax); "paper": paper-scale graph (simulator)
+    # "demo": a trained zoo (Orbax); "synth": a paper-size zoo of untrained experts (Orbax,
+    # coe/synth.py); "paper": paper-scale graph (simulator)
+    kind: str = "demo"
     board: str | None = None  # paper boards: "a" or "b"
     seed: int = 0
-    zoo: ZooOverrides = dataclasses.field(default_factory=ZooOverrides)  # demo zoos only
+    zoo: ZooOverrides = dataclasses.field(default_factory=ZooOverrides)  # demo and synth zoos
     # paper boards: the usage tail falls on the 35 most common types + this many (None: all
     # types); see coserve_jax.coe.paper
     tail_types: int | None = None
@@ -83,7 +94,7 @@ class HardwareConfig:
 
     name: str = "cpu"
     executors: dict[str, int] = dataclasses.field(default_factory=lambda: {"cpu": 2})
-    device_budget: Any = "25%"  # per device: bytes, '512MiB' or share of the zoo's bytes
+    device_budget: Any = "25%"  # per device: bytes, '512MiB' or share of the zoo's bytes, split among its executors
     host_budget: Any = None  # host RAM expert cache in front of disk; None: no cache
     cpu_pool_budget: Any = None  # CPU executors' pools when a GPU is present (host RAM)
     expert_fraction: float | None = None  # share of an executor's memory for experts (rest: batches)
@@ -91,7 +102,14 @@ class HardwareConfig:
     profile: str | None = None  # profile.json path; None: measured (real) or paper_profile (sim)
     paper_profile: dict[str, Any] | None = None
     drop_page_cache: bool = False  # posix_fadvise(DONTNEED) before each disk load
-    cpu_devices: int = 2  # XLA host platform device count (CPU executors' devices)
+    # XLA host platform device count: CPU executors spread over that many host devices, each a
+    # device with its own budget (one host device: the machine's memory, as the paper's UMA).
+    cpu_devices: int = 1
+    # GPU devices (JAX indices) the GPU executors spread over; None: every local GPU (real
+    # backend) or one (simulator).
+    gpu_devices: Any = None
+    # Per-device budgets overriding device_budget: {index: size} or a list (entry i: device i).
+    device_budgets: Any = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -103,6 +121,9 @@ class BackendConfig:
     load_retries: int = 2
     stall_timeout_s: float = 120.0
     compilation_cache_dir: str | None = None  # None: ~/.cache/coserve_jax/jax_cache
+    # Where the host cache keeps experts: auto (JAX pinned_host memory where the platform has
+    # it, else numpy), pinned_host (required), numpy (store/host_tier.py).
+    host_tier: str = "auto"
     check_invariants: bool = False  # re-verify byte accounting after every event
     loop_shares_host: bool = True  # sim: the loop's busy time takes a host core from CPU jobs
 
@@ -155,6 +176,8 @@ class ProfilerConfig:
     warmup: int = 2  # untimed runs per shape after its compile
     # experts per architecture timed for the load fits (median of their reads between rounds, at least 3 each)
     load_samples: int = 6
+    # requests served (4 runs) to time the engine loop's cost per event for the simulator
+    loop_requests: int = 1500
     router_sample: int = 200  # requests routed by the real experts for usage (0: off)
     refresh: bool = False  # true: measure again even when this machine's profile is cached
     # a cached profile is re-measured when a live check (largest batch, one load per
@@ -175,7 +198,8 @@ class ProfilerConfig:
         if overlap:
             raise ConfigError(f"profiler.heldout_batch_sizes: {overlap} are also in profiler.batch_sizes; "
                               "held-out sizes must be left out of the fit")
-        for name, minimum in (("repeats", 1), ("warmup", 0), ("load_samples", 1), ("router_sample", 0)):
+        for name, minimum in (("repeats", 1), ("warmup", 0), ("load_samples", 1), ("loop_requests", 1),
+                              ("router_sample", 0)):
             whole(getattr(s, name), f"profiler.{name}", minimum)
         if s.max_drift is not None:
             positive(s.max_drift, "profiler.max_drift")

@@ -43,9 +43,20 @@ def parse_bytes(value: Any, field: str, total_bytes: int | None = None) -> int:
     return int(float(m.group(1)) * _UNITS[m.group(2).lower()])
 
 
-def budget_bytes(hw: HardwareConfig, name: str, total_bytes: int | None) -> int:
+def budget_bytes(hw: HardwareConfig, name: str, total_bytes: int | None, device: int | None = None) -> int:
     """``hardware.<name>`` (one of ``BUDGETS``) in bytes; a percentage is of ``total_bytes``, the
-    zoo's. Errors name the setting."""
+    zoo's. ``device``: that device's own budget where ``hardware.device_budgets`` gives one
+    (``device_budget`` only). Errors name the setting (``budget_field``)."""
+    field = budget_field(hw, name, device)
+    value = hw.device_budgets[device] if field != f"hardware.{name}" else getattr(hw, name)
+    return parse_bytes(value, field, total_bytes)
+
+
+def budget_field(hw: HardwareConfig, name: str, device: int | None = None) -> str:
+    """The setting ``budget_bytes(hw, name, ..., device)`` reads: ``hardware.device_budgets.<device>``
+    where that device has its own budget, else ``hardware.<name>``."""
     if name not in BUDGETS:
         raise ValueError(f"not a hardware budget: {name!r}; one of {BUDGETS}")
-    return parse_bytes(getattr(hw, name), f"hardware.{name}", total_bytes)
+    if name == "device_budget" and device is not None and device in (hw.device_budgets or {}):
+        return f"hardware.device_budgets.{device}"
+    return f"hardware.{name}"

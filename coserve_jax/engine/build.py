@@ -1,5 +1,11 @@
 """Build an arm's engine from the typed config: executors, pools, budgets, policies.
 
+Devices (DESIGN §12; ``engine/devices.py``): executors of a kind are dealt round-robin over that
+kind's devices (every local GPU, or ``hardware.gpu_devices``; ``hardware.cpu_devices`` host
+devices); each device has its own budget (``hardware.device_budgets``, else
+``hardware.device_budget``) and its own pools, and ``ExecutorPlan.device_index`` and
+``Pool.device_index`` say which.
+
 Memory (DESIGN §5): a device budget per device is split evenly among the executors on it; each
 executor's share holds its model pool and its reserved batch working memory. With an
 ``expert_fraction`` f (the paper's Casual split: 0.75) the batch reserve is (1 − f) of the share
@@ -24,7 +30,7 @@ filled.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -32,8 +38,9 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 from coserve_jax.coe.graph import CoEGraph
-from coserve_jax.config import ArmConfig, BudgetError, ConfigError, HardwareConfig, RunConfig, budget_bytes
+from coserve_jax.config import ArmConfig, BudgetError, ConfigError, RunConfig, budget_bytes
 from coserve_jax.cost.model import CostModel
+from coserve_jax.engine.devices import executor_shares
 from coserve_jax.engine.events import Backend
 from coserve_jax.engine.loop import EngineLoop
 from coserve_jax.engine.state import ExecutorState
@@ -51,6 +58,7 @@ class ExecutorPlan:
     reserved_bytes: int
     max_batch: dict[str, int]
     dynamic: bool = False  # batch memory from the pool's free bytes; reserved_bytes only guides the initial fill
+    budget_field: str = "hardware.device_budget"  # the setting budget_bytes comes from (errors name it)
 
 
 def _max_batch_within(cost: CostModel, kind: str, arch: str, reserve: int) -> int:
@@ -81,19 +89,6 @@ def apply_plan(arm: ArmConfig) -> ArmConfig:
                                expert_fraction_by_kind=plan.get("expert_fraction_by_kind"))
 
 
-def executor_share(hw: HardwareConfig, counts: Mapping[str, int], kind: str, total_bytes: int) -> tuple[int, str]:
-    """Bytes each ``kind`` executor of ``counts`` gets, and the setting they come from: CPU
-    executors beside GPU ones split ``hardware.cpu_pool_budget`` (host RAM), every other kind
-    ``hardware.device_budget``; evenly among the kind's executors. The planner splits the same way."""
-    if kind == "cpu" and "gpu" in counts:
-        if hw.cpu_pool_budget is None:
-            raise ConfigError("hardware.cpu_pool_budget: required when CPU executors run beside GPU ones")
-        name = "cpu_pool_budget"
-    else:
-        name = "device_budget"
-    return budget_bytes(hw, name, total_bytes) // counts[kind], f"hardware.{name}"
-
-
 def plan_executors(cfg: RunConfig, arm: ArmConfig, graph: CoEGraph, cost: CostModel) -> list[ExecutorPlan]:
     """Executors of an arm with their budgets, batch reserves and maximum batch sizes."""
     hw = cfg.hardware
@@ -113,12 +108,12 @@ def plan_executors(cfg: RunConfig, arm: ArmConfig, graph: CoEGraph, cost: CostMo
     plans: list[ExecutorPlan] = []
     by_kind = dict(arm.expert_fraction_by_kind or {})
     for kind in sorted(counts, key=lambda k: (k != "gpu", k)):
-        budget, field = executor_share(hw, counts, kind, total)
         # A plan may split memory per kind (the paper: slow processors reserve the max batch).
         fraction = by_kind.get(kind, arm.expert_fraction if arm.expert_fraction is not None else hw.expert_fraction)
         if arm.batch_reserve == "max_batch":
             fraction = None  # the arm's own largest batch, not another system's split
-        for i in range(counts[kind]):
+        # Each executor's device and share of that device's budget (engine/devices.py).
+        for device, budget, field in executor_shares(cfg, counts, kind, total):
             if arm.unlimited_memory:
                 mb = {a: cost.max_batch(kind, a) for a in archs}
             else:
@@ -132,23 +127,23 @@ def plan_executors(cfg: RunConfig, arm: ArmConfig, graph: CoEGraph, cost: CostMo
             if arm.unlimited_memory:
                 budget = total + reserve
             if not arm.share_pool and budget - reserve < largest:
+                where = f" on device {device}" if field.startswith("hardware.device_budgets") else ""
                 raise BudgetError(
-                    f"{field}: each {kind} executor gets {budget} B, which cannot hold the largest "
+                    f"{field}: each {kind} executor{where} gets {budget} B, which cannot hold the largest "
                     f"expert ({largest} B) plus one batch ({reserve} B); raise {field} or use fewer executors"
                 )
             dynamic = arm.batch_memory == "dynamic" and not arm.unlimited_memory
             if dynamic:
                 # Memory, not a fixed split, caps each batch (engine/memory.py): up to the profiled maximum.
                 mb = {a: cost.max_batch(kind, a) for a in archs}
-            # Executors sharing one pool must sit on one JAX device (their weights live there).
-            device = 0 if kind == "gpu" or arm.share_pool else (i % hw.cpu_devices)
-            plans.append(ExecutorPlan(len(plans), kind, device, budget, reserve, mb, dynamic))
+            # A shared pool is one per device: its executors sit on that device, with its weights.
+            plans.append(ExecutorPlan(len(plans), kind, device, budget, reserve, mb, dynamic, field))
         if arm.share_pool:
-            _check_shared_pools([p for p in plans if p.kind == kind], largest, field)
+            _check_shared_pools([p for p in plans if p.kind == kind], largest)
     return plans
 
 
-def _check_shared_pools(plans: list[ExecutorPlan], largest: int, field: str) -> None:
+def _check_shared_pools(plans: list[ExecutorPlan], largest: int) -> None:
     """One pool per device shared by its executors (make_pools): its bytes, the sum of their
     shares, must hold the largest expert plus every executor's batch reserve at once."""
     groups: dict[int, list[ExecutorPlan]] = {}
@@ -157,7 +152,7 @@ def _check_shared_pools(plans: list[ExecutorPlan], largest: int, field: str) -> 
     for device, ps in groups.items():
         size, batches = sum(p.budget_bytes for p in ps), sum(p.reserved_bytes for p in ps)
         if size - batches < largest:
-            kind = ps[0].kind
+            kind, field = ps[0].kind, ps[0].budget_field
             raise BudgetError(
                 f"{field}: the {kind} pool shared by {len(ps)} executor(s) on device {device} gets {size} B, "
                 f"which cannot hold the largest expert ({largest} B) plus their batches ({batches} B); "
@@ -172,12 +167,13 @@ def _fixed_reserve(p: ExecutorPlan) -> int:
 def make_pools(plans: list[ExecutorPlan], share: bool) -> list[Pool]:
     """One pool per executor, or (share) one per device holding all its executors' bytes."""
     if not share:
-        return [Pool(f"ex{p.executor_id}:{p.kind}", p.kind, p.budget_bytes, _fixed_reserve(p)) for p in plans]
+        return [Pool(f"ex{p.executor_id}:{p.kind}", p.kind, p.budget_bytes, _fixed_reserve(p), device_index=p.device_index)
+                for p in plans]
     groups: dict[tuple[str, int], list[ExecutorPlan]] = {}
     for p in plans:
         groups.setdefault((p.kind, p.device_index), []).append(p)
     pools = {key: Pool(f"dev{key[1]}:{key[0]}", key[0], sum(p.budget_bytes for p in ps),
-                       sum(_fixed_reserve(p) for p in ps))
+                       sum(_fixed_reserve(p) for p in ps), device_index=key[1])
              for key, ps in groups.items()}
     return [pools[(p.kind, p.device_index)] for p in plans]
 

@@ -390,7 +390,7 @@ class EngineLoop(LoadSide):
         secs: Counter[str] = Counter()
         for ex in self._executors:
             secs.update(ex.seconds)
-        return self.metrics.summary(
+        out = self.metrics.summary(
             latencies_s=[rs.done_s - rs.arrived_s for rs in done],
             submitted=len(self._requests),
             completed=len(done),
@@ -402,3 +402,15 @@ class EngineLoop(LoadSide):
             executor_seconds=secs,
             init_s=init_s,
         )
+        out["pools"] = self.pool_layout()
+        return out
+
+    def pool_layout(self) -> list[dict[str, Any]]:
+        """Each pool: its device (``<kind>:<JAX device index>``, or ``host``), bytes and executors."""
+        users: dict[int, list[int]] = {}
+        for ex in self._executors:
+            users.setdefault(id(ex.pool), []).append(ex.executor_id)
+        return [{"id": p.pool_id, "kind": p.kind,
+                 "device": "host" if p.device_index is None else f"{p.kind}:{p.device_index}",
+                 "budget_bytes": p.budget_bytes, "peak_bytes": p.peak_bytes,
+                 "executors": users.get(id(p), [])} for p in self.pools()]

@@ -14,6 +14,12 @@ vectors and slicing inside the forward is faster still, but XLA copies the slice
 MB of temporaries per batch, which a byte budget would have to pay.
 ``RealBackend`` is one arm's: its weights per pool, its threads and its completion queue.
 
+The host cache (``hardware.host_budget``) keeps experts in JAX ``pinned_host`` memory where the
+platform has it (``store/host_tier.py``; ``backend.host_tier``): a switch from it is one
+asynchronous ``device_put`` into device memory plus the on-device unpack, in a load thread
+while the executors' threads run batches. Each pool's weights live on its own device
+(``bind_pool``); executors on several devices each use their own pool's.
+
 Host<->device movement happens here and in ``store/`` only, explicitly: ``jax.device_put`` for
 weights and inputs, ``jax.device_get`` for outputs (tests run with the transfer guard on).
 """
@@ -38,6 +44,7 @@ from flax import nnx
 from coserve_jax.engine.events import Arrival, BatchDone, Event, LoadDone
 from coserve_jax.store.checkpoint import CheckpointError, leaf_specs, leaves_to_state, read_packed, unpack_to_device
 from coserve_jax.store.disk import drop_page_cache
+from coserve_jax.store.host_tier import NUMPY, HostCopy, resolve_tier, to_host
 from coserve_jax.store.reader import ProcessReader
 from coserve_jax.types import Batch, LoadJob, Request, Tier
 
@@ -111,8 +118,9 @@ class Runtime:
         packed = (self.reader or read_packed)(info.checkpoint_path, specs, expert_id)
         return packed if device is None else self.put(expert_id, packed, device)
 
-    def put(self, expert_id: str, packed: dict[str, np.ndarray], device: jax.Device) -> list[jax.Array]:
-        """A packed host copy -> served weights on ``device``, explicitly; waits for the copy."""
+    def put(self, expert_id: str, packed: dict[str, Any], device: jax.Device) -> list[jax.Array]:
+        """A packed host copy (numpy, or ``jax.Array``s in pinned_host memory) -> served weights
+        on ``device``, explicitly; waits for the copy."""
         arch = self.zoo.graph.experts[expert_id].arch
         return jax.block_until_ready(unpack_to_device(packed, self.specs(arch), device))
 
@@ -182,9 +190,11 @@ class RealBackend:
     routing_default = "model"
 
     def __init__(self, runtime: Runtime, *, load_threads: int = 2, drop_page_cache: bool = False,
-                 stall_timeout_s: float = 120.0, fault_injector: Any = None, annotate: bool = False):
+                 stall_timeout_s: float = 120.0, fault_injector: Any = None, annotate: bool = False,
+                 host_tier: str = "auto"):
         self.rt = runtime
         self.annotate = annotate  # name batches and loads in a JAX profiler trace (metrics.jax_annotations)
+        self.host_tier_mode = host_tier  # backend.host_tier: auto | pinned_host | numpy
         self.drop_page_cache = drop_page_cache
         self.stall_timeout_s = stall_timeout_s
         self.fault_injector = fault_injector  # tests: callable(kind, job_or_batch) may raise
@@ -194,8 +204,10 @@ class RealBackend:
         self._workers: dict[int, _Worker] = {}
         self._lock = threading.Lock()
         self._weights: dict[str, dict[str, Any]] = {}  # pool -> expert -> state on its device
-        self._host: dict[str, Any] = {}  # host cache: expert -> numpy state
+        self._host: dict[str, HostCopy] = {}  # host cache: expert -> its packed vectors (store/host_tier.py)
         self._pool_device: dict[str, jax.Device] = {}
+        self._tier: dict[jax.Device, str] = {}  # host tier of experts loaded for each device
+        self._has_host_cache = False
         self._t0 = time.perf_counter()
         self._closed = False
         self.events_handled = 0  # events next_event returned
@@ -255,9 +267,21 @@ class RealBackend:
         self._put(arrival)
 
     def bind_pool(self, pool_id: str, device: jax.Device | None) -> None:
-        """Declare where a pool's weights live (None: the host cache, numpy)."""
+        """Declare where a pool's weights live (None: the host cache)."""
         self._pool_device[pool_id] = device
         self._weights.setdefault(pool_id, {})
+        if device is None:
+            self._has_host_cache = True
+        else:
+            self._tier[device] = resolve_tier(self.host_tier_mode, device)
+
+    @property
+    def host_tier(self) -> str:
+        """Which host tier ran (results.json ``arms[*].host_tier``): ``pinned_host``, ``numpy``,
+        both joined by ``+`` when devices differ, or ``none`` without a host cache."""
+        if not self._has_host_cache:
+            return "none"
+        return "+".join(sorted(set(self._tier.values()))) or "none"
 
     # ---- loads ------------------------------------------------------------------------------
     def start_load(self, job: LoadJob) -> None:
@@ -278,24 +302,27 @@ class RealBackend:
             info = self.rt.zoo.graph.experts[job.expert_id]
             if job.src == Tier.HOST:
                 with self._lock:
-                    host_state = self._host.get(job.expert_id)
-                if host_state is None:
+                    host_copy = self._host.get(job.expert_id)
+                if host_copy is None:
                     raise RuntimeError(f"expert {job.expert_id} is not in the host cache")
             else:
                 if self.drop_page_cache:
                     drop_page_cache(Path(info.checkpoint_path))
-                host_state = None
+                host_copy = None
             device = self._pool_device.get(job.pool_id)
-            if host_state is None and device is not None and not job.via_host_cache:
+            if host_copy is None and device is not None and not job.via_host_cache:
                 # Straight from disk onto the device: one packed transfer, unpacked there.
                 state = self.rt.restore(job.expert_id, device)
             else:
-                if host_state is None:
-                    host_state = self.rt.restore(job.expert_id, None)
-                state = host_state if device is None else self.rt.put(job.expert_id, host_state, device)
+                if host_copy is None:
+                    # Disk -> the host cache (pinned_host memory of this pool's device, or numpy).
+                    packed = self.rt.restore(job.expert_id, None)
+                    host_copy = to_host(packed, self._tier.get(device, NUMPY), device)
+                # Host cache -> device: async device_put + on-device unpack; this thread waits.
+                state = host_copy if device is None else self.rt.put(job.expert_id, host_copy.flats, device)
             with self._lock:
                 if job.via_host_cache:
-                    self._host[job.expert_id] = host_state
+                    self._host[job.expert_id] = host_copy
                 self._weights.setdefault(job.pool_id, {})[job.expert_id] = state
             self._put(LoadDone(job, time.perf_counter() - t, at_s=self.now()))
         except Exception as e:  # noqa: BLE001 - every failure must come back as an event

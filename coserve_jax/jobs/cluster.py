@@ -23,8 +23,6 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from coserve_jax.coe.graph import CoEGraph
-from coserve_jax.coe.paper import build_paper_graph
-from coserve_jax.coe.zoo import build_or_load_zoo, zoo_config
 from coserve_jax.config import CONF_DIR, ConfigError, RunConfig, as_run_config
 from coserve_jax.config.serve import ServeConfig, parse_serve
 from coserve_jax.cost.model import CostModel
@@ -34,6 +32,7 @@ from coserve_jax.engine.cluster import ClusterSim
 from coserve_jax.engine.sim import SimBackend
 from coserve_jax.metrics.results import git_sha, write_json_atomic
 from coserve_jax.report.cluster import write_scaling_report
+from coserve_jax.runner.model import load_model
 from coserve_jax.types import Request
 from coserve_jax.workload.trace import make_trace
 
@@ -42,12 +41,9 @@ log = logging.getLogger("coserve_jax")
 
 def cluster_model(cfg: RunConfig) -> tuple[CoEGraph, Any]:
     """The CoE graph and the per-replica cost model: a paper-scale graph with the hardware's
-    paper profile, or a trained zoo's graph with a measured ``hardware.profile`` file."""
+    paper profile, or a zoo's graph (demo or synthetic) with a measured ``hardware.profile`` file."""
     hw = cfg.hardware
-    if cfg.model.kind == "paper":
-        graph = build_paper_graph(cfg.model.board, seed=cfg.model.seed, tail_types=cfg.model.tail_types)
-    else:
-        graph = build_or_load_zoo(zoo_config(dict(cfg.model.zoo), seed=cfg.model.seed), progress=False).graph
+    graph = load_model(cfg, progress=False).graph
     if hw.profile:
         return graph, CostModel.load(hw.profile)
     if hw.paper_profile:

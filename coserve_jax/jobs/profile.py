@@ -1,6 +1,7 @@
 """``job: profile`` (``python -m coserve_jax.run +experiment=profile``): this machine's profile.
 
-Measures the configured trained CoE (demo zoo by default) on one device of every executor kind
+Measures the configured CoE on disk (the demo zoo by default; model=pcb_synth's untrained
+experts too) on one device of every executor kind
 in ``hardware.executors`` with ``microbench.measure_profile``: K·n+B per architecture fitted on
 ``profiler.batch_sizes`` and checked on ``profiler.heldout_batch_sizes`` (left out of the fit),
 compile seconds, parameter and activation bytes, and load fits (disk -> pool, host -> pool,
@@ -71,8 +72,8 @@ def usage_gap(a: Mapping[str, float], b: Mapping[str, float]) -> float:
 def run_profile_job(cfg: RunConfig | DictConfig, out_dir: str | Path, progress: bool = True) -> dict[str, Any]:
     """Measure this machine's profile of the configured trained CoE; write profile.json."""
     run_cfg, resolved = as_run_config(cfg)
-    if run_cfg.model.kind != "demo":
-        raise ConfigError(f"model: the profile job measures a trained zoo (model.kind=demo); "
+    if run_cfg.model.kind == "paper":
+        raise ConfigError(f"model: the profile job measures a zoo on disk (model.kind=demo or synth); "
                           f"{run_cfg.model.name!r} is kind {run_cfg.model.kind!r} (paper-scale graphs "
                           "use hardware.paper_profile in the simulator)")
     p = run_cfg.profiler
@@ -87,7 +88,8 @@ def run_profile_job(cfg: RunConfig | DictConfig, out_dir: str | Path, progress: 
         t0 = time.perf_counter()
         prof = measure_profile(rt, kinds, batch_sizes=batch_sizes, repeats=p.repeats, load_samples=load_samples,
                                drop_cache=hw.drop_page_cache, seed=run_cfg.seed, progress=progress,
-                               heldout_sizes=heldout, warmup=p.warmup, executors=dict(hw.executors))
+                               heldout_sizes=heldout, warmup=p.warmup, executors=dict(hw.executors),
+                               loop_requests=p.loop_requests, cpu_devices=hw.cpu_devices)
         # The other page-cache setting, so both load fits are on record.
         other = not hw.drop_page_cache
         variants: dict[str, Any] = {k: {_pc(hw.drop_page_cache): prof["kinds"][k]["loads"]} for k in kinds}
@@ -114,7 +116,7 @@ def run_profile_job(cfg: RunConfig | DictConfig, out_dir: str | Path, progress: 
                                     for r in sample], list(graph.experts)),
         "trace_requests": len(sample),
     }
-    if router_sample > 0:
+    if router_sample > 0 and model.zoo.routing == "model":  # untrained (synthetic) experts do not route
         routes = route_with_router(model.zoo, sample[:router_sample], progress)
         usage["router"] = usage_from_routes(routes, list(graph.experts))
         usage["router_requests"] = len(routes)

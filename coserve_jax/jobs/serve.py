@@ -101,6 +101,7 @@ def run_experiment(cfg: RunConfig | DictConfig | Sequence[str] | None = None,
             "device_budget_bytes": budget_bytes(hw, "device_budget", total),
             "host_budget": hw.host_budget, "drop_page_cache": hw.drop_page_cache,
             "routing": runner.routing, "executors": dict(hw.executors), "repeats": run_cfg.repeats,
+            **device_config(run_cfg),
         },
         "zoo": zoo_summary(model),
         "compile_s": compile_s,
@@ -114,6 +115,13 @@ def run_experiment(cfg: RunConfig | DictConfig | Sequence[str] | None = None,
                                  + "\n".join(f"  {name}: {reason}" for name, reason in infeasible.items()),
                                  results)
     return results
+
+
+def device_config(cfg: RunConfig) -> dict[str, Any]:
+    """results.json config: the device settings (engine/devices.py), as given."""
+    hw = cfg.hardware
+    return {"cpu_devices": hw.cpu_devices, "gpu_devices": None if hw.gpu_devices is None else list(hw.gpu_devices),
+            "device_budgets": hw.device_budgets, "host_tier": cfg.backend.host_tier}
 
 
 def median_run(runs: list[dict[str, Any]]) -> dict[str, Any]:

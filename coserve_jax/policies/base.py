@@ -33,6 +33,7 @@ class PoolView(Protocol):
     pool_id: str
     version: int  # changes whenever what the pool holds changes
     kind: str  # executor kind ("cpu", "gpu") or "host"
+    device_index: int | None  # the device of its kind its weights live on (None: the host cache)
     budget_bytes: int
     reserved_bytes: int
 
@@ -62,7 +63,8 @@ class ExecutorView(Protocol):
     changes: Sequence[tuple[int, str, int, int, int, int]]
     changes_since: int
     kind: str
-    pool: PoolView
+    device_index: int  # the device of its kind it runs on; executors on one device may share a pool
+    pool: PoolView  # its model pool: its own, or its device's shared pool
 
     @property
     def groups(self) -> Sequence[GroupView]: ...  # the queue, head first

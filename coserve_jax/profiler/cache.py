@@ -62,7 +62,8 @@ def load_cost_model(cfg: RunConfig, model: Model, runtime: Any = None, progress:
     def measure() -> CostModel:
         prof = measure_profile(rt, kinds, batch_sizes=p.batch_sizes, repeats=p.repeats, load_samples=p.load_samples,
                                drop_cache=hw.drop_page_cache, seed=cfg.seed, progress=progress,
-                               executors=dict(hw.executors))
+                               executors=dict(hw.executors), loop_requests=p.loop_requests,
+                               cpu_devices=hw.cpu_devices)
         write_json_atomic(path, prof)
         return CostModel(prof)
 

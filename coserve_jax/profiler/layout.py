@@ -11,7 +11,7 @@ from typing import Any
 
 from coserve_jax.config import ConfigError, RunConfig, format_executors
 from coserve_jax.cost.model import CostModel
-from coserve_jax.engine.build import executor_share
+from coserve_jax.engine.devices import executor_shares
 from coserve_jax.profiler import search
 
 
@@ -41,12 +41,30 @@ class Layout:
         return min(math.ceil(max(f, self.min_fraction) * 1e6) / 1e6, 0.999999)
 
 
+def kind_shares(cfg: RunConfig, total_bytes: int, executors: dict[str, int]) -> dict[str, int]:
+    """Bytes per executor of each kind, as ``engine.build.plan_executors`` splits budgets, on one
+    device: the planner searches one device's split (several devices are not planned yet)."""
+    hw = cfg.hardware
+    if hw.cpu_devices > 1 or hw.device_budgets or (hw.gpu_devices is not None and len(hw.gpu_devices) > 1):
+        raise ConfigError("hardware.cpu_devices: the planner searches the split of one device; plan with "
+                          "hardware.cpu_devices=1, one GPU and no hardware.device_budgets")
+    out = {}
+    for kind in executors:
+        shares = executor_shares(cfg, executors, kind, total_bytes)
+        devices = sorted({d for d, _, _ in shares})
+        if len(devices) > 1:  # hardware.gpu_devices null on a machine with several GPUs
+            raise ConfigError(f"hardware.gpu_devices: the planner searches the split of one device; the {kind} "
+                              f"executors spread over devices {devices}; list one, e.g. hardware.gpu_devices=[0]")
+        out[kind] = shares[0][1]
+    return out
+
+
 def layout_for(cfg: RunConfig, graph: Any, cost: CostModel, executors: dict[str, int],
                max_experts_cap: int | None = None) -> Layout:
     """Budgets, the feasible range of N, and the slow processors' split for these counts."""
     total = graph.total_bytes
     fast = "gpu" if "gpu" in executors else "cpu"
-    shares = {kind: executor_share(cfg.hardware, executors, kind, total)[0] for kind in executors}
+    shares = kind_shares(cfg, total, executors)
     usage = graph.usage_probs()
     order = sorted(usage, key=lambda e: (-usage[e], e))  # as RoundRobinByUsage deals them
     sizes = tuple(int(graph.experts[e].param_bytes) for e in order)

@@ -62,9 +62,10 @@ def measure_loop_s_per_event(graph: CoEGraph, profile: dict[str, Any], num_reque
 
 
 def measure_serving_loop_s(runtime: Any, profile: dict[str, Any], executors: dict[str, int],
-                           num_requests: int = 1500, seed: int = 0) -> dict[str, float]:
+                           num_requests: int = 1500, seed: int = 0, cpu_devices: int = 1) -> dict[str, float]:
     """The real engine's loop while it serves ``num_requests`` with the coserve arm on
-    ``executors`` (clamped to the devices present): median busy seconds per arrival taken in
+    ``executors`` (clamped to the devices present; CPU ones spread over ``cpu_devices`` host
+    devices, as the hardware serving them): median busy seconds per arrival taken in
     (``loop_s_per_arrival``) and per completion handled (``loop_s_per_event``), over three runs
     after one untimed run (which compiles every batch bucket)."""
     counts = {}
@@ -73,9 +74,13 @@ def measure_serving_loop_s(runtime: Any, profile: dict[str, Any], executors: dic
             counts[kind] = max(1, min(int(n), len(jax.devices(kind))))
         except RuntimeError:
             continue  # no such devices here: the profile has no such kind either
-    spec = ",".join(f"{k}:{n}" for k, n in sorted(counts.items()))
+    # Each kind set on its own (a whole-mapping override would merge into the default {cpu: 2});
+    # CPU helpers beside GPUs get hardware=gpu's host-RAM pool share.
     overrides = ["backend=real", "arms=[coserve]", f"workload.num_requests={num_requests}",
-                 f"workload.seed={seed}", f"hardware.executors={{{spec}}}"]
+                 f"workload.seed={seed}", *(f"++hardware.executors.{k}={counts.get(k, 0)}" for k in ("cpu", "gpu"))]
+    if len(counts) > 1:
+        overrides.append("hardware.cpu_pool_budget=10%")
+    overrides.append(f"hardware.cpu_devices={max(1, min(int(cpu_devices), len(jax.devices('cpu'))))}")
     zoo = runtime.zoo
     # The loop is timed at the default device budget, where it evicts and reloads as in serving;
     # a zoo too small to split at that budget (pcb_tiny: its largest expert and one batch exceed

@@ -338,10 +338,12 @@ def measure_profile(rt: Runtime, kinds: Sequence[str], batch_sizes: Sequence[int
                     repeats: int = 3, load_samples: int = 3, drop_cache: bool = False,
                     seed: int = 0, progress: bool = False,
                     heldout_sizes: Sequence[int] = (), warmup: int = 2,
-                    executors: dict[str, int] | None = None) -> dict[str, Any]:
+                    executors: dict[str, int] | None = None, loop_requests: int = 1500,
+                    cpu_devices: int = 1) -> dict[str, Any]:
     """Measure every architecture on one device of each kind; return a Profile dict.
     ``executors`` (the hardware's, e.g. ``{"cpu": 2}``): time the loop's cost per event while
-    serving on them (``loop_overhead``); None: time the policies over the simulator backend."""
+    serving ``loop_requests`` requests on them, CPU ones over ``cpu_devices`` host devices
+    (``loop_overhead``); None: time the policies over the simulator backend."""
     rng = np.random.default_rng(seed)
     archs = sorted({e.arch for e in rt.zoo.graph.experts.values()})
     work = [(k, a) for k in kinds for a in archs]
@@ -389,7 +391,9 @@ def measure_profile(rt: Runtime, kinds: Sequence[str], batch_sizes: Sequence[int
     # The simulator's clock also needs the loop's own cost per event, timed on this profile:
     # serving on these executors when they are given, else the policies' cost alone.
     if executors:
-        profile["overheads"] = {**loop_overhead.measure_serving_loop_s(rt, profile, dict(executors), seed=seed),
+        profile["overheads"] = {**loop_overhead.measure_serving_loop_s(rt, profile, dict(executors),
+                                                                       num_requests=loop_requests, seed=seed,
+                                                                       cpu_devices=cpu_devices),
                                 "loop_measured": "serving"}
     else:
         profile["overheads"] = {"loop_s_per_event": loop_overhead.measure_loop_s_per_event(rt.zoo.graph, profile),

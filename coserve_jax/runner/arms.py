@@ -24,12 +24,14 @@ from coserve_jax.types import Request
 
 def routing_for(cfg: RunConfig, model: Model) -> str:
     """How finished tasks pick the next expert: the experts' real outputs (``model``) or the
-    trace's ground-truth route (``trace``); ``backend.routing=auto`` picks model for a real zoo."""
+    trace's ground-truth route (``trace``); ``backend.routing=auto`` picks model for a real zoo
+    of trained experts (a synthetic zoo's random outputs mean nothing: ``Zoo.routing``)."""
+    routable = model.trained and model.zoo.routing == "model"
     if cfg.backend.routing != "auto":
-        if cfg.backend.routing == "model" and (cfg.backend.name == "sim" or not model.trained):
+        if cfg.backend.routing == "model" and (cfg.backend.name == "sim" or not routable):
             raise ConfigError("backend.routing: 'model' needs the real backend and a trained zoo")
         return cfg.backend.routing
-    return "model" if cfg.backend.name == "real" and model.trained else "trace"
+    return "model" if cfg.backend.name == "real" and routable else "trace"
 
 
 class ArmRunner:
@@ -41,7 +43,7 @@ class ArmRunner:
         self.routing = routing_for(cfg, model)
         if cfg.backend.name == "real":
             if not model.trained:
-                raise ConfigError("backend: the real backend needs a trained zoo (model.kind=demo)")
+                raise ConfigError("backend: the real backend needs a zoo on disk (model.kind=demo or synth)")
             self.runtime = runtime or make_runtime(cfg, model)
 
     def new_engine(self, arm: ArmConfig, requests: Sequence[Request] | None = None,
@@ -55,7 +57,8 @@ class ArmRunner:
             backend = RealBackend(self.runtime, load_threads=self.cfg.backend.load_threads,
                                   drop_page_cache=self.cfg.hardware.drop_page_cache,
                                   stall_timeout_s=self.cfg.backend.stall_timeout_s,
-                                  fault_injector=fault_injector, annotate=self.cfg.metrics.jax_annotations)
+                                  fault_injector=fault_injector, annotate=self.cfg.metrics.jax_annotations,
+                                  host_tier=self.cfg.backend.host_tier)
         engine = build_engine(self.cfg, arm, self.model.graph, self.cost, backend, self.routing)
         if self.cfg.metrics.timeline:
             engine.attach_timeline(Timeline(self.cfg.metrics.timeline_max_events))
@@ -132,6 +135,7 @@ class ArmRunner:
                                  "batch_memory": "dynamic" if ex.dynamic_batch_memory else "reserved",
                                  "time_s": dict(ex.seconds)}
                                 for ex in engine.executors]
+        summary["host_tier"] = getattr(engine.backend, "host_tier", None)  # real: pinned_host | numpy | none
         if self.model.trained and self.routing == "model":
             summary["accuracy"] = accuracy(engine)
         return summary, engine

@@ -97,14 +97,21 @@ def _dtype_key(dtype: Any) -> str:
 
 def save_expert(path: str | os.PathLike, state: Any) -> None:
     """Save one expert's state (an ``nnx.State`` or a pytree of arrays) to a new directory ``path``."""
-    path = Path(path).absolute()
     leaves = [np.asarray(x) for x in jax.tree.leaves(_pure(state))]
-    packed: dict[str, Any] = {"leaf_sizes": np.array([x.size for x in leaves], np.int64)}
     keys = sorted({_dtype_key(x.dtype) for x in leaves})
-    for key in keys:
-        packed[key] = np.concatenate([x.ravel() for x in leaves if _dtype_key(x.dtype) == key])
-    packed["crc32"] = np.array([zlib.crc32(packed[k].tobytes()) for k in keys], np.int64)
-    _checkpointer().save(path, args=ocp.args.PyTreeSave(packed))
+    flats = {key: np.concatenate([x.ravel() for x in leaves if _dtype_key(x.dtype) == key]) for key in keys}
+    save_packed(path, flats, [x.size for x in leaves])
+
+
+def save_packed(path: str | os.PathLike, flats: dict[str, np.ndarray], leaf_sizes: list[int]) -> None:
+    """Save already packed vectors (``flat_<dtype>`` -> 1-D array, leaves in ``leaf_layout``
+    order) with their leaf sizes and checksums: what ``save_expert`` writes, without packing a
+    pytree first (the synthetic zoo draws its weights straight into the vectors)."""
+    packed: dict[str, Any] = {"leaf_sizes": np.asarray(leaf_sizes, np.int64), **flats}
+    keys = sorted(flats)
+    packed["crc32"] = np.array([zlib.crc32(memoryview(np.ascontiguousarray(flats[k])).cast("B"))
+                                for k in keys], np.int64)
+    _checkpointer().save(Path(path).absolute(), args=ocp.args.PyTreeSave(packed))
 
 
 def restore_expert(path: str | os.PathLike, abstract_state: Any, *, device: jax.Device | None = None,
@@ -124,10 +131,12 @@ def restore_expert(path: str | os.PathLike, abstract_state: Any, *, device: jax.
     return leaves_to_state(abstract_state, leaves)
 
 
-def unpack_to_device(packed: dict[str, np.ndarray], specs: list | tuple, device: jax.Device) -> list[jax.Array]:
+def unpack_to_device(packed: dict[str, Any], specs: list | tuple, device: jax.Device) -> list[jax.Array]:
     """``read_packed``'s vectors -> the expert's leaves on ``device``: one explicit
-    ``device_put`` per vector, unpacked there by one jitted call (cached per layout)."""
-    sharding = jax.sharding.SingleDeviceSharding(device)
+    ``device_put`` per vector into the device's default memory, unpacked there by one jitted call
+    (cached per layout). The vectors may be numpy or ``jax.Array``s in another memory, e.g. the
+    host cache's ``pinned_host`` (``store/host_tier.py``)."""
+    sharding = jax.sharding.SingleDeviceSharding(device, memory_kind=device.default_memory().kind)
     flats = {k: jax.device_put(v, sharding) for k, v in packed.items() if k.startswith("flat_")}
     return _unpacker(tuple(specs))(flats)
 
@@ -169,6 +178,13 @@ class _Layout:
 @functools.lru_cache(maxsize=64)
 def _layout(specs: tuple) -> _Layout:
     return _Layout(specs)
+
+
+def leaf_layout(specs: list | tuple) -> tuple[dict[str, int], list[tuple[str, int, int, tuple[int, ...]]]]:
+    """Where each leaf sits in the packed vectors: (vector key -> length, per leaf (key, offset,
+    size, shape)), leaves in packing order."""
+    layout = _layout(tuple(specs))
+    return dict(layout.lengths), list(layout.leaves)
 
 
 def read_packed(path: str | os.PathLike, specs: list[tuple[tuple[int, ...], np.dtype]],

@@ -19,7 +19,8 @@ class BudgetError(RuntimeError):
 class Pool:
     """One byte-budgeted pool (an executor's model pool or the host cache)."""
 
-    def __init__(self, pool_id: str, kind: str, budget_bytes: int, reserved_bytes: int = 0):
+    def __init__(self, pool_id: str, kind: str, budget_bytes: int, reserved_bytes: int = 0,
+                 device_index: int | None = None):
         if budget_bytes < 0 or reserved_bytes < 0:
             raise ValueError(f"pool {pool_id}: budgets must be >= 0")
         if reserved_bytes > budget_bytes:
@@ -29,6 +30,7 @@ class Pool:
             )
         self.pool_id = pool_id
         self.kind = kind
+        self.device_index = device_index  # the device its weights live on (None: the host cache)
         self.budget_bytes = int(budget_bytes)
         self.reserved_bytes = int(reserved_bytes)
         self._resident: dict[str, int] = {}
