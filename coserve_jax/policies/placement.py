@@ -8,6 +8,8 @@
 
 from __future__ import annotations
 
+import weakref
+
 from collections.abc import Callable, Mapping
 
 from coserve_jax.policies.base import EngineView
@@ -60,21 +62,30 @@ class NextGroup:
         self.depth = _per_kind(depth, "depth")
         self.max_inflight = _per_kind(max_inflight, "max_inflight")
         self.fastest_kind_only = fastest_kind_only
+        # executor -> ((queue version, pool version), answer): the loop asks after every event,
+        # mostly with nothing changed, and a scan walks the whole queue when the pool holds it all
+        self._memo: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
     def inflight_limit(self, kind: str) -> int:
         return self.max_inflight(kind)
 
     def prefetch(self, view: EngineView, executor_id: int) -> list[str]:
         ex = view.executors[executor_id]
+        key = (ex.version, ex.pool.version)
+        memo = self._memo.get(ex)
+        if memo is not None and memo[0] == key:
+            return list(memo[1])
         if self.fastest_kind_only and ex.kind != "gpu" and any(o.kind == "gpu" for o in view.executors):
-            return []
-        depth = self.depth(ex.kind)
-        out: list[str] = []
-        for g in ex.groups:
-            if len(out) >= depth:
-                break
-            if not ex.pool.holds(g.expert_id) and g.expert_id not in out:
-                out.append(g.expert_id)
+            out: list[str] = []
+        else:
+            depth = self.depth(ex.kind)
+            out = []
+            for g in ex.groups:
+                if len(out) >= depth:
+                    break
+                if not ex.pool.holds(g.expert_id) and g.expert_id not in out:
+                    out.append(g.expert_id)
+        self._memo[ex] = (key, tuple(out))
         return out
 
 
