@@ -71,20 +71,19 @@ class NextGroup:
 
     def prefetch(self, view: EngineView, executor_id: int) -> list[str]:
         ex = view.executors[executor_id]
-        key = (ex.version, ex.pool.version)
+        if self.fastest_kind_only and ex.kind != "gpu" and any(o.kind == "gpu" for o in view.executors):
+            return []
+        key = (ex.version, ex.pool.version, ex.kind)
         memo = self._memo.get(ex)
         if memo is not None and memo[0] == key:
             return list(memo[1])
-        if self.fastest_kind_only and ex.kind != "gpu" and any(o.kind == "gpu" for o in view.executors):
-            out: list[str] = []
-        else:
-            depth = self.depth(ex.kind)
-            out = []
-            for g in ex.groups:
-                if len(out) >= depth:
-                    break
-                if not ex.pool.holds(g.expert_id) and g.expert_id not in out:
-                    out.append(g.expert_id)
+        depth = self.depth(ex.kind)
+        out: list[str] = []
+        for g in ex.groups:
+            if len(out) >= depth:
+                break
+            if not ex.pool.holds(g.expert_id) and g.expert_id not in out:
+                out.append(g.expert_id)
         self._memo[ex] = (key, tuple(out))
         return out
 
