@@ -26,6 +26,7 @@ A worker that dies is replaced, and its read fails with a ``CheckpointError``.
 from __future__ import annotations
 
 import contextlib
+import mmap
 import os
 import queue
 import subprocess
@@ -33,16 +34,31 @@ import sys
 import threading
 import weakref
 from multiprocessing.connection import Connection, Pipe
+from multiprocessing.reduction import recv_handle, send_handle
 
 import jax
 import numpy as np
 
-from coserve_jax.store.checkpoint import CheckpointError, read_packed
+from coserve_jax.store.checkpoint import HEADER, CheckpointError, packed_vectors, read_packed
+
+_ALIGN = 4096  # each vector starts on a page of the staging buffer
+_POPULATE = getattr(mmap, "MAP_POPULATE", 0)  # fault every page in at once (Linux)
+
+
+def _places(specs: list) -> tuple[list[tuple[str, np.dtype, int, int]], int]:
+    """(key, dtype, length, offset) of each packed vector in a staging buffer, and its bytes."""
+    places, end = [], 0
+    for key, dtype, n in packed_vectors(specs):
+        places.append((key, dtype, n, end))
+        end += -(-n * dtype.itemsize // _ALIGN) * _ALIGN
+    return places, end
 
 
 def _serve(conn: Connection) -> None:
-    """Worker process: read requests until None (or the pipe closes)."""
+    """Worker process: read requests until None (or the pipe closes). Vectors go into a shared
+    staging buffer, grown (and its descriptor sent to the caller) when an expert needs more."""
     jax.config.update("jax_platforms", "cpu")  # a reader never needs (or grabs) an accelerator
+    staging: mmap.mmap | None = None
     while True:
         try:
             msg = conn.recv()
@@ -52,7 +68,23 @@ def _serve(conn: Connection) -> None:
             return
         path, specs, expert_id = msg
         try:
-            conn.send(("ok", read_packed(path, specs, expert_id)))
+            places, size = _places(specs)
+            if staging is None or len(staging) < size:
+                size = -(-size // (1 << 20)) << 20  # whole MiB
+                fd = os.memfd_create("coserve-reader-staging", os.MFD_CLOEXEC)
+                try:
+                    os.ftruncate(fd, size)
+                    if staging is not None:
+                        staging.close()
+                    staging = mmap.mmap(fd, size, flags=mmap.MAP_SHARED | _POPULATE)
+                    conn.send(("staging", size))
+                    send_handle(conn, fd, os.getppid())
+                finally:
+                    os.close(fd)
+            out = {key: np.frombuffer(staging, dtype, n, off) for key, dtype, n, off in places}
+            header = read_packed(path, specs, expert_id, out=out)[HEADER]
+            del out  # no view may outlive the read: the buffer is closed when it grows
+            conn.send(("ok", (header, places)))
         except CheckpointError as e:
             conn.send(("error", str(e)))
         except Exception as e:  # noqa: BLE001 - every failure goes back to the caller
@@ -71,6 +103,7 @@ class _Worker:
 
     def __init__(self) -> None:
         self.conn, child = Pipe()
+        self.staging: mmap.mmap | None = None  # this side's map of the worker's staging buffer
         fd = child.fileno()
         self.proc = subprocess.Popen([sys.executable, "-m", "coserve_jax.store.reader", str(fd)],
                                      pass_fds=(fd,), stdin=subprocess.DEVNULL)
@@ -93,6 +126,29 @@ class _Worker:
                 self.proc.kill()
                 self.proc.wait()
         self.conn.close()
+        if self.staging is not None:
+            self.staging.close()
+
+    def receive(self) -> tuple[str, object]:
+        """The worker's reply to a read, mapping its staging buffer anew when it grew."""
+        msg = self.conn.recv()
+        if msg[0] == "staging":
+            fd = recv_handle(self.conn)
+            try:
+                if self.staging is not None:
+                    self.staging.close()
+                self.staging = mmap.mmap(fd, msg[1], flags=mmap.MAP_SHARED | _POPULATE, prot=mmap.PROT_READ)
+            finally:
+                os.close(fd)
+            msg = self.conn.recv()
+        return msg
+
+    def copy_out(self, header: np.ndarray, places: list) -> dict[str, np.ndarray]:
+        """The vectors the worker left in the staging buffer, copied into this process's memory
+        (the buffer is the worker's again for its next read)."""
+        packed = {key: np.frombuffer(self.staging, dtype, n, off).copy() for key, dtype, n, off in places}
+        packed[HEADER] = header
+        return packed
 
 
 class ProcessReader:
@@ -123,7 +179,9 @@ class ProcessReader:
         w = self._idle.get()
         try:
             w.conn.send((str(path), specs, expert_id))
-            status, payload = w.conn.recv()
+            status, payload = w.receive()
+            if status == "ok":
+                payload = w.copy_out(*payload)
         except (EOFError, OSError) as e:
             code = w.exitcode
             with self._lock:
