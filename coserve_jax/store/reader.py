@@ -13,13 +13,23 @@ copy them to the device, unpack) run under this process's GIL. Measured on this 
 | Orbax restore in a loader thread | 8.4 ms | 124 ms (max 186) | 11.8 ms, 2,086 img/s |
 | reader process, vectors sent back over a pipe | 5.6 ms | 65 ms (max 91) | 10.0 ms, 2,186 img/s |
 
-(Re-measured 2026-11-29 with the flat-leaves engine: 10 reads per cell; serving figures are
-medians of 3 interleaved runs. The never-yielding thread is a worst case: the device copy and
-unpack still wait for it.)
+(Measured 2026-11-29 with the flat-leaves engine and checkpoint format 2: 10 reads per cell;
+serving figures are medians of 3 interleaved runs. The never-yielding thread is a worst case:
+the device copy and unpack still wait for it.) With format 3 (``store.orbax_read`` blocks on
+TensorStore instead of handing work between asyncio and TensorStore threads) two runs of the
+same script on this machine, busier now (load average 3-5), gave: loader thread 7.1 / 20.1 ms
+alone, 35 / 39 ms beside the busy thread; reader process 10.5 / 9.2 ms and 37 / 24 ms; serving
+12.2 / 8.3 ms per load and 1,042 / 1,174 img/s with loader threads, 10.1 / 12.3 ms and
+1,034 / 910 img/s with reader processes: no longer a clear difference.
 
-So the real backend reads through a ``ProcessReader``: ``processes`` spawned workers, each
-running ``read_packed`` (Orbax read + layout and CRC checks, host memory only) and sending the
-packed vectors back; the loader thread then copies them to the device and unpacks them there.
+So the real backend reads through a ``ProcessReader`` by default: ``processes`` spawned workers, each
+running ``read_packed`` (Orbax read + layout and checksum checks, host memory only) into a
+staging buffer it shares with this process (a memfd, grown when an expert needs more, its
+descriptor passed once); the caller copies the vectors out, which frees the buffer for the
+worker's next read, and the loader thread then copies them to the device and unpacks them there.
+Pickling the vectors back through the pipe instead took 904 ms for a 170 MB ResNet-101 and
+102 ms for a 20 MB YOLO; the shared buffer, 102 and 15 ms (the same read in this process: 59-93
+and 11 ms; ``scripts/bench_load.py``, 5 interleaved rounds each, ``experiments/load_path``).
 A worker that dies is replaced, and its read fails with a ``CheckpointError``.
 """
 
