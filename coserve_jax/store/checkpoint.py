@@ -24,7 +24,7 @@ What each step bought (``scripts/ablate_load.py``, ``experiments/load_path``): n
 copy, huge pages, where ``TensorStore.read()`` copies into a buffer faulted in 4 KiB pages), the
 type handler driven directly (``PyTreeCheckpointHandler.restore`` costs ~9 ms per call whatever
 the size), and the block-sum checksum (~9 GB/s; a CRC-32 ran at ~2.2 GB/s). Without any check
-the 20 MB read would be ~72-80% of raw: the checksum's one pass over the vector costs ~2 ms.
+the 20 MB read would be 67-72% of raw: the checksum's one pass over the vector costs ~2 ms.
 Restore to a device moves the packed vector with one explicit ``jax.device_put`` onto a
 ``SingleDeviceSharding`` and unpacks it there with one jitted call (cached per layout):
 per-leaf ``ArrayRestoreArgs`` cost +35 to +140 ms.

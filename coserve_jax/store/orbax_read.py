@@ -2,18 +2,18 @@
 ``NumpyHandler`` (Orbax builds every TensorStore spec; the files stay plain Orbax).
 
 Three things make the difference (``scripts/ablate_load.py``, ``experiments/load_path``; medians
-of 5 interleaved rounds, uncompressed checkpoints, 2 shared cores):
+of 9 interleaved rounds, uncompressed checkpoints, 2 shared cores):
 
 - Files are memory-mapped (TensorStore's ``file_io_mode: memmap``) rather than read into a fresh
-  TensorStore buffer and copied from there: a 170 MB restore went from 548 to 274 ms.
+  TensorStore buffer and copied from there: a 170 MB restore went from 558 to 255 ms.
 - The destination is a numpy buffer (``np.empty``, which the kernel backs with huge pages) or
-  one the caller passes (``out``), written by TensorStore in place: 274 -> 177 ms.
+  one the caller passes (``out``), written by TensorStore in place: 255 -> 127 ms.
   ``TensorStore.read()`` returns an array in its own allocation, faulted in 4 KiB pages
   (~44,000 page faults per 170 MB, which cost more than the copy itself).
 - Arrays are read by the type handler directly, on a per-thread event loop, without
   ``PyTreeCheckpointHandler.restore``, which costs ~9 ms per call whatever the size (two fresh
   asyncio loops and their thread pools, three reads of ``_METADATA``, path checks): a 20 MB
-  restore went from 38 to 25 ms (with a CRC-32 of ~9 ms in both). The caller knows the tree.
+  restore went from 23 to 17 ms (with a CRC-32 of ~9 ms in both). The caller knows the tree.
 """
 
 from __future__ import annotations
