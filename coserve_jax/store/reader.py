@@ -25,8 +25,9 @@ alone, 35 / 39 ms beside the busy thread; reader process 10.5 / 9.2 ms and 37 / 
 So the real backend reads through a ``ProcessReader`` by default: ``processes`` spawned workers, each
 running ``read_packed`` (Orbax read + layout and checksum checks, host memory only) into a
 staging buffer it shares with this process (a memfd, grown when an expert needs more, its
-descriptor passed once); the caller copies the vectors out, which frees the buffer for the
-worker's next read, and the loader thread then copies them to the device and unpacks them there.
+descriptor passed once; it stays as large as the largest expert that worker has read, outside
+the host budget); the caller copies the vectors out, which frees the buffer for the worker's
+next read, and the loader thread then copies them to the device and unpacks them there.
 Pickling the vectors back through the pipe instead took 904 ms for a 170 MB ResNet-101 and
 102 ms for a 20 MB YOLO; the shared buffer, 102 and 15 ms (the same read in this process: 59-93
 and 11 ms; ``scripts/bench_load.py``, 5 interleaved rounds each, ``experiments/load_path``).
@@ -84,8 +85,8 @@ def _serve(conn: Connection) -> None:
                 fd = os.memfd_create("coserve-reader-staging", os.MFD_CLOEXEC)
                 try:
                     os.ftruncate(fd, size)
-                    if staging is not None:
-                        staging.close()
+                    # Not closed: the old map goes when its last view does (a failed read's
+                    # traceback may hold one until the next garbage collection).
                     staging = mmap.mmap(fd, size, flags=mmap.MAP_SHARED | _POPULATE)
                     conn.send(("staging", size))
                     send_handle(conn, fd, os.getppid())
@@ -93,7 +94,6 @@ def _serve(conn: Connection) -> None:
                     os.close(fd)
             out = {key: np.frombuffer(staging, dtype, n, off) for key, dtype, n, off in places}
             header = read_packed(path, specs, expert_id, out=out)[HEADER]
-            del out  # no view may outlive the read: the buffer is closed when it grows
             conn.send(("ok", (header, places)))
         except CheckpointError as e:
             conn.send(("error", str(e)))
@@ -136,8 +136,7 @@ class _Worker:
                 self.proc.kill()
                 self.proc.wait()
         self.conn.close()
-        if self.staging is not None:
-            self.staging.close()
+        self.staging = None
 
     def receive(self) -> tuple[str, object]:
         """The worker's reply to a read, mapping its staging buffer anew when it grew."""
@@ -145,8 +144,6 @@ class _Worker:
         if msg[0] == "staging":
             fd = recv_handle(self.conn)
             try:
-                if self.staging is not None:
-                    self.staging.close()
                 self.staging = mmap.mmap(fd, msg[1], flags=mmap.MAP_SHARED | _POPULATE, prot=mmap.PROT_READ)
             finally:
                 os.close(fd)
