@@ -7,8 +7,9 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from coserve_jax.models import abstract_state, host_init_state, tiny_resnet
-from coserve_jax.store.checkpoint import CheckpointError, restore_expert, save_expert
+from coserve_jax.models import abstract_state, host_init_state, tiny_resnet, tiny_yolo
+from coserve_jax.store.checkpoint import (HEADER, CheckpointError, checksum, leaf_specs, read_packed,
+                                          restore_expert, save_expert)
 
 SPEC = tiny_resnet()
 
@@ -68,11 +69,74 @@ def test_corrupt_checkpoint(saved, tmp_path):
 
 
 def test_wrong_architecture_is_an_error(saved):
-    from coserve_jax.models import tiny_yolo
-
     path, _ = saved
     with pytest.raises(CheckpointError, match="cls_001"):
         restore_expert(path, abstract_state(tiny_yolo())[1], expert_id="cls_001")
+
+
+def test_older_format_fails_naming_the_path(tmp_path):
+    """A format-2 checkpoint (zstd, leaf_sizes + whole-vector crc32) fails clearly, not as corrupt."""
+    import orbax.checkpoint as ocp
+
+    leaves = [np.asarray(x) for x in jax.tree.leaves(nnx.to_pure_dict(host_init_state(SPEC, 3)))]
+    flat = np.concatenate([x.ravel() for x in leaves])
+    old = {"leaf_sizes": np.array([x.size for x in leaves], np.int64), "flat_float32": flat,
+           "crc32": np.array([0], np.int64)}
+    path = tmp_path / "cls_002"
+    ocp.Checkpointer(ocp.PyTreeCheckpointHandler(use_ocdbt=True)).save(path, args=ocp.args.PyTreeSave(old))
+    with pytest.raises(CheckpointError, match="older format") as err:
+        restore_expert(path, abstract_state(SPEC)[1], expert_id="cls_002")
+    assert "cls_002" in str(err.value) and str(path) in str(err.value)
+
+
+def test_checkpoint_is_plain_orbax(saved):
+    """Stock Orbax restores the checkpoint (its format stays Orbax's), and the fast reader's type
+    handler serves a stock PyTreeCheckpointHandler restore too."""
+    import orbax.checkpoint as ocp
+
+    from coserve_jax.store.orbax_read import IntoArgs, IntoNumpyHandler
+
+    path, _ = saved
+    packed = read_packed(path, leaf_specs(abstract_state(SPEC)[1]))
+    stock = ocp.PyTreeCheckpointHandler().restore(path)
+    registry = ocp.type_handlers.create_type_handler_registry(
+        (np.ndarray, IntoNumpyHandler()), (jax.Array, ocp.type_handlers.ArrayHandler()))
+    item = {k: jax.ShapeDtypeStruct(v.shape, v.dtype) for k, v in packed.items()}
+    ours = ocp.PyTreeCheckpointHandler(type_handler_registry=registry).restore(
+        path, args=ocp.args.PyTreeRestore(item=item, restore_args={k: IntoArgs() for k in item}))
+    assert sorted(stock) == sorted(ours) == sorted(packed) == ["flat_float32", HEADER]
+    for k in packed:
+        np.testing.assert_array_equal(np.asarray(stock[k]), packed[k])
+        np.testing.assert_array_equal(ours[k], packed[k])
+
+
+def test_read_into_given_buffers(saved):
+    path, _ = saved
+    specs = leaf_specs(abstract_state(SPEC)[1])
+    want = read_packed(path, specs)
+    buf = np.zeros_like(want["flat_float32"])
+    got = read_packed(path, specs, out={"flat_float32": buf})
+    assert got["flat_float32"] is buf
+    np.testing.assert_array_equal(buf, want["flat_float32"])
+
+
+@pytest.mark.parametrize("n", [1, 1023, 1024, 5000, 70_001])  # float32: under, at, over 4 KiB blocks
+def test_checksum_sees_flips_zeros_and_moved_blocks(n):
+    rng = np.random.default_rng(n)
+    v = rng.standard_normal(n).astype(np.float32)
+    base = checksum(v)
+    assert checksum(v.copy()) == base
+    for i in rng.integers(0, v.nbytes * 8, 20):  # single bit flips anywhere, the tail included
+        w = v.copy()
+        w.view(np.uint8)[i // 8] ^= np.uint8(1 << (i % 8))
+        assert checksum(w) != base
+    w = v.copy()
+    w[n // 2:] = 0
+    assert checksum(w) != base
+    if n >= 2048:  # two whole 4 KiB blocks swapped
+        w = v.copy()
+        w[:1024], w[1024:2048] = v[1024:2048], v[:1024]
+        assert checksum(w) != base
 
 
 # ---- reads in reader processes (store/reader.py) -------------------------------------------
@@ -92,6 +156,19 @@ def test_process_reader_matches_in_thread_read(saved, reader):
     for a, b in zip(jax.tree.leaves(state), jax.tree.leaves(restored)):
         assert isinstance(b, jax.Array) and b.devices() == {device}
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_process_reader_grows_its_staging_buffer(saved, reader, tmp_path):
+    """A larger expert after a smaller one: the worker's shared buffer grows, results stay exact."""
+    small, _ = saved
+    big = tmp_path / "det_000"
+    save_expert(big, host_init_state(tiny_yolo(), 5))
+    for path, spec in [(small, SPEC), (big, tiny_yolo()), (small, SPEC)]:
+        specs = leaf_specs(abstract_state(spec)[1])
+        want, got = read_packed(path, specs), reader(path, specs, "x")
+        assert sorted(got) == sorted(want)
+        for k in want:
+            np.testing.assert_array_equal(got[k], want[k])
 
 
 def test_process_reader_reports_corrupt_and_missing(saved, reader, tmp_path):

@@ -48,7 +48,7 @@ from coserve_jax.models.host_init import host_init_into
 from coserve_jax.store.checkpoint import leaf_layout, leaf_specs, save_packed
 from coserve_jax.types import CLASSIFY_VERDICTS, DETECT_VERDICTS, ExpertInfo, Role
 
-SYNTH_FORMAT = 1
+SYNTH_FORMAT = 2  # 2: store.checkpoint FORMAT 3 checkpoints (one header; format 2 ones fail naming their path)
 MODEL_NAME = "pcb_synth"
 TOP_FRACTION = 35 / 116  # coe/paper.py: the 35 head experts of the 116 a paper task A1 touches
 TOP_SHARE = 0.602  # Fig. 11

@@ -39,7 +39,7 @@ from coserve_jax.train.trainer import TrainSettings, train_experts
 from coserve_jax.types import CLASSIFY_VERDICTS, DETECT_VERDICTS, ExpertInfo, Request, Role
 
 # Bump when the build procedure changes in a way the config fields do not capture.
-ZOO_FORMAT = 2  # 2: checkpoints carry CRC-32 checksums
+ZOO_FORMAT = 3  # 2: checkpoints carry CRC-32 checksums; 3: store.checkpoint FORMAT 3 (uncompressed, one header)
 MODEL_NAME = "pcb_demo"
 # Image seeds: training sets count up from 0; held-out sets live far above.
 _HELDOUT_SEED_BASE = 1_000_000_000

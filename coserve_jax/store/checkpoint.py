@@ -1,32 +1,40 @@
 """One expert = one Orbax checkpoint (no pickle): save, and restore to host or to a device.
 
-Format: the expert's state leaves (in ``jax.tree.leaves`` order of its pure dict) are packed
-into one flat vector per dtype (``flat_float32``) plus ``leaf_sizes`` (int64, one per leaf) to
-check the layout on restore, and a CRC-32 per vector so corrupted weights fail loudly. Orbax's restore cost is per leaf (~0.9 ms each here), and a YOLO
-expert has ~290 leaves, so packing is what makes restores fast. Measured on this machine (2 CPU
-cores, warm page cache, orbax 0.12.8, mean of 20 restores to numpy):
+Format 3: the expert's state leaves (in ``jax.tree.leaves`` order of its pure dict) are packed
+into one flat vector per dtype (``flat_float32``), saved uncompressed by a synchronous
+``Checkpointer(PyTreeCheckpointHandler(use_ocdbt=True, use_compression=False))`` (a save returns
+when the bytes are on disk, so the zoo builder can rename its directory right after), plus one
+small int64 ``header``: the format, each leaf's size (to check the layout) and each vector's
+``checksum`` (so corrupted weights fail loudly). Orbax's restore cost is per leaf (~0.9 ms each
+here) and a YOLO expert has ~290 leaves, so packing is what makes restores fast.
 
-| expert | leaves | StandardCheckpointer, per-leaf | PyTreeCheckpointHandler(use_ocdbt=False), per-leaf | packed (this module) |
+Reads go through ``store.orbax_read`` (Orbax's ``NumpyHandler``, files memory-mapped, vectors
+written straight into numpy buffers, no ``PyTreeCheckpointHandler`` per read). Measured on this
+machine (2 shared CPU cores, warm page cache, orbax 0.12.8; ``python scripts/bench_load.py``, 7
+interleaved rounds, median; raw: every file of the checkpoint read into a new buffer):
+
+| expert | leaves | raw read | format 2 (zstd, PyTree restore, CRC-32) | format 3 (this module) |
 | --- | --- | --- | --- | --- |
-| resnet_tiny, 0.42 MB | 47 | 45 ms | 41 ms | 6 ms (12 ms to a device) |
-| yolo_tiny, 1.8 MB | 291 | 248 ms | 264 ms | 20 ms (22 ms to a device) |
+| yolo_tiny, 1.8 MB | 291 | 1.2 ms | 14 ms (9% of raw) | 3.7-4.1 ms (32-36%) |
+| YOLOv5 d0.33 w0.4, 19.4 MB | 291 | 4.5 ms | 69-73 ms (6%) | 9.0-9.6 ms (50-53%) |
+| ResNet-101, 178.6 MB | 522 | 132 ms | 1,079-1,121 ms (13-15%) | 65-73 ms (181-205%) |
 
-A one-leaf 0.4 MB / 1.8 MB vector restored in 7.6 / 8.3 ms (StandardCheckpointer), 4.6 / 7.1 ms
-(PyTree, no OCDBT) and 3.7 / 6.3 ms (PyTree, OCDBT). We use a synchronous
-``Checkpointer(PyTreeCheckpointHandler(use_ocdbt=True))`` (the fastest; a save returns when the
-bytes are on disk, so the zoo builder can rename its directory right after). Restore to a device
-moves the packed vector with one explicit ``jax.device_put`` onto a ``SingleDeviceSharding`` and
-unpacks it there with one jitted call (cached per layout): per-leaf ``ArrayRestoreArgs`` cost
-+35 to +140 ms.
+What each step bought (``scripts/ablate_load.py``, ``experiments/load_path``): no compression
+(zstd decoded at ~0.25 GB/s), memory-mapped files written straight into a numpy buffer (one
+copy, huge pages, where ``TensorStore.read()`` copies into a buffer faulted in 4 KiB pages), the
+type handler driven directly (``PyTreeCheckpointHandler.restore`` costs ~9 ms per call whatever
+the size), and the block-sum checksum (~9 GB/s; a CRC-32 ran at ~2.2 GB/s). Without any check
+the 20 MB read would be 67-72% of raw: the checksum's one pass over the vector costs ~2 ms.
+Restore to a device moves the packed vector with one explicit ``jax.device_put`` onto a
+``SingleDeviceSharding`` and unpacks it there with one jitted call (cached per layout):
+per-leaf ``ArrayRestoreArgs`` cost +35 to +140 ms.
 """
 
 from __future__ import annotations
 
 import functools
-import logging
+import json
 import os
-import sys
-import threading
 import zlib
 from collections.abc import Callable
 from pathlib import Path
@@ -38,50 +46,22 @@ import numpy as np
 import orbax.checkpoint as ocp
 from flax import nnx
 
+from coserve_jax.store.orbax_read import read_arrays
 
-log = logging.getLogger(__name__)
+
+FORMAT = 3  # 3: uncompressed vectors + an int64 header. 2: zstd, leaf_sizes + whole-vector crc32 arrays
+HEADER = "header"  # int64: FORMAT, each leaf's size, each vector's checksum (in key order)
+_BLOCK_BYTES = 4096  # checksum block
 
 
 class CheckpointError(RuntimeError):
     """An expert's checkpoint is missing or unreadable; the message names expert, path and reason."""
 
 
-_quiet_lock = threading.Lock()
-_quiet_installed = False
-
-
-def _quiet_abandoned_restore_callbacks() -> None:
-    """Silence the leftovers of a failed Orbax restore (installed once, after the first failure).
-
-    When a restore of a corrupt checkpoint fails, tensorstore still completes the reads it had
-    started and hands their results to the restore's asyncio loop, which Orbax has closed by
-    then: each lands in ``sys.unraisablehook`` as "RuntimeError: Event loop is closed", a bare
-    traceback on stderr, seconds later or at exit. The failure itself was already reported
-    (as a ``CheckpointError`` naming expert, path and reason), so these are dropped; every other
-    unraisable exception still reaches the previous hook.
-    """
-    global _quiet_installed
-    with _quiet_lock:
-        if _quiet_installed:
-            return
-        _quiet_installed = True
-        previous = sys.unraisablehook
-
-        def hook(u: Any) -> None:
-            tb = u.exc_traceback
-            while tb is not None and tb.tb_next is not None:
-                tb = tb.tb_next
-            if (isinstance(u.exc_value, RuntimeError) and str(u.exc_value) == "Event loop is closed"
-                    and tb is not None and tb.tb_frame.f_code.co_filename.endswith(os.path.join("asyncio", "base_events.py"))):
-                log.debug("dropped a callback of an abandoned checkpoint restore: %s", u.exc_value)
-                return
-            previous(u)
-
-        sys.unraisablehook = hook
-
-
 def _checkpointer() -> ocp.Checkpointer:
-    return ocp.Checkpointer(ocp.PyTreeCheckpointHandler(use_ocdbt=True))
+    # No compression: weights barely compress (a ResNet-101 by 8% with zstd), and decompressing
+    # ran at ~0.25 GB/s, the slowest step of a restore.
+    return ocp.Checkpointer(ocp.PyTreeCheckpointHandler(use_ocdbt=True, use_compression=False))
 
 
 def _pure(state: Any) -> Any:
@@ -105,12 +85,11 @@ def save_expert(path: str | os.PathLike, state: Any) -> None:
 
 def save_packed(path: str | os.PathLike, flats: dict[str, np.ndarray], leaf_sizes: list[int]) -> None:
     """Save already packed vectors (``flat_<dtype>`` -> 1-D array, leaves in ``leaf_layout``
-    order) with their leaf sizes and checksums: what ``save_expert`` writes, without packing a
-    pytree first (the synthetic zoo draws its weights straight into the vectors)."""
-    packed: dict[str, Any] = {"leaf_sizes": np.asarray(leaf_sizes, np.int64), **flats}
+    order) with the header (format, leaf sizes, checksums): what ``save_expert`` writes, without
+    packing a pytree first (the synthetic zoo draws its weights straight into the vectors)."""
     keys = sorted(flats)
-    packed["crc32"] = np.array([zlib.crc32(memoryview(np.ascontiguousarray(flats[k])).cast("B"))
-                                for k in keys], np.int64)
+    packed: dict[str, Any] = dict(flats)
+    packed[HEADER] = np.array([FORMAT, *leaf_sizes, *(checksum(flats[k]) for k in keys)], np.int64)
     _checkpointer().save(Path(path).absolute(), args=ocp.args.PyTreeSave(packed))
 
 
@@ -187,44 +166,75 @@ def leaf_layout(specs: list | tuple) -> tuple[dict[str, int], list[tuple[str, in
     return dict(layout.lengths), list(layout.leaves)
 
 
+def packed_vectors(specs: list | tuple) -> list[tuple[str, np.dtype, int]]:
+    """(key, dtype, length) of each packed vector ``read_packed`` returns for leaf ``specs``."""
+    layout = _layout(tuple(specs))
+    return [(key, np.dtype(key.removeprefix("flat_")), layout.lengths[key]) for key in layout.keys]
+
+
 def read_packed(path: str | os.PathLike, specs: list[tuple[tuple[int, ...], np.dtype]],
-                expert_id: str | None = None) -> dict[str, np.ndarray]:
+                expert_id: str | None = None, out: dict[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
     """Read an expert's packed vectors from disk into host memory and check them against the
-    leaf ``specs`` (shapes, layout, CRC-32). No device is touched: a reader process runs this."""
+    leaf ``specs`` (format, shapes, leaf layout, checksums). No device is touched: a reader
+    process runs this. ``out``: buffers to read vectors into (by key, e.g. ``flat_float32``)."""
     path = Path(path).absolute()
     who = expert_id or "<unnamed expert>"
     if not path.is_dir():
         raise CheckpointError(f"expert {who}: checkpoint {path} is missing (no such directory)")
     layout = _layout(tuple(specs))
-    item: dict[str, Any] = {"leaf_sizes": jax.ShapeDtypeStruct((len(specs),), np.int64)}
-    item["crc32"] = jax.ShapeDtypeStruct((len(layout.keys),), np.int64)
-    for key in layout.keys:
-        item[key] = jax.ShapeDtypeStruct((layout.lengths[key],), np.dtype(key.removeprefix("flat_")))
-    restore_args = {k: ocp.RestoreArgs(restore_type=np.ndarray) for k in item}
+    shapes = {HEADER: (1 + len(specs) + len(layout.keys),)}
+    shapes.update({key: (layout.lengths[key],) for key in layout.keys})
     try:
-        packed = _checkpointer().restore(path, args=ocp.args.PyTreeRestore(item=item, restore_args=restore_args))
+        packed = read_arrays(path, list(shapes), out)
     except Exception as e:  # Orbax/tensorstore raise many types; all mean "unreadable".
-        _quiet_abandoned_restore_callbacks()
+        if _older_format(path):
+            raise CheckpointError(f"expert {who}: checkpoint {path} is of an older format (no {HEADER!r}; "
+                                  f"this version reads format {FORMAT}): rebuild it") from e
         raise CheckpointError(
             f"expert {who}: checkpoint {path} is corrupt or unreadable: {type(e).__name__}: {e}"
         ) from e
-    _check_layout(packed, item, layout, who, path)
+    _check(packed, shapes, layout, who, path)
     return packed
 
 
-def _check_layout(packed: dict, item: dict, layout: _Layout, who: str, path: Path) -> None:
-    for key, want in item.items():
+def _older_format(path: Path) -> bool:
+    """Whether the checkpoint's Orbax tree is an earlier layout's (format 2: ``leaf_sizes``, ``crc32``)."""
+    try:
+        keys = json.loads((path / "_METADATA").read_text())["tree_metadata"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+    return "('leaf_sizes',)" in keys and f"('{HEADER}',)" not in keys
+
+
+def _check(packed: dict, shapes: dict, layout: _Layout, who: str, path: Path) -> None:
+    for key, want in shapes.items():
         got = packed.get(key)
-        if got is None or tuple(got.shape) != tuple(want.shape):
+        if got is None or tuple(got.shape) != want:
             raise CheckpointError(
                 f"expert {who}: checkpoint {path} array {key!r} has shape "
-                f"{None if got is None else tuple(got.shape)}, expected {tuple(want.shape)} (another architecture?)"
+                f"{None if got is None else tuple(got.shape)}, expected {want} (another architecture?)"
             )
-    if packed["leaf_sizes"].tolist() != layout.sizes:
+    header, n = packed[HEADER].tolist(), len(layout.sizes)
+    if header[0] != FORMAT:
+        raise CheckpointError(f"expert {who}: checkpoint {path} is of format {header[0]}, this version reads {FORMAT}")
+    if header[1: 1 + n] != layout.sizes:
         raise CheckpointError(f"expert {who}: checkpoint {path} leaf layout differs from the architecture's")
-    got = [zlib.crc32(np.ascontiguousarray(packed[k]).tobytes()) for k in layout.keys]
-    if got != packed["crc32"].tolist():
+    if header[1 + n:] != [checksum(packed[k]) for k in layout.keys]:
         raise CheckpointError(f"expert {who}: checkpoint {path} is corrupt: weight checksum mismatch")
+
+
+def checksum(vector: np.ndarray) -> int:
+    """A packed vector's check value: the CRC-32 of its 4 KiB blocks' sums (as uint64 words,
+    wrapping), then of its trailing partial block. It reads the vector once, without a copy, at
+    ~9 GB/s here, where ``zlib.crc32`` runs at ~2.2 GB/s: a CRC-32 of a 20 MB expert took
+    longer than reading its files. It catches any change within one 8-byte word (every single
+    bit flip), zeroed, truncated or garbage data, and moved blocks (unless their sums are equal),
+    but not words swapped within a block, nor changes whose sums cancel within a block.
+    """
+    flat = np.ascontiguousarray(vector).reshape(-1).view(np.uint8)
+    n = len(flat) // _BLOCK_BYTES * _BLOCK_BYTES
+    sums = flat[:n].view("<u8").reshape(-1, _BLOCK_BYTES // 8).sum(axis=1, dtype="<u8")
+    return zlib.crc32(flat[n:], zlib.crc32(sums))
 
 
 def _unpack_host(packed: dict, specs: list) -> list[np.ndarray]:

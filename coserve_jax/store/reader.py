@@ -13,19 +13,31 @@ copy them to the device, unpack) run under this process's GIL. Measured on this 
 | Orbax restore in a loader thread | 8.4 ms | 124 ms (max 186) | 11.8 ms, 2,086 img/s |
 | reader process, vectors sent back over a pipe | 5.6 ms | 65 ms (max 91) | 10.0 ms, 2,186 img/s |
 
-(Re-measured 2026-11-29 with the flat-leaves engine: 10 reads per cell; serving figures are
-medians of 3 interleaved runs. The never-yielding thread is a worst case: the device copy and
-unpack still wait for it.)
+(Measured 2026-11-29 with the flat-leaves engine and checkpoint format 2: 10 reads per cell;
+serving figures are medians of 3 interleaved runs. The never-yielding thread is a worst case:
+the device copy and unpack still wait for it.) With format 3 (``store.orbax_read`` blocks on
+TensorStore instead of handing work between asyncio and TensorStore threads) two runs of the
+same script on this machine, busier now (load average 3-5), gave: loader thread 7.1 / 20.1 ms
+alone, 35 / 39 ms beside the busy thread; reader process 10.5 / 9.2 ms and 37 / 24 ms; serving
+12.2 / 8.3 ms per load and 1,042 / 1,174 img/s with loader threads, 10.1 / 12.3 ms and
+1,034 / 910 img/s with reader processes: no longer a clear difference.
 
-So the real backend reads through a ``ProcessReader``: ``processes`` spawned workers, each
-running ``read_packed`` (Orbax read + layout and CRC checks, host memory only) and sending the
-packed vectors back; the loader thread then copies them to the device and unpacks them there.
+So the real backend reads through a ``ProcessReader`` by default: ``processes`` spawned workers, each
+running ``read_packed`` (Orbax read + layout and checksum checks, host memory only) into a
+staging buffer it shares with this process (a memfd, grown when an expert needs more, its
+descriptor passed once; it stays as large as the largest expert that worker has read, outside
+the host budget); the caller copies the vectors out, which frees the buffer for the worker's
+next read, and the loader thread then copies them to the device and unpacks them there.
+Pickling the vectors back through the pipe instead took 904 ms for a 170 MB ResNet-101 and
+102 ms for a 20 MB YOLO; the shared buffer, 102 and 15 ms (the same read in this process: 59-93
+and 11 ms; ``scripts/bench_load.py``, 5 interleaved rounds each, ``experiments/load_path``).
 A worker that dies is replaced, and its read fails with a ``CheckpointError``.
 """
 
 from __future__ import annotations
 
 import contextlib
+import mmap
 import os
 import queue
 import subprocess
@@ -33,16 +45,31 @@ import sys
 import threading
 import weakref
 from multiprocessing.connection import Connection, Pipe
+from multiprocessing.reduction import recv_handle, send_handle
 
 import jax
 import numpy as np
 
-from coserve_jax.store.checkpoint import CheckpointError, read_packed
+from coserve_jax.store.checkpoint import HEADER, CheckpointError, packed_vectors, read_packed
+
+_ALIGN = 4096  # each vector starts on a page of the staging buffer
+_POPULATE = getattr(mmap, "MAP_POPULATE", 0)  # fault every page in at once (Linux)
+
+
+def _places(specs: list) -> tuple[list[tuple[str, np.dtype, int, int]], int]:
+    """(key, dtype, length, offset) of each packed vector in a staging buffer, and its bytes."""
+    places, end = [], 0
+    for key, dtype, n in packed_vectors(specs):
+        places.append((key, dtype, n, end))
+        end += -(-n * dtype.itemsize // _ALIGN) * _ALIGN
+    return places, end
 
 
 def _serve(conn: Connection) -> None:
-    """Worker process: read requests until None (or the pipe closes)."""
+    """Worker process: read requests until None (or the pipe closes). Vectors go into a shared
+    staging buffer, grown (and its descriptor sent to the caller) when an expert needs more."""
     jax.config.update("jax_platforms", "cpu")  # a reader never needs (or grabs) an accelerator
+    staging: mmap.mmap | None = None
     while True:
         try:
             msg = conn.recv()
@@ -52,7 +79,22 @@ def _serve(conn: Connection) -> None:
             return
         path, specs, expert_id = msg
         try:
-            conn.send(("ok", read_packed(path, specs, expert_id)))
+            places, size = _places(specs)
+            if staging is None or len(staging) < size:
+                size = -(-size // (1 << 20)) << 20  # whole MiB
+                fd = os.memfd_create("coserve-reader-staging", os.MFD_CLOEXEC)
+                try:
+                    os.ftruncate(fd, size)
+                    # Not closed: the old map goes when its last view does (a failed read's
+                    # traceback may hold one until the next garbage collection).
+                    staging = mmap.mmap(fd, size, flags=mmap.MAP_SHARED | _POPULATE)
+                    conn.send(("staging", size))
+                    send_handle(conn, fd, os.getppid())
+                finally:
+                    os.close(fd)
+            out = {key: np.frombuffer(staging, dtype, n, off) for key, dtype, n, off in places}
+            header = read_packed(path, specs, expert_id, out=out)[HEADER]
+            conn.send(("ok", (header, places)))
         except CheckpointError as e:
             conn.send(("error", str(e)))
         except Exception as e:  # noqa: BLE001 - every failure goes back to the caller
@@ -71,6 +113,7 @@ class _Worker:
 
     def __init__(self) -> None:
         self.conn, child = Pipe()
+        self.staging: mmap.mmap | None = None  # this side's map of the worker's staging buffer
         fd = child.fileno()
         self.proc = subprocess.Popen([sys.executable, "-m", "coserve_jax.store.reader", str(fd)],
                                      pass_fds=(fd,), stdin=subprocess.DEVNULL)
@@ -93,6 +136,26 @@ class _Worker:
                 self.proc.kill()
                 self.proc.wait()
         self.conn.close()
+        self.staging = None
+
+    def receive(self) -> tuple[str, object]:
+        """The worker's reply to a read, mapping its staging buffer anew when it grew."""
+        msg = self.conn.recv()
+        if msg[0] == "staging":
+            fd = recv_handle(self.conn)
+            try:
+                self.staging = mmap.mmap(fd, msg[1], flags=mmap.MAP_SHARED | _POPULATE, prot=mmap.PROT_READ)
+            finally:
+                os.close(fd)
+            msg = self.conn.recv()
+        return msg
+
+    def copy_out(self, header: np.ndarray, places: list) -> dict[str, np.ndarray]:
+        """The vectors the worker left in the staging buffer, copied into this process's memory
+        (the buffer is the worker's again for its next read)."""
+        packed = {key: np.frombuffer(self.staging, dtype, n, off).copy() for key, dtype, n, off in places}
+        packed[HEADER] = header
+        return packed
 
 
 class ProcessReader:
@@ -123,7 +186,9 @@ class ProcessReader:
         w = self._idle.get()
         try:
             w.conn.send((str(path), specs, expert_id))
-            status, payload = w.conn.recv()
+            status, payload = w.receive()
+            if status == "ok":
+                payload = w.copy_out(*payload)
         except (EOFError, OSError) as e:
             code = w.exitcode
             with self._lock:
