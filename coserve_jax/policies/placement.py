@@ -9,7 +9,6 @@
 from __future__ import annotations
 
 import weakref
-
 from collections.abc import Callable, Mapping
 
 from coserve_jax.policies.base import EngineView
@@ -62,7 +61,7 @@ class NextGroup:
         self.depth = _per_kind(depth, "depth")
         self.max_inflight = _per_kind(max_inflight, "max_inflight")
         self.fastest_kind_only = fastest_kind_only
-        # executor -> ((queue version, pool version), answer): the loop asks after every event,
+        # executor -> ((queue version, pool version, kind), answer): the loop asks after every event,
         # mostly with nothing changed, and a scan walks the whole queue when the pool holds it all
         self._memo: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
