@@ -22,6 +22,7 @@ from coserve_jax.store.broken import log_broken_once
 from coserve_jax.store.pool import Pool
 from coserve_jax.types import LoadJob, Tier
 
+# The engine loop's logger: its load messages read as the loop's, as before the split.
 log = logging.getLogger("coserve_jax.engine.loop")
 
 # A missing or corrupt checkpoint fails every load of that expert, in every run of the process:
