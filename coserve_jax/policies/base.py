@@ -197,18 +197,17 @@ def _ns(seconds: float) -> int:
 
 class _QueueMemo:
     """Per-executor memo for the queue predictions: the queue's total in integer nanoseconds (so
-    updating it change by change gives exactly what a rescan gives), each (expert, group size)'s
-    execution and each expert's load nanoseconds. Valid for one (pool, host cache) version; the
+    updating it change by change gives exactly what a rescan gives), each (architecture, group
+    size)'s execution and each expert's load nanoseconds. Valid for one (pool, host cache) version; the
     total follows the executor's queue changes (``ExecutorView.changes``)."""
 
-    __slots__ = ("version", "pool_version", "cache_version", "total_ns", "exec_ns", "arch_exec_ns", "load_ns")
+    __slots__ = ("version", "pool_version", "cache_version", "total_ns", "exec_ns", "load_ns")
 
     def __init__(self) -> None:
         self.version = self.pool_version = -1
         self.cache_version: int | None = -1
         self.total_ns = 0
-        self.exec_ns: dict[tuple[str, int], int] = {}  # (expert, tasks) -> ns
-        self.arch_exec_ns: dict[tuple[str, int], int] = {}  # (architecture, tasks) -> ns
+        self.exec_ns: dict[tuple[str, int], int] = {}  # (architecture, tasks) -> ns
         self.load_ns: dict[str, int] = {}
 
 
@@ -228,13 +227,10 @@ def _memo(view: EngineView, ex: ExecutorView) -> _QueueMemo:
 
 
 def _exec_ns(memo: _QueueMemo, view: EngineView, ex: ExecutorView, expert_id: str, n: int) -> int:
-    ns = memo.exec_ns.get((expert_id, n))
-    if ns is None:  # experts of one architecture share their execution times
-        arch = view.graph.experts[expert_id].arch
-        ns = memo.arch_exec_ns.get((arch, n))
-        if ns is None:
-            ns = memo.arch_exec_ns[(arch, n)] = _ns(group_exec_s(view, ex, expert_id, n))
-        memo.exec_ns[(expert_id, n)] = ns
+    key = (view.graph.experts[expert_id].arch, n)  # experts of one architecture share their times
+    ns = memo.exec_ns.get(key)
+    if ns is None:
+        ns = memo.exec_ns[key] = _ns(group_exec_s(view, ex, expert_id, n))
     return ns
 
 
