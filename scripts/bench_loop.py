@@ -10,28 +10,44 @@ is host seconds spent in assign/arrange/eviction ranking/prefetch), per request,
 ``--rounds`` interleaved rounds (median and min). The real engine pays the same Python per
 request on top of its forwards and loads; the default run's ``time_s.scheduling`` share of wall
 time is what issue #18 bounds (<= 3%). Compare two commits by running this in each checkout.
+
+``--micro`` instead times the loop's ``_enqueue`` (assign + arrange + enqueue) alone: 5,000
+tasks of 60 experts over 2 executors with LatencyAware arranging, on a simulated engine with no
+requests in flight (thread CPU time per task).
 """
 
 from __future__ import annotations
 
 import argparse
+import random
 import statistics
 import sys
 import tempfile
 import time
 
 from coserve_jax.api import run_experiment
+from coserve_jax.coe.graph import CoEGraph, ComponentType
+from coserve_jax.coe.synthetic import synthetic_cost
 from coserve_jax.engine.loop import EngineLoop
+from coserve_jax.engine.sim import SimBackend
+from coserve_jax.engine.state import ExecutorState
+from coserve_jax.policies.eviction import LRU
+from coserve_jax.policies.scheduling import LatencyAware
+from coserve_jax.store.pool import Pool
+from coserve_jax.types import ExpertInfo, Role, Task
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--arms", nargs="+", default=["coserve", "coserve_plus", "all_resident"])
     ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--micro", action="store_true", help="time _enqueue alone (see above)")
     ap.add_argument("overrides", nargs="*", help="extra Hydra overrides")
     args = ap.parse_args(argv)
     if args.rounds < 1:
         ap.error("--rounds must be >= 1")
+    if args.micro:
+        return micro(args.rounds)
 
     loop_cpu: list[float] = []
     orig = EngineLoop.run
@@ -62,6 +78,29 @@ def main(argv: list[str] | None = None) -> int:
     for arm, r in rows.items():
         print(f"| {arm} | {statistics.median(r['loop']) * 1e6:.1f} [{min(r['loop']) * 1e6:.1f}] "
               f"| {statistics.median(r['sched']) * 1e6:.1f} [{min(r['sched']) * 1e6:.1f}] |")
+    return 0
+
+
+def micro(rounds: int, n_types: int = 60, n_tasks: int = 5000) -> int:
+    """``_enqueue`` per task on a fresh simulated engine per round (median and min of rounds)."""
+    rnd = random.Random(0)
+    experts = [ExpertInfo(f"cls_{i}", Role.PRELIMINARY, "cls", 4_000_000, (32, 32, 3)) for i in range(n_types)]
+    graph = CoEGraph(experts, [ComponentType(f"t{i}", f"cls_{i}", None, 1 / n_types, 0.0) for i in range(n_types)])
+    tasks = [Task(i, f"cls_{rnd.randrange(n_types)}", 0, 0.0) for i in range(n_tasks)]
+    per_task = []
+    for _ in range(rounds):
+        backend = SimBackend(1)
+        executors = [ExecutorState(i, "cpu", 0, Pool(f"ex{i}:cpu", "cpu", 100_000_000), {"cls": 16}, backend.now)
+                     for i in range(2)]
+        engine = EngineLoop(graph=graph, cost=synthetic_cost(max_batch=16), executors=executors, host_cache=None,
+                            scheduler=LatencyAware(arranging=True), eviction=LRU(), host_eviction=LRU(),
+                            initialiser=None, prefetcher=None, backend=backend, routing="trace")
+        t = time.thread_time()
+        for task in tasks:
+            engine._enqueue(task)
+        per_task.append((time.thread_time() - t) / n_tasks)
+    print(f"_enqueue: {statistics.median(per_task) * 1e6:.1f} us per task (min {min(per_task) * 1e6:.1f}; "
+          f"{n_tasks} tasks, {n_types} experts, 2 executors, {rounds} rounds)")
     return 0
 
 
