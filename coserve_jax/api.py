@@ -20,7 +20,7 @@ from typing import Any
 from omegaconf import DictConfig
 
 from coserve_jax.config import ConfigError, RunConfig, as_run_config
-from coserve_jax.engine.events import Arrival
+from coserve_jax.engine.events import Arrival, Preload
 from coserve_jax.engine.loop import EngineLoop
 from coserve_jax.jobs.prepare import prepare_runner
 from coserve_jax.jobs.serve import median_run, run_experiment
@@ -118,16 +118,26 @@ class Engine:
 
     def submit(self, image: Any, component_type: str) -> concurrent.futures.Future:
         """Queue one component image; the Future resolves to {"verdict", "experts", "latency_s"}."""
-        if self._closing.is_set():
-            raise RuntimeError("engine is closed")
+        self._ensure_started()
         with self._lock:
-            if self._engine is None:
-                self._start()
             rid = next(self._ids)
             fut: concurrent.futures.Future = concurrent.futures.Future()
             self._futures[rid] = fut
         self._engine.backend.post(Arrival(Request(rid, component_type, 0.0), image))
         return fut
+
+    def preload(self, experts: Sequence[str]) -> None:
+        """Ask the serving loop to hold these experts (hottest first; ``EngineLoop.preload``):
+        a serving replica's working set, sent when the router's partition gives it one."""
+        self._ensure_started()
+        self._engine.backend.post(Preload(tuple(experts)))
+
+    def _ensure_started(self) -> None:
+        if self._closing.is_set():
+            raise RuntimeError("engine is closed")
+        with self._lock:
+            if self._engine is None:
+                self._start()
 
     def close(self, timeout_s: float = 60.0) -> None:
         """Finish in-flight requests, then stop the threads."""

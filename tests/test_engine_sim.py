@@ -416,3 +416,24 @@ def test_backends_implement_their_protocols():
                     f"{backend.__name__}.{name}{inspect.signature(getattr(backend, name))} != {proto.__name__}.{name}{sig}")
     assert {"now", "start_load", "next_event", "close"} <= set(methods(Backend))
     assert {"post", "has_events", "bind_pool"} <= set(methods(OnlineBackend))
+
+
+def test_preload_holds_a_working_set_evicting_only_experts_outside_it():
+    """``EngineLoop.preload`` (a router's working set for a serving replica): experts no pool
+    holds are dealt over the executors; room is made by evicting only experts outside the set;
+    what no pool can fit is skipped; a held expert is not loaded twice."""
+    from coserve_jax.policies.eviction import LRU
+    from coserve_jax.policies.scheduling import FCFS
+    from tests.helpers import MB, graph_of, make_resident, sim_engine
+
+    g = graph_of({"a": 0.25, "b": 0.25, "c": 0.25, "d": 0.25, "e": 0.0}, sizes={"cls_e": 20 * MB})
+    eng = sim_engine(g, FCFS(), LRU(), pool_bytes=[9 * MB, 9 * MB])
+    ex0, ex1 = eng.executors
+    make_resident(ex0.pool, ("cls_a", 4 * MB), ("cls_b", 4 * MB))
+    assert eng.preload(["cls_c", "cls_a", "cls_e", "cls_d"]) == 2  # a held, e fits no pool
+    while eng.busy:
+        assert eng.step(None)
+    assert set(ex0.pool.resident) == {"cls_a", "cls_c"}  # b (outside the set) made room for c
+    assert set(ex1.pool.resident) == {"cls_d"}
+    assert eng.metrics.evictions == 1
+    assert eng.preload(["cls_c", "cls_a", "cls_d"]) == 0  # all held: nothing to do

@@ -135,8 +135,6 @@ def test_healthz_and_prometheus_metrics(server, real):
         assert name in text, name
 
 
-@pytest.mark.xfail(strict=False, reason="per-replica routing stats did not reach the ingress's router within 30 s "
-                                        "in two runs on a loaded 2-core machine; not yet diagnosed")
 def test_per_replica_stats_reach_metrics(server, real):
     from coserve_jax.serve.decode import encode_npy
 
@@ -152,3 +150,32 @@ def test_per_replica_stats_reach_metrics(server, real):
     for name in ("coserve_replica_queue_depth{", "coserve_replica_pool_bytes{", "coserve_replica_switches_total{",
                  "coserve_replica_load_seconds_bucket{"):
         assert name in text, name
+
+
+def test_each_replica_preloads_its_working_set(server, real):
+    """The affinity router's partition gives each replica a working set; the ingress has each
+    replica load it (here after the kill above too: the restarted replica gets a new one)."""
+    from coserve_jax.serve.decode import encode_npy
+
+    ctype, img = _images(real, 1)[0]
+    assert post(server.url, ctype, encode_npy(img))[0] == 200
+    graph = real.model.graph
+
+    def preloaded(d: dict) -> bool:
+        # Every expert it holds is in its set, and the set is held whole or the next expert of
+        # it would not fit beside what is held.
+        ws, held = d.get("working_set"), set(d.get("working_set_held", ()))
+        if not ws or len(held) != d["experts"]:
+            return False
+        missing = [e for e in ws if e not in held]
+        return not missing or d["expert_bytes_used"] + graph.experts[missing[0]].param_bytes > d["expert_bytes"]
+
+    deadline = time.time() + 60
+    while True:
+        with urllib.request.urlopen(f"{server.url}/healthz", timeout=10) as r:
+            health = json.load(r)
+        done = len(health["detail"]) == 2 and all(preloaded(d) for d in health["detail"].values())
+        if done or time.time() > deadline:
+            break
+        time.sleep(0.5)
+    assert done, health

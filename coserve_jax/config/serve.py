@@ -30,6 +30,7 @@ class ServeConfig:
     replica_num_cpus: float = 0.5
     replica_overrides: tuple[str, ...] = ()
     routing_stats_period_s: float = 0.5
+    preload: bool = True  # the ingress sends each replica its working set (partitioning routers)
     host: str = "127.0.0.1"
     port: int = 8000
     max_body_bytes: int = 8 << 20
@@ -80,6 +81,9 @@ def parse_serve(raw: Mapping[str, Any] | None) -> ServeConfig:
     if not isinstance(host, str) or not host:
         raise ConfigError(f"serve.http.host: must be a host name or address, got {host!r}")
     arm = raw.get("arm") or routers[name].arm
+    preload = rep.get("preload", True)
+    if not isinstance(preload, bool):
+        raise ConfigError(f"serve.replica.preload: must be true or false, got {preload!r}")
     return ServeConfig(
         replicas=_num(raw, "replicas", "serve.replicas", int, 1),
         router=routers[name], arm=arm, routers=routers,
@@ -89,6 +93,7 @@ def parse_serve(raw: Mapping[str, Any] | None) -> ServeConfig:
         replica_overrides=tuple(overrides),
         routing_stats_period_s=_num(rep, "routing_stats_period_s", "serve.replica.routing_stats_period_s",
                                     float, 0.01),
+        preload=preload,
         host=host,
         port=_num(http, "port", "serve.http.port", int, 0),
         max_body_bytes=_num(http, "max_body_bytes", "serve.http.max_body_bytes", int, 1),

@@ -42,7 +42,14 @@ class Arrival:
     image: Any = None
 
 
-Event = LoadDone | BatchDone | Arrival
+@dataclasses.dataclass(frozen=True)
+class Preload:
+    """An online request to hold these experts (a router's working set, hottest first)."""
+
+    experts: tuple[str, ...]
+
+
+Event = LoadDone | BatchDone | Arrival | Preload
 
 
 class Backend(Protocol):
@@ -63,6 +70,6 @@ class OnlineBackend(Backend, Protocol):
     """A backend that serves while requests come (the real one): submissions enter as events,
     and each pool's weights live on a device the runner binds."""
 
-    def post(self, arrival: Arrival) -> None: ...
+    def post(self, event: Arrival | Preload) -> None: ...
     def has_events(self) -> bool: ...  # completions or submissions wait for the loop
     def bind_pool(self, pool_id: str, device: Any) -> None: ...  # a jax.Device; None: the host cache

@@ -119,6 +119,26 @@ class LoadSide:
         self.backend.start_load(job)
         return True
 
+    def preload(self, experts: Sequence[str]) -> int:
+        """Hold these experts (a router's working set for this replica, hottest first): each
+        one no pool holds is loaded into the next executor's pool in turn that can make room,
+        evicting by policy only experts outside the set that no queued or running work needs.
+        An expert no pool can fit is skipped. Returns the number of loads started."""
+        keep = set(experts)
+        started = 0
+        turn = 0
+        for e in experts:
+            if e not in self.graph.experts or any(ex.pool.holds(e) for ex in self._executors):
+                continue
+            n = len(self._executors)
+            for k in range(n):
+                ex = self._executors[(turn + k) % n]
+                if self._begin_load(ex, e, prefetch=True, protect=keep | needed_experts(self._executors, ex.pool)):
+                    started += 1
+                    turn = (turn + k + 1) % n
+                    break
+        return started
+
     def _prefetch(self, ex: ExecutorState) -> None:
         if not ex.groups or len(ex.pool.loading) >= self.prefetcher.inflight_limit(ex.kind):
             return  # bounded loads per pool: a prefetch must not crowd out a demand load

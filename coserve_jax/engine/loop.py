@@ -21,7 +21,7 @@ from typing import Any
 
 from coserve_jax.coe.graph import CoEGraph, UnknownComponentError
 from coserve_jax.cost.model import CostModel
-from coserve_jax.engine.events import Arrival, Backend, BatchDone, Event, LoadDone
+from coserve_jax.engine.events import Arrival, Backend, BatchDone, Event, LoadDone, Preload
 from coserve_jax.engine.loads import BROKEN, LoadSide
 from coserve_jax.engine.memory import fit_batch
 from coserve_jax.engine.oracle import TraceFuture
@@ -289,6 +289,8 @@ class EngineLoop(LoadSide):
             self._on_batch_done(ev)
         elif isinstance(ev, Arrival):
             self._arrive(ev.request, ev.image)
+        elif isinstance(ev, Preload):
+            self.preload(ev.experts)
         if self.check_invariants:
             self.check()
 

@@ -41,7 +41,7 @@ import jax
 import numpy as np
 from flax import nnx
 
-from coserve_jax.engine.events import Arrival, BatchDone, Event, LoadDone
+from coserve_jax.engine.events import Arrival, BatchDone, Event, LoadDone, Preload
 from coserve_jax.store.checkpoint import CheckpointError, leaf_specs, leaves_to_state, read_packed, unpack_to_device
 from coserve_jax.store.disk import drop_page_cache
 from coserve_jax.store.host_tier import NUMPY, HostCopy, resolve_tier, to_host
@@ -262,9 +262,9 @@ class RealBackend:
         """Whether completions or submissions are waiting for the loop."""
         return self._held is not None or not self._events.empty()
 
-    def post(self, arrival: Arrival) -> None:
-        """Online submissions enter the loop as events."""
-        self._put(arrival)
+    def post(self, event: Arrival | Preload) -> None:
+        """Online submissions (and preload requests) enter the loop as events."""
+        self._put(event)
 
     def bind_pool(self, pool_id: str, device: jax.Device | None) -> None:
         """Declare where a pool's weights live (None: the host cache)."""

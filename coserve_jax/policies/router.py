@@ -280,6 +280,15 @@ class Affinity:
         self._since_build = 0
         return self.partition
 
+    def ensure_plan(self, view: ClusterView) -> Partition:
+        """The partition for the alive replicas: built at the start, rebuilt when the set changed."""
+        alive_ids = {r.replica_id for r in _alive(view)}
+        if self.partition is None:
+            return self.plan(view, "start")
+        if set(self.partition.replicas) != alive_ids:
+            return self.plan(view, "replicas")
+        return self.partition
+
     def initial_experts(self, view: ClusterView, replica_id: Hashable) -> list[str]:
         """The experts this replica should load before serving: its working set, hottest first."""
         p = self.partition or self.plan(view)
@@ -324,15 +333,11 @@ class Affinity:
     # -- routing ------------------------------------------------------------------------------
     def route(self, view: ClusterView, component_type: str) -> Hashable:
         alive = _alive(view)
-        alive_ids = tuple(r.replica_id for r in alive)
         self._window.append(component_type)
         self._since_build += 1
         self._since_check += 1
-        if self.partition is None:
-            self.plan(view, "start")
-        elif set(self.partition.replicas) != set(alive_ids):
-            self.plan(view, "replicas")
-        elif self._since_check >= max(1, self.drift_window // 4):
+        previous = self.partition
+        if self.ensure_plan(view) is previous and self._since_check >= max(1, self.drift_window // 4):
             self._since_check = 0
             if self._drifted(view):
                 self.plan(view, "drift")

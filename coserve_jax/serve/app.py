@@ -2,7 +2,8 @@
 
 - ``Replica`` (deployment, ``serve.replicas`` replicas): one online ``coserve_jax.api.Engine``
   (one arm, its own budget and devices). ``infer(component_type, image)`` serves one image;
-  ``record_routing_stats`` reports what the router and /metrics read.
+  ``preload(experts)`` loads its working set; ``record_routing_stats`` reports what the router
+  and /metrics read.
 - ``Ingress`` (deployment, one replica, FastAPI): ``POST /v1/infer?component_type=...`` with the
   image as ``.npy`` bytes or a PNG -> ``{verdict, experts, latency_s, replica}``; ``GET /healthz``;
   ``GET /metrics`` (Prometheus text from prometheus-client); ``GET /v1/types``. It calls the
@@ -10,6 +11,9 @@
   ``CoERequestRouter``. A request whose replica died is sent again (``serve.http.retries``);
   every request ends with a response: 200, 4xx with the reason (bad request), 503 (no replica
   could serve it, with the reason) or 504 (unanswered within ``serve.http.request_timeout_s``).
+  With ``serve.replica.preload`` and a partitioning router (affinity) a background task sends
+  each replica the working set the partition gives it, at the start and after every
+  re-partition (a replica died, the mix drifted), so its first requests find their experts.
 """
 
 
@@ -34,7 +38,8 @@ from coserve_jax.api import RequestFailed
 from coserve_jax.coe.graph import UnknownComponentError
 from coserve_jax.serve.decode import BadRequest, check_image, decode_image
 from coserve_jax.serve.replica_engine import LOAD_BUCKETS_S, ReplicaEngine
-from coserve_jax.serve.router import CoERequestRouter, graph_to_dict, replica_stats
+from coserve_jax.serve import board
+from coserve_jax.serve.router import CoERequestRouter, graph_to_dict
 
 log = logging.getLogger("coserve_jax.serve")
 
@@ -81,6 +86,15 @@ class Replica:
         finally:
             self.pending -= 1
 
+    async def preload(self, experts: list[str], target_replica: str | None = None) -> int:
+        """Load these experts (its working set in the router's partition; ``target_replica``
+        is for the router): the engine starts what fits without evicting them."""
+        unknown = [e for e in experts if e not in self.graph.experts]
+        if unknown:
+            raise ValueError(f"preload: unknown experts {unknown[:5]}")
+        self.engine.preload(experts)
+        return len(experts)
+
     def record_routing_stats(self) -> dict[str, Any]:
         return {**self.engine.stats(), "pending": self.pending, "completed": self.completed,
                 "failed": self.failed, "pid": os.getpid()}
@@ -98,7 +112,7 @@ class _ReplicaCollector:
     """Per-replica gauges and counters from the replicas' last routing stats."""
 
     def collect(self):
-        stats = replica_stats()
+        stats = board.replica_stats()
         q = GaugeMetricFamily("coserve_replica_queue_depth", "Requests pending on the replica", labels=["replica"])
         pool = GaugeMetricFamily("coserve_replica_pool_bytes", "Bytes used in the replica's pools",
                                  labels=["replica", "pool"])
@@ -151,6 +165,36 @@ class Ingress:
                                  registry=self.registry,
                                  buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30))
         self.registry.register(_ReplicaCollector())
+        self.preload = bool(settings.get("preload", True))
+        self.preload_period_s = float(settings.get("preload_period_s", 1.0))
+        self._sent: dict[str, tuple[str, ...]] = {}  # working set last sent to each replica
+        self._preloader: asyncio.Task | None = None
+        with contextlib.suppress(RuntimeError):  # no running loop here: the first request starts it
+            self._start_preloader()
+
+    def _start_preloader(self) -> None:
+        if self.preload and self._preloader is None:
+            self._preloader = asyncio.get_running_loop().create_task(self._preload_loop())
+
+    async def _preload_loop(self) -> None:
+        """Send each replica its working set whenever the router's partition gives it a new one
+        (at the start, after a replica died or the mix drifted). Ray creates the handle's router
+        on first use, so until one has seen the replicas an empty preload goes to any replica."""
+        while True:
+            try:
+                if not board.router_started():
+                    await asyncio.wait_for(self.replicas.preload.remote(experts=[], target_replica=None), 30.0)
+                for rid, experts in board.plans().items():
+                    if self._sent.get(rid) != experts:
+                        await asyncio.wait_for(self.replicas.preload.remote(experts=list(experts), target_replica=rid),
+                                               30.0)
+                        self._sent[rid] = experts
+                        log.info("replica %s: preloading its working set of %d experts", rid, len(experts))
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:  # noqa: BLE001 - a dead or busy replica: try again next period
+                log.warning("preload: %s: %s", type(e).__name__, e)
+            await asyncio.sleep(self.preload_period_s)
 
     def _reply(self, status: int, body: dict[str, Any], reason: str | None = None) -> JSONResponse:
         self.requests.labels(str(status)).inc()
@@ -161,6 +205,7 @@ class Ingress:
     @app.post("/v1/infer")
     async def infer(self, request: Request, component_type: str | None = None) -> JSONResponse:
         t0 = time.perf_counter()
+        self._start_preloader()
         try:
             if not component_type:
                 raise BadRequest(400, "missing query parameter component_type")
@@ -212,8 +257,19 @@ class Ingress:
 
     @app.get("/healthz")
     async def healthz(self) -> JSONResponse:
-        stats = replica_stats()
-        return JSONResponse({"status": "ok", "replicas": len(stats)})
+        """The running replicas; for each: requests pending, experts held, the bytes its pools
+        use and hold for experts, and with a partitioning router its working set (hottest
+        first) and the part of it the replica holds."""
+        stats, plans = board.replica_stats(), board.plans()
+        detail = {}
+        for rid, s in sorted(stats.items()):
+            held = set(s.get("held", ()))
+            detail[rid] = {"pending": s.get("pending", 0), "experts": len(held),
+                           "expert_bytes_used": sum(s.get("pool_bytes", {}).values()),
+                           "expert_bytes": s.get("expert_bytes", 0)}
+            if rid in plans:
+                detail[rid].update(working_set=list(plans[rid]), working_set_held=sorted(held.intersection(plans[rid])))
+        return JSONResponse({"status": "ok", "replicas": len(stats), "detail": detail})
 
     @app.get("/v1/types")
     async def types(self) -> JSONResponse:
@@ -240,7 +296,8 @@ def build_app(cfg: Mapping[str, Any], serve_cfg: Any, graph: Any) -> Any:
     ).bind(dict(cfg), serve_cfg.arm, serve_cfg.request_timeout_s)
     types = {t: list(graph.experts[c.classifier].input_shape) for t, c in graph.components.items()}
     settings = {"max_body_bytes": serve_cfg.max_body_bytes, "request_timeout_s": serve_cfg.request_timeout_s,
-                "retries": serve_cfg.retries, "types": types}
+                "retries": serve_cfg.retries, "types": types, "preload": serve_cfg.preload,
+                "preload_period_s": max(0.5, 2 * serve_cfg.routing_stats_period_s)}
     ingress = serve.deployment(Ingress, name="Ingress", num_replicas=1, max_ongoing_requests=1024,
                                ray_actor_options={"num_cpus": 0})
     return ingress.bind(replica, settings)

@@ -12,7 +12,9 @@ A replica Ray reports dead drops out of the view, so the policy re-partitions.
 It routes each request to the replica chosen for that request: no FIFOMixin, whose FIFO would
 hand the chosen replica to the oldest waiting request, whatever its component type.
 
-The replicas' last stats are kept per process (``replica_stats``) for the ingress's /metrics.
+A call that names a ``target_replica`` (the ingress's preloads) goes to that replica, past the
+policy. The replicas' last stats and, for a partitioning policy, each replica's working set are
+published to ``serve/board.py`` for the ingress (its /metrics, /healthz and preloads).
 """
 
 from __future__ import annotations
@@ -24,18 +26,9 @@ from typing import Any
 from ray.serve.request_router import PendingRequest, RequestRouter, RunningReplica
 
 from coserve_jax.coe.graph import CoEGraph, ComponentType
+from coserve_jax.serve import board  # a module: reached by reference from the pickled class (board.py)
 from coserve_jax.policies.router import NoReplicaError
 from coserve_jax.types import ExpertInfo, Role
-
-_STATS: dict[str, dict[str, Any]] = {}
-_STATS_LOCK = threading.Lock()
-
-
-def replica_stats() -> dict[str, dict[str, Any]]:
-    """The last routing stats each running replica reported, by replica id (this process)."""
-    with _STATS_LOCK:
-        return {k: dict(v) for k, v in _STATS.items()}
-
 
 def graph_to_dict(graph: CoEGraph) -> dict[str, Any]:
     """The graph's metadata as plain data (router kwargs travel through Ray's config)."""
@@ -106,29 +99,46 @@ class CoERequestRouter(RequestRouter):
         self._policy = instantiate(dict(policy))
         self._graph = graph_from_dict(graph)
         self._lock = threading.Lock()
+        self._published: Any = None
 
     def update_replicas(self, replicas: list[RunningReplica]) -> None:
         super().update_replicas(replicas)
-        with _STATS_LOCK:
-            _STATS.clear()
-            for r in replicas:
-                _STATS[r.replica_id.unique_id] = dict(r.routing_stats or {})
+        board.publish_stats({r.replica_id.unique_id: r.routing_stats or {} for r in replicas})
+        # A partitioning policy plans as soon as every replica has reported its memory (before
+        # the first request), so the ingress can preload each replica's working set.
+        if replicas and hasattr(self._policy, "ensure_plan") and all(r.routing_stats for r in replicas):
+            with self._lock:
+                self._policy.ensure_plan(_View(self._graph, self._view(replicas)))
+                self._publish_plans()
+
+    def _view(self, replicas: list[RunningReplica]) -> list[RayReplica]:
+        # Sorted by id: every router instance sees the same replica order, so the same partition.
+        return sorted((RayReplica(r, self._replica_queue_len_cache.get(r.replica_id)) for r in replicas),
+                      key=lambda r: r.replica_id)
+
+    def _publish_plans(self) -> None:
+        p = getattr(self._policy, "partition", None)
+        if p is not None and p is not self._published:
+            board.publish_plans(p.working_set)
+            self._published = p
 
     async def choose_replicas(self, candidate_replicas: list[RunningReplica],
                               pending_request: PendingRequest | None = None) -> list[list[RunningReplica]]:
         if not candidate_replicas:
             return []
-        ctype = None
-        if pending_request is not None:
-            ctype = pending_request.kwargs.get("component_type")
-            if ctype is None and pending_request.args:
-                ctype = pending_request.args[0]
-        # Sorted by id: every router instance sees the same replica order, so the same partition.
-        reps = sorted((RayReplica(r, self._replica_queue_len_cache.get(r.replica_id)) for r in candidate_replicas),
-                      key=lambda r: r.replica_id)
+        reps = self._view(candidate_replicas)
+        kwargs = pending_request.kwargs if pending_request is not None else {}
+        if "target_replica" in kwargs:  # a preload: to the named replica (None: any)
+            target = kwargs["target_replica"]
+            named = [r.replica for r in reps if target is None or r.replica_id == target]
+            return [named] if named else []  # gone: Ray asks again until the caller's timeout
+        ctype = kwargs.get("component_type")
+        if ctype is None and pending_request is not None and pending_request.args:
+            ctype = pending_request.args[0]
         try:
             with self._lock:
                 chosen = self._policy.route(_View(self._graph, reps), str(ctype))
+                self._publish_plans()
         except NoReplicaError:
             return []
         first = [r.replica for r in reps if r.replica_id == chosen]
