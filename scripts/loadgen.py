@@ -55,27 +55,44 @@ def arrival_offsets_s(n: int, rate: float, arrival: str, cv: float, seed: int) -
 
 def workload(overrides: list[str], n: int) -> list[tuple[str, bytes]]:
     """(component type, .npy body) for n requests of the model's seeded workload."""
-    from coserve_jax.api import as_run_config, make_trace
-    from coserve_jax.coe.zoo import build_or_load_zoo, zoo_config
+    from coserve_jax.api import as_run_config, load_model, make_trace
     from coserve_jax.serve.decode import encode_npy
 
     cfg = as_run_config([*overrides, f"workload.num_requests={n}"])[0]
-    zoo = build_or_load_zoo(zoo_config(dict(cfg.model.zoo), seed=cfg.model.seed), progress=False)
-    return [(r.component_type, encode_npy(zoo.render(r))) for r in make_trace(cfg, zoo.graph)]
+    model = load_model(cfg, progress=False)
+    return [(r.component_type, encode_npy(model.zoo.render(r))) for r in make_trace(cfg, model.graph)]
 
 
-def send(url: str, ctype: str, body: bytes, timeout_s: float) -> tuple[int | None, float, str]:
+def send(url: str, ctype: str, body: bytes, timeout_s: float) -> tuple[int | None, float, str, bytes]:
+    """(HTTP status or None, seconds, error text, response body) of one request."""
     req = urllib.request.Request(f"{url}/v1/infer?component_type={urllib.parse.quote(ctype)}", data=body,
                                  headers={"Content-Type": "application/x-npy"})
     t = time.perf_counter()
     try:
         with urllib.request.urlopen(req, timeout=timeout_s) as r:
-            r.read()
-            return r.status, time.perf_counter() - t, ""
+            out = r.read()
+            return r.status, time.perf_counter() - t, "", out
     except urllib.error.HTTPError as e:
-        return e.code, time.perf_counter() - t, e.read().decode(errors="replace")[:200]
+        return e.code, time.perf_counter() - t, e.read().decode(errors="replace")[:200], b""
     except (urllib.error.URLError, OSError) as e:
-        return None, time.perf_counter() - t, f"{type(e).__name__}: {e}"
+        return None, time.perf_counter() - t, f"{type(e).__name__}: {e}", b""
+
+
+def serving_overhead_s(url: str, items: list[tuple[str, bytes]], n: int, timeout_s: float = 60.0) -> dict[str, Any]:
+    """The serving path's seconds per request: ``n`` requests one at a time (closed loop), each
+    one's round trip less the engine's own latency (``latency_s`` in the answer, arrival in the
+    replica's engine to verdict). What is left is the HTTP proxy, the ingress, the router, the
+    actor calls there and back and the client, with nothing queued anywhere."""
+    over = []
+    for i in range(n):
+        ctype, body = items[i % len(items)]
+        status, wall, err, out = send(url, ctype, body, timeout_s)
+        if status != 200:
+            raise RuntimeError(f"serving_overhead_s: request {i} ({ctype}) got {status}: {err}")
+        over.append(wall - float(json.loads(out)["latency_s"]))
+    a = np.array(over)
+    return {"requests": n, "median_s": float(np.median(a)), "p10_s": float(np.percentile(a, 10)),
+            "p90_s": float(np.percentile(a, 90)), "mean_s": float(a.mean())}
 
 
 def run(url: str, items: list[tuple[str, bytes]], offsets: np.ndarray, duration_s: float, timeout_s: float,
@@ -85,7 +102,7 @@ def run(url: str, items: list[tuple[str, bytes]], offsets: np.ndarray, duration_
     late: list[float] = []
 
     def one(i: int, t_sent: float) -> None:
-        status, lat, err = send(url, items[i][0], items[i][1], timeout_s)
+        status, lat, err, _ = send(url, items[i][0], items[i][1], timeout_s)
         with lock:
             results.append((t_sent, status, lat, err))
 

@@ -209,3 +209,21 @@ def test_cluster_is_deterministic():
         s = sim.run(reqs)
         outs.append((s["throughput_rps"], s["switches"], s["latency_ms"]))
     assert outs[0] == outs[1]
+
+
+def test_serving_stage_caps_the_cluster_and_counts_in_latency():
+    """``serving_s``: one first-come-first-served stage in front of the router; with arrivals far
+    above 1 / serving_s the cluster serves at most that rate, and latency counts from arrival."""
+    from coserve_jax.config import WorkloadConfig
+
+    out = {}
+    for serving_s in (0.0, 0.02):
+        g, sim = _cluster(2, Affinity())
+        sim.serving_s = serving_s
+        reqs = generate_trace(g, WorkloadConfig(num_requests=300, interval_ms=1.0, arrival="poisson"))
+        out[serving_s] = sim.run(reqs)
+    staged, free = out[0.02], out[0.0]
+    assert staged["requests"]["completed"] == 300
+    assert free["throughput_rps"] > 1 / 0.02 * 1.2  # the engines alone go faster than the stage
+    assert 1 / 0.02 * 0.9 < staged["throughput_rps"] <= 1 / 0.02 * 1.001
+    assert staged["latency_ms"]["p50"] > free["latency_ms"]["p50"]

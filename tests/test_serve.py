@@ -179,3 +179,17 @@ def test_each_replica_preloads_its_working_set(server, real):
             break
         time.sleep(0.5)
     assert done, health
+
+
+def test_load_generator_against_the_endpoint(server, real, tmp_path):
+    """``scripts/loadgen.py`` end to end: open-loop sends, every request answered, and its
+    closed-loop measure of the serving path's seconds per request."""
+    import runpy
+
+    loadgen = runpy.run_path(str(Path(__file__).parents[1] / "scripts" / "loadgen.py"))
+    report = loadgen["main"](["--url", server.url, "--rate", "20", "--requests", "20", "--duration-s", "10",
+                              "--overrides", *real.overrides, "--out", str(tmp_path / "load.json")])
+    assert report["sent"] == 20 and report["lost"] == 0 and report["status"] == {"200": 20}
+    assert json.loads((tmp_path / "load.json").read_text())["achieved_rps"] > 0
+    over = loadgen["serving_overhead_s"](server.url, loadgen["workload"](real.overrides, 4), 4)
+    assert 0 < over["median_s"] < 10

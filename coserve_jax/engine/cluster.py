@@ -121,12 +121,21 @@ class _Req:
 class ClusterSim:
     """N simulated replicas behind one router. ``make_engine(i)`` builds replica i's engine
     loop (over its own ``SimBackend``); ``placement(i)``, when given, lists the experts replica
-    i loads before serving (else its arm's initialiser runs)."""
+    i loads before serving (else its arm's initialiser runs).
+
+    ``serving_s``: the serving layer in front of the router (the HTTP proxy, the ingress, the
+    actor calls there and back) as one first-come-first-served stage taking this many seconds
+    per request; a request reaches the router when it leaves the stage, and its latency counts
+    from its arrival. 0 (the default): requests reach the router as they arrive."""
 
     def __init__(self, graph: CoEGraph, router: Router, engines: Sequence[LoopEngine],
-                 placement: Callable[[Any, int], Sequence[str]] | None = None, max_attempts: int = 3):
+                 placement: Callable[[Any, int], Sequence[str]] | None = None, max_attempts: int = 3,
+                 serving_s: float = 0.0):
+        if not serving_s >= 0.0:
+            raise ValueError(f"ClusterSim.serving_s: must be >= 0 seconds, got {serving_s!r}")
         self.graph = graph
         self.router = router
+        self.serving_s = serving_s
         self._replicas = [SimReplica(i, e) for i, e in enumerate(engines)]
         self.placement = placement
         self.max_attempts = max_attempts
@@ -231,13 +240,15 @@ class ClusterSim:
                 ex.seconds.clear()
         kills = sorted((t0 + t, i) for i, t in (kill_at_s or {}).items())
         order = sorted(requests, key=lambda r: (r.arrival_s, r.request_id))
+        served_until = t0  # when the serving stage is next free
         for req in order:
-            t = t0 + req.arrival_s
+            arrived = t0 + req.arrival_s
+            t = served_until = max(arrived, served_until) + self.serving_s if self.serving_s else arrived
             while kills and kills[0][0] <= t:
                 kt, ki = kills.pop(0)
                 self._advance_all(kt)
                 self._kill(ki, kt)
-            r = self._reqs[req.request_id] = _Req(req, t)
+            r = self._reqs[req.request_id] = _Req(req, arrived)
             self._advance_all(t)
             self._submit(r, t)
         for kt, ki in kills:

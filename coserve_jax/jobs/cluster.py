@@ -61,8 +61,9 @@ def make_router(serve: ServeConfig) -> Any:
 
 
 def simulate(cfg: RunConfig, serve: ServeConfig, graph: CoEGraph, cost: Any, requests: Sequence[Request],
-             kill_at_s: Mapping[int, float] | None = None) -> dict[str, Any]:
-    """One simulated cluster on one trace: its summary (engine/cluster.py)."""
+             kill_at_s: Mapping[int, float] | None = None, serving_s: float = 0.0) -> dict[str, Any]:
+    """One simulated cluster on one trace: its summary (engine/cluster.py); ``serving_s``: the
+    serving layer's seconds per request (``ClusterSim``; 0: not modelled)."""
     arm = next((a for a in cfg.arms if a.name == serve.arm), None)
     if arm is None:
         raise ConfigError(f"serve.arm: {serve.arm!r} must be listed in arms={[a.name for a in cfg.arms]}")
@@ -74,7 +75,7 @@ def simulate(cfg: RunConfig, serve: ServeConfig, graph: CoEGraph, cost: Any, req
         engines.append(build_engine(cfg, arm, graph, cost, backend, "trace"))
     router = make_router(serve)
     placement = getattr(router, "initial_experts", None)
-    out = ClusterSim(graph, router, engines, placement).run(requests, kill_at_s)
+    out = ClusterSim(graph, router, engines, placement, serving_s=serving_s).run(requests, kill_at_s)
     out["router_name"], out["arm"] = serve.router.name, arm.name
     return out
 
