@@ -19,6 +19,7 @@ import argparse
 import concurrent.futures
 import ipaddress
 import json
+import os
 import socket
 import sys
 import threading
@@ -78,21 +79,66 @@ def send(url: str, ctype: str, body: bytes, timeout_s: float) -> tuple[int | Non
         return None, time.perf_counter() - t, f"{type(e).__name__}: {e}", b""
 
 
-def serving_overhead_s(url: str, items: list[tuple[str, bytes]], n: int, timeout_s: float = 60.0) -> dict[str, Any]:
+def serving_overhead_s(url: str, items: list[tuple[str, bytes]], n: int, timeout_s: float = 60.0,
+                       idle_s: float = 3.0) -> dict[str, Any]:
     """The serving path's seconds per request: ``n`` requests one at a time (closed loop), each
     one's round trip less the engine's own latency (``latency_s`` in the answer, arrival in the
     replica's engine to verdict). What is left is the HTTP proxy, the ingress, the router, the
-    actor calls there and back and the client, with nothing queued anywhere."""
+    actor calls there and back and the client, with nothing queued anywhere. ``cpu_s``: the CPU
+    seconds per request of this process and its descendants (``busy_cpu_s``) beyond what they
+    burn idle (``idle_cores``: measured over ``idle_s`` first, no request in flight)."""
     over = []
+    idle0, t0 = busy_cpu_s(), time.perf_counter()
+    time.sleep(idle_s)  # no request in flight: what the serving processes burn anyway
+    cpu0, t1 = busy_cpu_s(), time.perf_counter()
     for i in range(n):
         ctype, body = items[i % len(items)]
         status, wall, err, out = send(url, ctype, body, timeout_s)
         if status != 200:
             raise RuntimeError(f"serving_overhead_s: request {i} ({ctype}) got {status}: {err}")
         over.append(wall - float(json.loads(out)["latency_s"]))
+    cpu1, t2 = busy_cpu_s(), time.perf_counter()
     a = np.array(over)
-    return {"requests": n, "median_s": float(np.median(a)), "p10_s": float(np.percentile(a, 10)),
-            "p90_s": float(np.percentile(a, 90)), "mean_s": float(a.mean())}
+    out = {"requests": n, "median_s": float(np.median(a)), "p10_s": float(np.percentile(a, 10)),
+           "p90_s": float(np.percentile(a, 90)), "mean_s": float(a.mean()), "cpu_s": None, "idle_cores": None}
+    if None not in (idle0, cpu0, cpu1):
+        idle_cores = (cpu0 - idle0) / (t1 - t0)
+        out.update(idle_cores=idle_cores, cpu_s=max(0.0, (cpu1 - cpu0 - idle_cores * (t2 - t1)) / n))
+    return out
+
+
+def busy_cpu_s() -> float | None:
+    """CPU seconds spent so far by this process and its descendants (Linux ``/proc``; None
+    elsewhere): with a server this process started (``serve_vs_sim.py``: the local Ray cluster,
+    its HTTP proxy, ingress and replicas), the whole serving path and its client, and nothing
+    else running on the machine."""
+    clk = os.sysconf("SC_CLK_TCK")
+    parent: dict[int, int] = {}
+    ticks: dict[int, int] = {}
+    try:
+        pids = [int(p) for p in os.listdir("/proc") if p.isdigit()]
+    except OSError:
+        return None
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                rest = f.read().rsplit(")", 1)[1].split()  # fields after the command name
+        except OSError:
+            continue  # gone meanwhile
+        parent[pid] = int(rest[1])
+        ticks[pid] = int(rest[11]) + int(rest[12])  # utime + stime
+    me = os.getpid()
+    if me not in ticks:
+        return None
+    children: dict[int, list[int]] = {}
+    for pid, ppid in parent.items():
+        children.setdefault(ppid, []).append(pid)
+    total, todo = 0, [me]
+    while todo:
+        pid = todo.pop()
+        total += ticks.get(pid, 0)
+        todo.extend(children.get(pid, ()))
+    return total / clk
 
 
 def run(url: str, items: list[tuple[str, bytes]], offsets: np.ndarray, duration_s: float, timeout_s: float,
