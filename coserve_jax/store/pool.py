@@ -152,7 +152,8 @@ class Pool:
 
     def evictable(self, protect: Iterable[str] = ()) -> list[str]:
         protected = set(protect)
-        return [e for e in self._resident if self._pinned[e] == 0 and e not in protected]
+        pinned = self._pinned  # holds only counts >= 1 (unpin deletes at 0)
+        return [e for e in self._resident if e not in pinned and e not in protected]
 
     def make_room(
         self,
@@ -171,7 +172,7 @@ class Pool:
         if self.free_bytes + sum(self._resident[e] for e in candidates) < size_bytes and not partial:
             return False
         order = rank(candidates)
-        if sorted(order) != sorted(candidates):
+        if len(order) != len(candidates) or set(order) != set(candidates):  # candidates are distinct
             raise ValueError(f"pool {self.pool_id}: eviction policy must rank exactly its candidates")
         for e in order:
             if size_bytes <= self.free_bytes:
