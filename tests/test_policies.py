@@ -306,13 +306,14 @@ def test_next_group_fastest_kind_only_leaves_cpu_helpers_beside_gpus_out():
 @given(st.lists(st.tuples(st.sampled_from(["enqueue", "join", "take", "drop", "load", "evict"]),
                           st.integers(0, 5), st.integers(1, 20)), max_size=400))
 def test_queue_predictions_follow_queue_changes_exactly(ops):
-    # queue_total_s updates its memo change by change (ExecutorState.changes); after any mix of
-    # queue and pool changes it must equal a rescan of the queue exactly (integer nanoseconds),
-    # including after the change list was trimmed (> 256 changes).
+    # queue_total_s updates its memo change by change (ExecutorState.changes, Pool.changes);
+    # after any mix of queue and pool changes it must equal a rescan of the queue exactly
+    # (integer nanoseconds), including after a change list was trimmed (> 256 changes).
     g = graph_of({t: 1 / 6 for t in "ABCDEF"})
     eng = sim_engine(g, LatencyAware(), LRU(), pool_bytes=[40 * MB])
     ex, pool = eng.executors[0], eng.executors[0].pool
     experts = [f"cls_{t}" for t in "ABCDEF"]
+    picker = LatencyAware(work_conserving=True)
     for n, (op, k, m) in enumerate(ops):
         e = experts[k]
         if op in ("enqueue", "join"):
@@ -330,3 +331,7 @@ def test_queue_predictions_follow_queue_changes_exactly(ops):
             _MEMOS.pop(ex)
             assert queue_total_s(eng, ex) == followed
             assert ex.num_queued == sum(len(grp.tasks) for grp in ex.groups)
+        if ex.groups and n % 3 == 0:
+            # The work-conserving pick follows the same changes (its resident queued experts).
+            first = next((i for i, grp in enumerate(ex.groups) if grp.expert_id in pool.resident), 0)
+            assert picker.pick_group(eng, 0) == first
