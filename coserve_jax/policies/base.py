@@ -12,7 +12,7 @@ group of its expert wherever that group is.
 from __future__ import annotations
 
 import weakref
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Protocol, runtime_checkable
 
 from coserve_jax.coe.graph import CoEGraph
@@ -208,6 +208,41 @@ def changes_after(log: ExecutorView | PoolView, version: int) -> Sequence[tuple]
     while i and changes[i - 1][0] > version:
         i -= 1
     return changes[i:]
+
+
+class QueuedWhere:
+    """The experts queued on an executor of which ``test(pool, expert)`` is true, where the test
+    reads only what the executor's pool holds: kept per executor and followed through the
+    queue's and the pool's change logs (only the experts they name may have changed), so a
+    policy that looks for the first such group in a long queue learns in O(1) that there is
+    none. Every queued group's expert is queued, so the first group of ``get(ex)`` is the first
+    group passing the test."""
+
+    def __init__(self, test: Callable[[PoolView, str], bool]):
+        self.test = test
+        # executor -> (queue version, pool version, the experts)
+        self._memo: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+    def get(self, ex: ExecutorView) -> set[str]:
+        pool, test = ex.pool, self.test
+        memo = self._memo.get(ex)
+        queue = held = None
+        if memo is not None:
+            version, pool_version, out = memo
+            if version == ex.version and pool_version == pool.version:
+                return out
+            queue, held = changes_after(ex, version), changes_after(pool, pool_version)
+        queued = ex.queued_experts
+        if queue is None or held is None:
+            out = {e for e in queued if test(pool, e)}
+        else:
+            for e in {c[1] for c in queue} | {c[1] for c in held}:
+                if e in queued and test(pool, e):
+                    out.add(e)
+                else:
+                    out.discard(e)
+        self._memo[ex] = (ex.version, pool.version, out)
+        return out
 
 
 class _QueueMemo:

@@ -15,9 +15,7 @@
 
 from __future__ import annotations
 
-import weakref
-
-from coserve_jax.policies.base import EngineView, ExecutorView, changes_after, queue_predictions
+from coserve_jax.policies.base import EngineView, QueuedWhere, queue_predictions
 from coserve_jax.types import Task
 
 
@@ -33,10 +31,9 @@ class _Ordering:
     def __init__(self, arranging: bool = False, work_conserving: bool = False):
         self.arranging = arranging
         self.work_conserving = work_conserving
-        # executor -> (queue version, pool version, the queued experts its pool holds resident),
-        # followed change by change: the loop asks after every event, mostly while no queued
-        # expert is resident, and a scan walks the whole queue then
-        self._ready: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+        # The loop asks after every event, mostly while no queued expert is resident, and a scan
+        # walked the whole queue then.
+        self._resident = QueuedWhere(lambda pool, e: e in pool.resident)
 
     def pick_group(self, view: EngineView, executor_id: int) -> int:
         """Index of the queued group the idle executor serves next."""
@@ -44,34 +41,12 @@ class _Ordering:
         groups = ex.groups
         if not self.work_conserving or groups[0].expert_id in ex.pool.resident:
             return 0
-        ready = self._resident_queued(ex)
-        if ready:  # every queued group's expert is queued: the first resident one is in ready
+        ready = self._resident.get(ex)
+        if ready:
             for i, g in enumerate(groups):
                 if g.expert_id in ready:
                     return i
         return 0
-
-    def _resident_queued(self, ex: ExecutorView) -> set[str]:
-        """The experts queued on ex that its pool holds resident."""
-        pool = ex.pool
-        memo = self._ready.get(ex)
-        queue = held = None
-        if memo is not None:
-            version, pool_version, ready = memo
-            if version == ex.version and pool_version == pool.version:
-                return ready
-            queue, held = changes_after(ex, version), changes_after(pool, pool_version)
-        queued, resident = ex.queued_experts, pool.resident
-        if queue is None or held is None:
-            ready = {e for e in queued if e in resident}
-        else:
-            for e in {c[1] for c in queue} | {c[1] for c in held}:  # only these may have changed
-                if e in queued and e in resident:
-                    ready.add(e)
-                else:
-                    ready.discard(e)
-        self._ready[ex] = (ex.version, pool.version, ready)
-        return ready
 
     def arrange(self, view: EngineView, executor_id: int, task: Task) -> bool:
         ex = view.executors[executor_id]
