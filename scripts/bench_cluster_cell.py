@@ -8,10 +8,11 @@ Composes ``+experiment=cluster_scaling`` (plus any Hydra overrides) and runs the
 does (``jobs/cluster.py``: ``model_raw``, ``run_cell``): the saturated run by default, a Poisson
 trace of ``Grid.num_requests(replicas)`` images offered at ``rate_per_replica_rps`` x replicas;
 ``--offered-rps`` runs it at that load instead (the job's latency runs). Prints the wall seconds
-of the whole cell (graph, trace, engines, simulation) and of the simulation alone
-(``engine_s``); ``--out`` writes the cell's summary as sorted JSON without its wall-clock
-figures (``engine_s``; each replica's ``time_s.scheduling``, host seconds spent in policies), so
-two commits' summaries compare byte for byte.
+of the whole cell (graph, trace, engines, simulation), of the simulation alone (``engine_s``)
+and the process's CPU seconds for the cell (steadier on a shared machine). ``--out`` writes the
+cell's summary as sorted JSON without its wall-clock figures (``engine_s``; each replica's
+``time_s.scheduling``, host seconds spent in policies), so two commits' summaries compare byte
+for byte.
 """
 
 from __future__ import annotations
@@ -42,14 +43,14 @@ def main(argv: list[str] | None = None) -> int:
     grid = parse_grid(OmegaConf.to_container(cfg.cluster, resolve=True))
     n = args.replicas
     interval_ms = 1e3 / args.offered_rps if args.offered_rps else grid.saturated_interval_ms(n)
-    t = time.perf_counter()
+    t, cpu = time.perf_counter(), time.process_time()
     out = run_cell(model_raw(cfg, args.model), args.router, n, grid.num_requests(n), interval_ms, "poisson")
-    wall_s = time.perf_counter() - t
+    wall_s, cpu_s = time.perf_counter() - t, time.process_time() - cpu
     engine_s = out.pop("engine_s")
     for rep in out["per_replica"]:
         rep["time_s"].pop("scheduling", None)
     print(f"{args.model} x{n} {args.router}: {out['throughput_rps']:.1f} img/s, "
-          f"{out['switches']['count']} switches; wall {wall_s:.1f} s (simulation {engine_s:.1f} s)")
+          f"{out['switches']['count']} switches; wall {wall_s:.1f} s (simulation {engine_s:.1f} s), CPU {cpu_s:.1f} s")
     if args.out is not None:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(out, sort_keys=True, indent=1) + "\n")
