@@ -27,6 +27,7 @@ import numpy as np
 from coserve_jax.coe.graph import CoEGraph
 from coserve_jax.engine.loop import EngineLoop as LoopEngine
 from coserve_jax.engine.state import RequestState
+from coserve_jax.policies.base import changes_after
 from coserve_jax.policies.router import NoReplicaError, Router
 from coserve_jax.types import Request
 
@@ -97,16 +98,59 @@ class SimReplica:
         self.lanes = len(engine.executors)
         self.expert_bytes = expert_bytes(engine)
         self._pools = list({id(ex.pool): ex.pool for ex in engine.executors}.values())
+        # What holds() answers from, kept as the engine changes (the Mux router asks every
+        # replica on every request, and between two requests the cluster acts on few of them):
+        # the experts held, followed through the pools' and executors' change logs up to the
+        # versions in _seen, brought up to date when the cluster said it acted (``changed``).
+        self._logs = [*self._pools, *engine.executors]
+        self._seen = [-1] * len(self._logs)
+        self._held: set[str] = set()
+        self._num_experts = 0
+        self._stale = True
+
+    def changed(self) -> None:
+        """The cluster acted on this replica's engine (events, an arrival): what it holds may
+        have changed."""
+        self._stale = True
 
     @property
     def num_experts(self) -> int:
-        return sum(len(p.resident) + len(p.loading) for p in self._pools)
+        if self._stale:
+            self._sync()
+        return self._num_experts
 
     def holds(self, expert_id: str) -> bool:
         """Resident, loading or queued here: in Ray Serve a multiplexed replica starts loading a
         model as soon as a request for it starts, so a queued request stands for a load."""
+        if self._stale:
+            self._sync()
+        return expert_id in self._held
+
+    def _holds_now(self, expert_id: str) -> bool:
         return (any(p.holds(expert_id) for p in self._pools)
                 or any(expert_id in ex.queued_experts for ex in self.engine.executors))
+
+    def _sync(self) -> None:
+        touched: set[str] | None = set()
+        for k, log in enumerate(self._logs):
+            if log.version != self._seen[k]:
+                changes = changes_after(log, self._seen[k])
+                if changes is None or touched is None:
+                    touched = None  # a log no longer reaches back: look at everything
+                else:
+                    touched.update(c[1] for c in changes)
+                self._seen[k] = log.version
+        if touched is None:
+            touched = {e for p in self._pools for e in (*p.resident, *p.loading)}
+            touched.update(e for ex in self.engine.executors for e in ex.queued_experts)
+            self._held = set()
+        for e in touched:
+            if self._holds_now(e):
+                self._held.add(e)
+            else:
+                self._held.discard(e)
+        self._num_experts = sum(len(p.resident) + len(p.loading) for p in self._pools)
+        self._stale = False
 
 
 @dataclasses.dataclass
@@ -182,8 +226,10 @@ class ClusterSim:
         self._note(rep)
 
     def _note(self, rep: SimReplica) -> None:
-        """Record the time at the head of this replica's event heap (a superseded entry counts,
-        as it does for ``_advance``) after the cluster acted on it: only that changes the heap."""
+        """After the cluster acted on this replica (only that changes its engine): tell it, and
+        record the time at the head of its event heap (a superseded entry counts, as it does
+        for ``_advance``)."""
+        rep.changed()
         heap = rep.engine.backend._heap
         head = heap[0][0] if heap else None
         if head != self._heads[rep.replica_id]:
@@ -287,6 +333,7 @@ class ClusterSim:
                 be.charge()
             for ex in eng.executors:
                 ex.set_state("idle", be.now())  # close the time accounting, as Engine.run does
+            rep.changed()
 
     # ---- results ---------------------------------------------------------------------------------
     def summary(self, t0: float, engine_s: float, init_s: Sequence[float]) -> dict[str, Any]:
