@@ -303,16 +303,18 @@ def test_next_group_fastest_kind_only_leaves_cpu_helpers_beside_gpus_out():
 
 
 @settings(max_examples=60, deadline=None)
-@given(st.lists(st.tuples(st.sampled_from(["enqueue", "join", "take", "drop", "load", "evict"]),
+@given(st.lists(st.tuples(st.sampled_from(["enqueue", "join", "take", "drop", "load", "begin", "finish", "cancel",
+                                           "evict"]),
                           st.integers(0, 5), st.integers(1, 20)), max_size=400))
-def test_queue_predictions_follow_queue_changes_exactly(ops):
-    # queue_total_s updates its memo change by change (ExecutorState.changes); after any mix of
-    # queue and pool changes it must equal a rescan of the queue exactly (integer nanoseconds),
-    # including after the change list was trimmed (> 256 changes).
+def test_memos_follow_queue_and_pool_changes_exactly(ops):
+    # queue_total_s updates its memo change by change (ExecutorState.changes, Pool.changes);
+    # after any mix of queue and pool changes it must equal a rescan of the queue exactly
+    # (integer nanoseconds), including after a change list was trimmed (> 256 changes).
     g = graph_of({t: 1 / 6 for t in "ABCDEF"})
     eng = sim_engine(g, LatencyAware(), LRU(), pool_bytes=[40 * MB])
     ex, pool = eng.executors[0], eng.executors[0].pool
     experts = [f"cls_{t}" for t in "ABCDEF"]
+    picker, prefetcher = LatencyAware(work_conserving=True), NextGroup(depth=2, max_inflight=2)
     for n, (op, k, m) in enumerate(ops):
         e = experts[k]
         if op in ("enqueue", "join"):
@@ -323,6 +325,12 @@ def test_queue_predictions_follow_queue_changes_exactly(ops):
             ex.drop_expert(e)
         elif op == "load" and not pool.holds(e) and pool.free_bytes >= 4 * MB:
             make_resident(pool, (e, 4 * MB))
+        elif op == "begin" and not pool.holds(e) and pool.free_bytes >= 4 * MB:
+            pool.begin_load(e, 4 * MB)  # held, not resident, until it finishes
+        elif op == "finish" and e in pool.loading:
+            pool.finish_load(e)
+        elif op == "cancel" and e in pool.loading:
+            pool.cancel_load(e)
         elif op == "evict" and e in pool.resident:
             pool.evict(e)
         if n % 7 == 0 or n == len(ops) - 1:
@@ -330,3 +338,9 @@ def test_queue_predictions_follow_queue_changes_exactly(ops):
             _MEMOS.pop(ex)
             assert queue_total_s(eng, ex) == followed
             assert ex.num_queued == sum(len(grp.tasks) for grp in ex.groups)
+        if ex.groups and n % 3 == 0:
+            # The work-conserving pick and the prefetch follow the same changes (policies.base.QueuedWhere).
+            first = next((i for i, grp in enumerate(ex.groups) if grp.expert_id in pool.resident), 0)
+            assert picker.pick_group(eng, 0) == first
+            lacking = list(dict.fromkeys(grp.expert_id for grp in ex.groups if not pool.holds(grp.expert_id)))
+            assert prefetcher.prefetch(eng, 0) == lacking[:2]

@@ -93,6 +93,14 @@ class Grid:
     jobs: int
     out_dir: str | None
 
+    def num_requests(self, replicas: int) -> int:
+        """Trace length of a cell with this many replicas."""
+        return max(self.min_requests, self.requests_per_replica * replicas)
+
+    def saturated_interval_ms(self, replicas: int) -> float:
+        """Mean time between arrivals of a saturation run with this many replicas."""
+        return 1e3 / (self.rate_per_replica_rps * replicas)
+
 
 def parse_grid(raw: Mapping[str, Any] | None) -> Grid:
     if not raw:
@@ -111,18 +119,21 @@ def parse_grid(raw: Mapping[str, Any] | None) -> Grid:
     return grid
 
 
-def _model_cfg(cfg: DictConfig, model: str) -> DictConfig:
+def model_raw(cfg: DictConfig, model: str) -> dict[str, Any]:
+    """The composed config as plain data with ``conf/model/<model>.yaml`` as its model (what a
+    cell rebuilds its RunConfig from). Plain data: the composed tree is typed, and a model node
+    cannot be swapped in it."""
     path = Path(CONF_DIR) / "model" / f"{model}.yaml"
     if not path.exists():
         raise ConfigError(f"cluster.models: no model config {path}")
-    out = cfg.copy()
-    OmegaConf.set_struct(out, False)
-    out.model = OmegaConf.load(path)
-    return out
+    raw = OmegaConf.to_container(cfg, resolve=False)
+    raw.pop("hydra", None)
+    raw["model"] = OmegaConf.to_container(OmegaConf.load(path), resolve=False)
+    return OmegaConf.to_container(OmegaConf.create(raw), resolve=True)  # ${model.name} is this model's
 
 
-def _cell(raw: dict[str, Any], router: str, replicas: int, num_requests: int, interval_ms: float,
-          arrival: str) -> dict[str, Any]:
+def run_cell(raw: dict[str, Any], router: str, replicas: int, num_requests: int, interval_ms: float,
+             arrival: str) -> dict[str, Any]:
     """One grid cell (runs in a worker process): rebuild the model, run, summarise."""
     cfg = as_run_config(OmegaConf.create(raw))[0]
     serve = dataclasses.replace(parse_serve(raw["serve"]).with_router(router), replicas=replicas)
@@ -140,19 +151,15 @@ def run_scaling_job(cfg: DictConfig, out_dir: str | Path) -> dict[str, Any]:
     parse_serve(OmegaConf.to_container(cfg.serve, resolve=True))  # fail fast on a bad serve group
     out = Path(grid.out_dir or out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    raws = {m: OmegaConf.to_container(_model_cfg(cfg, m), resolve=True) for m in grid.models}
+    raws = {m: model_raw(cfg, m) for m in grid.models}
     for raw in raws.values():
-        raw.pop("hydra", None)
         as_run_config(OmegaConf.create(raw))  # validate every model's config before any cell runs
-
-    def n_requests(n: int) -> int:
-        return max(grid.min_requests, grid.requests_per_replica * n)
 
     cells = [(m, n, r) for m in grid.models for n in grid.replicas for r in grid.routers]
     sat: dict[tuple, dict[str, Any]] = {}
     load: dict[tuple, dict[str, Any]] = {}
     with concurrent.futures.ProcessPoolExecutor(max_workers=max(1, grid.jobs)) as pool:
-        futs = {pool.submit(_cell, raws[m], r, n, n_requests(n), 1e3 / (grid.rate_per_replica_rps * n),
+        futs = {pool.submit(run_cell, raws[m], r, n, grid.num_requests(n), grid.saturated_interval_ms(n),
                             "poisson"): (m, n, r) for m, n, r in cells}
         for f in concurrent.futures.as_completed(futs):
             sat[futs[f]] = f.result()
@@ -161,7 +168,7 @@ def run_scaling_job(cfg: DictConfig, out_dir: str | Path) -> dict[str, Any]:
                      s["switches"]["count"], s["engine_s"])
         offered = {(m, n): grid.load_fraction * min(sat[(m, n, r)]["throughput_rps"] for r in grid.routers)
                    for m in grid.models for n in grid.replicas}
-        futs = {pool.submit(_cell, raws[m], r, n, n_requests(n), 1e3 / offered[(m, n)], "poisson"): (m, n, r)
+        futs = {pool.submit(run_cell, raws[m], r, n, grid.num_requests(n), 1e3 / offered[(m, n)], "poisson"): (m, n, r)
                 for m, n, r in cells}
         for f in concurrent.futures.as_completed(futs):
             load[futs[f]] = f.result()

@@ -12,7 +12,7 @@ group of its expert wherever that group is.
 from __future__ import annotations
 
 import weakref
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Protocol, runtime_checkable
 
 from coserve_jax.coe.graph import CoEGraph
@@ -32,6 +32,9 @@ class PoolView(Protocol):
 
     pool_id: str
     version: int  # changes whenever what the pool holds changes
+    # (version, expert) per change of what it holds; every change after changes_since is listed
+    changes: Sequence[tuple[int, str]]
+    changes_since: int
     kind: str  # executor kind ("cpu", "gpu") or "host"
     device_index: int | None  # the device of its kind its weights live on (None: the host cache)
     budget_bytes: int
@@ -195,18 +198,67 @@ def _ns(seconds: float) -> int:
     return round(seconds * 1e9)
 
 
+def changes_after(log: ExecutorView | PoolView, version: int) -> Sequence[tuple] | None:
+    """The entries of a change log (``ExecutorView.changes``, ``PoolView.changes``) after
+    version, or None when the log no longer reaches back that far."""
+    if version < log.changes_since:
+        return None
+    changes = log.changes
+    i = len(changes)
+    while i and changes[i - 1][0] > version:
+        i -= 1
+    return changes[i:]
+
+
+class QueuedWhere:
+    """The experts queued on an executor of which ``test(pool, expert)`` is true, where the test
+    reads only what the executor's pool holds: kept per executor and followed through the
+    queue's and the pool's change logs (only the experts they name may have changed), so a
+    policy that looks for the first such group in a long queue learns in O(1) that there is
+    none. Every queued group's expert is queued, so the first group of ``get(ex)`` is the first
+    group passing the test."""
+
+    def __init__(self, test: Callable[[PoolView, str], bool]):
+        self.test = test
+        # executor -> (queue version, pool version, the experts)
+        self._memo: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+    def get(self, ex: ExecutorView) -> set[str]:
+        pool, test = ex.pool, self.test
+        memo = self._memo.get(ex)
+        queue = held = None
+        if memo is not None:
+            version, pool_version, out = memo
+            if version == ex.version and pool_version == pool.version:
+                return out
+            queue, held = changes_after(ex, version), changes_after(pool, pool_version)
+        queued = ex.queued_experts
+        if queue is None or held is None:
+            out = {e for e in queued if test(pool, e)}
+        else:
+            for e in {c[1] for c in queue} | {c[1] for c in held}:
+                if e in queued and test(pool, e):
+                    out.add(e)
+                else:
+                    out.discard(e)
+        self._memo[ex] = (ex.version, pool.version, out)
+        return out
+
+
 class _QueueMemo:
     """Per-executor memo for the queue predictions: the queue's total in integer nanoseconds (so
-    updating it change by change gives exactly what a rescan gives), each (architecture, group
-    size)'s execution and each expert's load nanoseconds. Valid for one (pool, host cache) version; the
-    total follows the executor's queue changes (``ExecutorView.changes``)."""
+    updating it change by change gives exactly what a rescan gives), the queued experts the pool
+    does not hold (whose loads the total counts), each (architecture, group size)'s execution
+    and each expert's load nanoseconds. Valid for one host cache version; the total follows the
+    executor's queue changes and the pool's (``ExecutorView.changes``, ``PoolView.changes``)."""
 
-    __slots__ = ("version", "pool_version", "cache_version", "total_ns", "exec_ns", "load_ns")
+    __slots__ = ("version", "pool_version", "cache_version", "total_ns", "unheld", "exec_ns", "load_ns")
 
     def __init__(self) -> None:
         self.version = self.pool_version = -1
         self.cache_version: int | None = -1
         self.total_ns = 0
+        self.unheld: set[str] = set()
         self.exec_ns: dict[tuple[str, int], int] = {}  # (architecture, tasks) -> ns
         self.load_ns: dict[str, int] = {}
 
@@ -243,31 +295,40 @@ def _load_ns(memo: _QueueMemo, view: EngineView, ex: ExecutorView, expert_id: st
 
 def _queue_total_ns(memo: _QueueMemo, view: EngineView, ex: ExecutorView) -> int:
     # The loop asks for every executor on every arrival. The total changes only with the queue,
-    # the pool or the host cache; between pool changes it follows the queue's changes one by
-    # one (an arrival adds one task: one group's term and maybe one load), and rescans only when
-    # the pool or the cache changed or the change list no longer reaches back.
+    # the pool or the host cache. It follows the queue's changes one by one (an arrival adds one
+    # task: one group's term) and, for each expert the queue or the pool changed, whether its
+    # load counts (queued here, not held by the pool); it rescans only when the cache changed or
+    # a change list no longer reaches back.
     pool = ex.pool
-    if memo.pool_version == pool.version and memo.version >= ex.changes_since:
-        if memo.version == ex.version:
-            return memo.total_ns
-        total = memo.total_ns
-        changes = ex.changes
-        i = len(changes)
-        while i and changes[i - 1][0] > memo.version:
-            i -= 1
-        for _, e, g0, g1, q0, q1 in changes[i:]:
-            total += _exec_ns(memo, view, ex, e, g1) - _exec_ns(memo, view, ex, e, g0)
-            if (q0 == 0) != (q1 == 0) and not pool.holds(e):
-                total += _load_ns(memo, view, ex, e) if q1 else -_load_ns(memo, view, ex, e)
-    else:
+    if memo.version == ex.version and memo.pool_version == pool.version:
+        return memo.total_ns
+    queue = changes_after(ex, memo.version)
+    held = changes_after(pool, memo.pool_version)
+    queued = ex.queued_experts
+    if queue is None or held is None:
         total = 0
         for g in ex.groups:
             total += _exec_ns(memo, view, ex, g.expert_id, len(g.tasks))
-        for e in ex.queued_experts:
-            if not pool.holds(e):
-                total += _load_ns(memo, view, ex, e)
-        memo.pool_version = pool.version
-    memo.total_ns, memo.version = total, ex.version
+        memo.unheld = {e for e in queued if not pool.holds(e)}
+        for e in memo.unheld:
+            total += _load_ns(memo, view, ex, e)
+    else:
+        total = memo.total_ns
+        touched = {e for _, e in held}
+        for _, e, g0, g1, _, _ in queue:
+            total += _exec_ns(memo, view, ex, e, g1) - _exec_ns(memo, view, ex, e, g0)
+            touched.add(e)
+        unheld = memo.unheld
+        for e in touched:
+            counts = e in queued and not pool.holds(e)
+            if counts != (e in unheld):
+                if counts:
+                    unheld.add(e)
+                    total += _load_ns(memo, view, ex, e)
+                else:
+                    unheld.discard(e)
+                    total -= _load_ns(memo, view, ex, e)
+    memo.total_ns, memo.version, memo.pool_version = total, ex.version, pool.version
     return total
 
 

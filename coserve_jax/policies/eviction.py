@@ -21,7 +21,8 @@ the store evicts from the front of the ranking until the new expert fits.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 from coserve_jax.policies.base import EngineView, PoolView, load_latency_s
 
@@ -75,18 +76,44 @@ class QueueAware:
     def __init__(self, cost_aware: bool = True):
         self.cost_aware = cost_aware
         self._fallback = TwoStage()
+        # Each expert's expected reload cost per byte depends only on the pool kind and on
+        # whether the host cache holds it (where a reload reads from), for one (graph, cost
+        # model). An eviction ranks every resident expert (~780 per pool in the 3,000-type
+        # cluster cell), so the figures are computed once per expert, not once per eviction;
+        # without a host cache they fix one order of all experts per pool kind.
+        self._for: tuple[object, object] | None = None
+        self._costs: dict[tuple[str, str, bool | None], float] = {}  # (kind, expert, in cache)
+        self._orders: dict[str, dict[str, int]] = {}  # kind -> expert -> place in that order
+
+    def _cost_per_byte(self, view: EngineView, kind: str, e: str, in_cache: bool | None) -> float:
+        key = (kind, e, in_cache)
+        c = self._costs.get(key)
+        if c is None:
+            size = view.graph.experts[e].param_bytes
+            c = self._costs[key] = view.graph.usage_probs()[e] * load_latency_s(view, kind, e) / max(size, 1)
+        return c
+
+    def _unqueued_key(self, view: EngineView, pool: PoolView) -> Callable[[str], Any]:
+        """Sort key of experts no queue uses: (expected reload cost per byte, id), or (no host
+        cache) the expert's place in the order of every expert by that key: the same order."""
+        if self._for is None or self._for[0] is not view.graph or self._for[1] is not view.cost:
+            self._costs.clear()
+            self._orders.clear()
+            self._for = (view.graph, view.cost)
+        kind, cache = pool.kind, view.host_cache
+        if cache is None:
+            order = self._orders.get(kind)
+            if order is None:
+                ids = sorted(view.graph.experts, key=lambda e: (self._cost_per_byte(view, kind, e, None), e))
+                order = self._orders[kind] = {e: i for i, e in enumerate(ids)}
+            return order.__getitem__
+        return lambda e: (self._cost_per_byte(view, kind, e, e in cache.resident), e)
 
     def rank(self, view: EngineView, pool: PoolView, candidates: Sequence[str]) -> list[str]:
         pos = _queue_positions(view, pool)
         unqueued = [e for e in candidates if e not in pos]
         if self.cost_aware:
-            usage = view.graph.usage_probs()
-
-            def expected_cost_per_byte(e: str) -> float:
-                size = view.graph.experts[e].param_bytes
-                return usage[e] * load_latency_s(view, pool.kind, e) / max(size, 1)
-
-            unqueued.sort(key=lambda e: (expected_cost_per_byte(e), e))
+            unqueued.sort(key=self._unqueued_key(view, pool))
         else:
             unqueued = self._fallback.rank(view, pool, unqueued)
         queued = sorted((e for e in candidates if e in pos), key=lambda e: (-pos[e], e))

@@ -11,7 +11,7 @@ from __future__ import annotations
 import weakref
 from collections.abc import Callable, Mapping
 
-from coserve_jax.policies.base import EngineView
+from coserve_jax.policies.base import EngineView, QueuedWhere
 
 
 class RoundRobinByUsage:
@@ -62,8 +62,9 @@ class NextGroup:
         self.max_inflight = _per_kind(max_inflight, "max_inflight")
         self.fastest_kind_only = fastest_kind_only
         # executor -> ((queue version, pool version, kind), answer): the loop asks after every event,
-        # mostly with nothing changed, and a scan walks the whole queue when the pool holds it all
+        # mostly with nothing changed, and a scan walked the whole queue when the pool held it all
         self._memo: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+        self._missing = QueuedWhere(lambda pool, e: not pool.holds(e))
 
     def inflight_limit(self, kind: str) -> int:
         return self.max_inflight(kind)
@@ -78,11 +79,13 @@ class NextGroup:
             return list(memo[1])
         depth = self.depth(ex.kind)
         out: list[str] = []
-        for g in ex.groups:
-            if len(out) >= depth:
-                break
-            if not ex.pool.holds(g.expert_id) and g.expert_id not in out:
-                out.append(g.expert_id)
+        missing = self._missing.get(ex) if depth else ()
+        if missing:
+            for g in ex.groups:
+                if len(out) >= depth:
+                    break
+                if g.expert_id in missing and g.expert_id not in out:
+                    out.append(g.expert_id)
         self._memo[ex] = (key, tuple(out))
         return out
 

@@ -344,14 +344,20 @@ class Affinity:
         p = self.partition
         by_id = {r.replica_id: r for r in alive}
         homes = [by_id[i] for i in p.homes.get(component_type, ()) if i in by_id]
-        least = min(alive, key=lambda r: (r.pending / max(1, r.lanes), str(r.replica_id)))
-        if not homes:
-            return least.replica_id  # an unknown type: the replica fails it with a clear error
+
         def backlog(r: ReplicaView) -> float:
             return r.pending / max(1, r.lanes)
 
+        def least_loaded() -> ReplicaView:  # looks at every replica: only when a decision needs it
+            return min(alive, key=lambda r: (backlog(r), str(r.replica_id)))
+
+        if not homes:
+            return least_loaded().replica_id  # an unknown type: the replica fails it with a clear error
         home = min(homes, key=lambda r: (backlog(r), str(r.replica_id)))
-        if backlog(home) >= self.spill_pending and backlog(home) > self.spill_ratio * (backlog(least) + 1):
+        if backlog(home) < self.spill_pending:
+            return home.replica_id
+        least = least_loaded()
+        if backlog(home) > self.spill_ratio * (backlog(least) + 1):
             # Spill: to a replica that already has the type's classifier if one is light enough
             # (no switch), else to the least-loaded one.
             cls = view.graph.components[component_type].classifier

@@ -15,7 +15,7 @@
 
 from __future__ import annotations
 
-from coserve_jax.policies.base import EngineView, queue_predictions
+from coserve_jax.policies.base import EngineView, QueuedWhere, queue_predictions
 from coserve_jax.types import Task
 
 
@@ -31,6 +31,9 @@ class _Ordering:
     def __init__(self, arranging: bool = False, work_conserving: bool = False):
         self.arranging = arranging
         self.work_conserving = work_conserving
+        # The loop asks after every event, mostly while no queued expert is resident, and a scan
+        # walked the whole queue then.
+        self._resident = QueuedWhere(lambda pool, e: e in pool.resident)
 
     def pick_group(self, view: EngineView, executor_id: int) -> int:
         """Index of the queued group the idle executor serves next."""
@@ -38,9 +41,11 @@ class _Ordering:
         groups = ex.groups
         if not self.work_conserving or groups[0].expert_id in ex.pool.resident:
             return 0
-        for i, g in enumerate(groups):
-            if g.expert_id in ex.pool.resident:
-                return i
+        ready = self._resident.get(ex)
+        if ready:
+            for i, g in enumerate(groups):
+                if g.expert_id in ready:
+                    return i
         return 0
 
     def arrange(self, view: EngineView, executor_id: int, task: Task) -> bool:

@@ -41,6 +41,10 @@ class Pool:
         self._seq = 0
         self._held = 0  # working memory of running batches taken from free bytes (dynamic batch memory)
         self.version = 0  # bumped on every change of what the pool holds (memo key for policies)
+        # (version, expert) per change, for policies that update a memo instead of rescanning:
+        # every change after version ``changes_since`` is listed (older entries are dropped).
+        self.changes: list[tuple[int, str]] = []
+        self.changes_since = 0
         self._used = self.reserved_bytes
         self.peak_bytes = self._used
 
@@ -81,12 +85,19 @@ class Pool:
         return expert_id in self._resident or expert_id in self._loading
 
     # ---- mutations (engine only) -------------------------------------------------------------
+    def _changed(self, expert_id: str) -> None:
+        self.version += 1
+        if len(self.changes) > 256:
+            self.changes.clear()
+            self.changes_since = self.version - 1
+        self.changes.append((self.version, expert_id))
+
     def _tick(self) -> int:
         self._seq += 1
         return self._seq
 
     def begin_load(self, expert_id: str, size_bytes: int) -> None:
-        self.version += 1
+        self._changed(expert_id)
         if self.holds(expert_id):
             raise BudgetError(f"pool {self.pool_id}: {expert_id} is already resident or loading")
         if size_bytes > self.free_bytes:
@@ -99,18 +110,18 @@ class Pool:
         self.peak_bytes = max(self.peak_bytes, self._used)
 
     def finish_load(self, expert_id: str) -> None:
-        self.version += 1
+        self._changed(expert_id)
         size = self._loading.pop(expert_id)
         self._resident[expert_id] = size
         self._admit[expert_id] = self._tick()
         self._last_use.setdefault(expert_id, self._admit[expert_id])
 
     def cancel_load(self, expert_id: str) -> None:
-        self.version += 1
+        self._changed(expert_id)
         self._used -= self._loading.pop(expert_id)
 
     def evict(self, expert_id: str) -> int:
-        self.version += 1
+        self._changed(expert_id)
         if self._pinned[expert_id] > 0:
             raise BudgetError(f"pool {self.pool_id}: {expert_id} is pinned by a running batch")
         size = self._resident.pop(expert_id)
@@ -152,7 +163,8 @@ class Pool:
 
     def evictable(self, protect: Iterable[str] = ()) -> list[str]:
         protected = set(protect)
-        return [e for e in self._resident if self._pinned[e] == 0 and e not in protected]
+        pinned = self._pinned  # holds only counts >= 1 (unpin deletes at 0)
+        return [e for e in self._resident if e not in pinned and e not in protected]
 
     def make_room(
         self,
@@ -171,7 +183,7 @@ class Pool:
         if self.free_bytes + sum(self._resident[e] for e in candidates) < size_bytes and not partial:
             return False
         order = rank(candidates)
-        if sorted(order) != sorted(candidates):
+        if len(order) != len(candidates) or set(order) != set(candidates):  # candidates are distinct
             raise ValueError(f"pool {self.pool_id}: eviction policy must rank exactly its candidates")
         for e in order:
             if size_bytes <= self.free_bytes:
