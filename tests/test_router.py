@@ -227,3 +227,26 @@ def test_serving_stage_caps_the_cluster_and_counts_in_latency():
     assert free["throughput_rps"] > 1 / 0.02 * 1.2  # the engines alone go faster than the stage
     assert 1 / 0.02 * 0.9 < staged["throughput_rps"] <= 1 / 0.02 * 1.001
     assert staged["latency_ms"]["p50"] > free["latency_ms"]["p50"]
+
+
+def test_cluster_job_writes_its_tables(tmp_path):
+    """``+experiment=cluster_scaling`` in a tiny grid (the job broke once when the composed config
+    became typed, with no fast test to notice): scaling.csv has a row per (model, replicas,
+    router) with the issue's columns, and results.json every cell."""
+    import csv
+    import json
+
+    from coserve_jax.config import compose
+    from coserve_jax.jobs import run_job
+
+    out = tmp_path / "cluster"
+    cfg = compose(["+experiment=cluster_scaling", "cluster.models=[pcb_paper_a]", "cluster.replicas=[1,2]",
+                   "cluster.requests_per_replica=40", "cluster.min_requests=80", "cluster.jobs=1",
+                   f"cluster.out_dir={out}"])
+    run_job(cfg, tmp_path / "run")
+    rows = list(csv.DictReader((out / "scaling.csv").open()))
+    assert {(r["model"], r["replicas"], r["router"]) for r in rows} == {
+        ("pcb_paper_a", n, r) for n in ("1", "2") for r in ("affinity", "mux", "round_robin")}
+    for r in rows:
+        assert float(r["throughput_rps"]) > 0 and float(r["p99_ms"]) > 0 and int(r["switches"]) >= 0
+    assert json.loads((out / "results.json").read_text())

@@ -280,9 +280,10 @@ class Affinity:
         self._since_build = 0
         return self.partition
 
-    def ensure_plan(self, view: ClusterView) -> Partition:
-        """The partition for the alive replicas: built at the start, rebuilt when the set changed."""
-        alive_ids = {r.replica_id for r in _alive(view)}
+    def ensure_plan(self, view: ClusterView, alive: Sequence[ReplicaView] | None = None) -> Partition:
+        """The partition for the alive replicas (``alive``: the view's, when the caller has them):
+        built at the start, rebuilt when the set changed."""
+        alive_ids = {r.replica_id for r in (alive if alive is not None else _alive(view))}
         if self.partition is None:
             return self.plan(view, "start")
         if set(self.partition.replicas) != alive_ids:
@@ -337,7 +338,7 @@ class Affinity:
         self._since_build += 1
         self._since_check += 1
         previous = self.partition
-        if self.ensure_plan(view) is previous and self._since_check >= max(1, self.drift_window // 4):
+        if self.ensure_plan(view, alive) is previous and self._since_check >= max(1, self.drift_window // 4):
             self._since_check = 0
             if self._drifted(view):
                 self.plan(view, "drift")
