@@ -36,9 +36,9 @@ from ray.serve.config import RequestRouterConfig
 
 from coserve_jax.api import RequestFailed
 from coserve_jax.coe.graph import UnknownComponentError
+from coserve_jax.serve import board
 from coserve_jax.serve.decode import BadRequest, check_image, decode_image
 from coserve_jax.serve.replica_engine import LOAD_BUCKETS_S, ReplicaEngine
-from coserve_jax.serve import board
 from coserve_jax.serve.router import CoERequestRouter, graph_to_dict
 
 log = logging.getLogger("coserve_jax.serve")

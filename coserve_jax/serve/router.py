@@ -26,8 +26,8 @@ from typing import Any
 from ray.serve.request_router import PendingRequest, RequestRouter, RunningReplica
 
 from coserve_jax.coe.graph import CoEGraph, ComponentType
-from coserve_jax.serve import board  # a module: reached by reference from the pickled class (board.py)
 from coserve_jax.policies.router import NoReplicaError
+from coserve_jax.serve import board  # a module: reached by reference from the pickled class (board.py)
 from coserve_jax.types import ExpertInfo, Role
 
 def graph_to_dict(graph: CoEGraph) -> dict[str, Any]:
