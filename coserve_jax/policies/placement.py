@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import itertools
 import weakref
 from collections.abc import Callable, Mapping
 
@@ -79,15 +80,27 @@ class NextGroup:
             return list(memo[1])
         depth = self.depth(ex.kind)
         out: list[str] = []
-        missing = self._missing.get(ex) if depth else ()
-        if missing:
-            for g in ex.groups:
+        groups, pool = ex.groups, ex.pool
+        # The first groups directly (a short queue, or a missing expert near its head: the
+        # common case), then the rest through the index of queued experts the pool does not
+        # hold (a long queue with everything held answers at once). The same answer either way.
+        for g in itertools.islice(groups, _DIRECT_GROUPS):
+            if len(out) >= depth:
+                break
+            if g.expert_id not in out and not pool.holds(g.expert_id):
+                out.append(g.expert_id)
+        if len(out) < depth and len(groups) > _DIRECT_GROUPS and self._missing.get(ex).difference(out):
+            missing = self._missing.get(ex)
+            for g in itertools.islice(groups, _DIRECT_GROUPS, None):
                 if len(out) >= depth:
                     break
                 if g.expert_id in missing and g.expert_id not in out:
                     out.append(g.expert_id)
         self._memo[ex] = (key, tuple(out))
         return out
+
+
+_DIRECT_GROUPS = 8  # NextGroup.prefetch looks at this many groups before its index
 
 
 def _per_kind(value: int | Mapping[str, int], name: str) -> Callable[[str], int]:
