@@ -80,27 +80,32 @@ def send(url: str, ctype: str, body: bytes, timeout_s: float) -> tuple[int | Non
 
 
 def serving_overhead_s(url: str, items: list[tuple[str, bytes]], n: int, timeout_s: float = 60.0,
-                       idle_s: float = 3.0) -> dict[str, Any]:
-    """The serving path's seconds per request: ``n`` requests one at a time (closed loop), each
-    one's round trip less the engine's own latency (``latency_s`` in the answer, arrival in the
-    replica's engine to verdict). What is left is the HTTP proxy, the ingress, the router, the
-    actor calls there and back and the client, with nothing queued anywhere. ``cpu_s``: the CPU
-    seconds per request of this process and its descendants (``busy_cpu_s``) beyond what they
-    burn idle (``idle_cores``: measured over ``idle_s`` first, no request in flight)."""
-    over = []
+                       idle_s: float = 3.0, concurrency: int = 1) -> dict[str, Any]:
+    """The serving path's seconds per request: ``n`` requests in a closed loop of
+    ``concurrency`` clients, each one's round trip less the engine's own latency (``latency_s``
+    in the answer, arrival in the replica's engine to verdict). One at a time, what is left is
+    the HTTP proxy, the ingress, the router, the actor calls there and back and the client, with
+    nothing queued anywhere. ``cpu_s``: the CPU seconds per request of this process and its
+    descendants (``busy_cpu_s``) beyond what they burn idle (``idle_cores``: measured over
+    ``idle_s`` first, no request in flight); with several clients, under that much load."""
     idle0, t0 = busy_cpu_s(), time.perf_counter()
     time.sleep(idle_s)  # no request in flight: what the serving processes burn anyway
     cpu0, t1 = busy_cpu_s(), time.perf_counter()
-    for i in range(n):
+
+    def one(i: int) -> float:
         ctype, body = items[i % len(items)]
         status, wall, err, out = send(url, ctype, body, timeout_s)
         if status != 200:
             raise RuntimeError(f"serving_overhead_s: request {i} ({ctype}) got {status}: {err}")
-        over.append(wall - float(json.loads(out)["latency_s"]))
+        return wall - float(json.loads(out)["latency_s"])
+
+    with concurrent.futures.ThreadPoolExecutor(concurrency) as pool:
+        over = list(pool.map(one, range(n)))
     cpu1, t2 = busy_cpu_s(), time.perf_counter()
     a = np.array(over)
-    out = {"requests": n, "median_s": float(np.median(a)), "p10_s": float(np.percentile(a, 10)),
-           "p90_s": float(np.percentile(a, 90)), "mean_s": float(a.mean()), "cpu_s": None, "idle_cores": None}
+    out = {"requests": n, "concurrency": concurrency, "median_s": float(np.median(a)),
+           "p10_s": float(np.percentile(a, 10)), "p90_s": float(np.percentile(a, 90)), "mean_s": float(a.mean()),
+           "achieved_rps": n / (t2 - t1), "cpu_s": None, "idle_cores": None}
     if None not in (idle0, cpu0, cpu1):
         idle_cores = (cpu0 - idle0) / (t1 - t0)
         out.update(idle_cores=idle_cores, cpu_s=max(0.0, (cpu1 - cpu0 - idle_cores * (t2 - t1)) / n))

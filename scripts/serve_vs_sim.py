@@ -34,6 +34,8 @@ def main() -> None:
     ap.add_argument("--requests", type=int, default=400)
     ap.add_argument("--duration-s", type=float, default=60.0)
     ap.add_argument("--calibrate", type=int, default=60, help="closed-loop requests measuring the serving path")
+    ap.add_argument("--calibrate-clients", type=int, default=16,
+                    help="clients of the closed loop that measures it under load (4 x --calibrate requests)")
     ap.add_argument("--overrides", nargs="*", default=["model=pcb_demo"])
     ap.add_argument("--out", type=Path)
     a = ap.parse_args()
@@ -55,6 +57,7 @@ def main() -> None:
     try:
         loadgen["serving_overhead_s"](server.url, items, 10)  # every replica's first requests: not measured
         serving = loadgen["serving_overhead_s"](server.url, items, a.calibrate)
+        loaded = loadgen["serving_overhead_s"](server.url, items, 4 * a.calibrate, concurrency=a.calibrate_clients)
         real = loadgen["run"](server.url, items, offsets, a.duration_s, 60.0, 1000.0, 256)
     finally:
         server.shutdown()
@@ -82,10 +85,14 @@ def main() -> None:
               # cores its processes leave free when idle
               "sim_serving_cpu": (serving["cpu_s"] / max(0.1, cores - serving["idle_cores"])
                                   if serving["cpu_s"] else None),
+              # ... of its CPU per request under load (a closed loop of --calibrate-clients clients)
+              "sim_serving_cpu_loaded": (loaded["cpu_s"] / max(0.1, cores - loaded["idle_cores"])
+                                         if loaded["cpu_s"] else None),
               # ... or of its unloaded round trip (a serial pipeline: no overlap between requests)
               "sim_serving_round_trip": serving["median_s"]}
     out = {"replicas": a.replicas, "router": a.router, "model": run_cfg.model.name, "offered_rps": a.rate,
            "requests": len(items), "startup_s": startup_s, "cores": cores, "serving_calibration": serving,
+           "serving_calibration_loaded": loaded,
            "real": real}
     for name, serving_s in stages.items():
         if serving_s is None:
