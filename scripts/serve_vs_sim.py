@@ -3,14 +3,15 @@ app, loopback HTTP, ``scripts/loadgen.py``) and in the cluster simulator.
 
     python scripts/serve_vs_sim.py --replicas 2 --rate 400 --requests 400 --out experiments/cluster/real_vs_sim.json
 
-Bounded: a calibration pass, one load run (``--requests`` sends within ``--duration-s``), then
-the app stops. Calibration: ``--calibrate`` requests one at a time give the serving path's
-seconds per request (round trip less the engine's latency; ``loadgen.serving_overhead_s``).
-The simulator gets the replicas' measured profile and the load generator's request mix and
-arrival times, and runs three times: the engines alone (the serving layer not modelled), and
-with the serving layer as one first-come-first-served stage (``ClusterSim.serving_s``) of (a) its
-CPU seconds per request over the machine's cores (the processes of the path pipeline across
-cores) or (b) its unloaded round trip (no overlap at all).
+Bounded: two calibration passes, one load run (``--requests`` sends within ``--duration-s``),
+then the app stops. Calibration (``loadgen.serving_overhead_s``): ``--calibrate`` requests one at
+a time, then 4x as many from ``--calibrate-clients`` closed-loop clients, give the serving
+path's round trip less the engine's latency and its CPU per request. The simulator gets the
+replicas' measured profile and the load generator's request mix and arrival times, and runs
+four times: the engines alone (the serving layer not modelled), and with the serving layer as
+one first-come-first-served stage (``ClusterSim.serving_s``) of (a) its CPU seconds per request,
+one at a time or (b) under load, over the cores its processes leave free (they pipeline across
+cores), or (c) its unloaded round trip (no overlap at all).
 """
 
 from __future__ import annotations
