@@ -81,14 +81,15 @@ def main() -> None:
     reqs = [dataclasses.replace(r, arrival_s=float(t)) for r, t in zip(trace, offsets)]
     keys = ("throughput_rps", "latency_ms", "switches", "requests")
     cores = os.cpu_count() or 1
+
+    def cpu_stage_s(cal: dict) -> float | None:
+        # the serving path as one server of its CPU seconds per request spread over the cores
+        # its processes leave free when idle
+        return cal["cpu_s"] / max(0.1, cores - cal["idle_cores"]) if cal["cpu_s"] else None
+
     stages = {"sim": 0.0,  # the engines alone
-              # the serving path as one server of its CPU seconds per request spread over the
-              # cores its processes leave free when idle
-              "sim_serving_cpu": (serving["cpu_s"] / max(0.1, cores - serving["idle_cores"])
-                                  if serving["cpu_s"] else None),
-              # ... of its CPU per request under load (a closed loop of --calibrate-clients clients)
-              "sim_serving_cpu_loaded": (loaded["cpu_s"] / max(0.1, cores - loaded["idle_cores"])
-                                         if loaded["cpu_s"] else None),
+              "sim_serving_cpu": cpu_stage_s(serving),  # calibrated one request at a time
+              "sim_serving_cpu_loaded": cpu_stage_s(loaded),  # ... and under load (--calibrate-clients)
               # ... or of its unloaded round trip (a serial pipeline: no overlap between requests)
               "sim_serving_round_trip": serving["median_s"]}
     out = {"replicas": a.replicas, "router": a.router, "model": run_cfg.model.name, "offered_rps": a.rate,

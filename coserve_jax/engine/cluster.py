@@ -302,7 +302,9 @@ class ClusterSim:
         served_until = t0  # when the serving stage is next free
         for req in order:
             arrived = t0 + req.arrival_s
-            t = served_until = max(arrived, served_until) + self.serving_s if self.serving_s else arrived
+            t = arrived
+            if self.serving_s:  # through the serving stage, first come first served
+                t = served_until = max(arrived, served_until) + self.serving_s
             while kills and kills[0][0] <= t:
                 kt, ki = kills.pop(0)
                 self._advance_all(kt)

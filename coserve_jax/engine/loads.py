@@ -125,12 +125,11 @@ class LoadSide:
         evicting by policy only experts outside the set that no queued or running work needs.
         An expert no pool can fit is skipped. Returns the number of loads started."""
         keep = set(experts)
-        started = 0
-        turn = 0
+        started = turn = 0
+        n = len(self._executors)
         for e in experts:
             if e not in self.graph.experts or any(ex.pool.holds(e) for ex in self._executors):
                 continue
-            n = len(self._executors)
             for k in range(n):
                 ex = self._executors[(turn + k) % n]
                 if self._begin_load(ex, e, prefetch=True, protect=keep | needed_experts(self._executors, ex.pool)):

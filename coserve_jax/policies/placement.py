@@ -89,8 +89,8 @@ class NextGroup:
                 break
             if g.expert_id not in out and not pool.holds(g.expert_id):
                 out.append(g.expert_id)
-        if len(out) < depth and len(groups) > _DIRECT_GROUPS and self._missing.get(ex).difference(out):
-            missing = self._missing.get(ex)
+        missing = self._missing.get(ex) if len(out) < depth and len(groups) > _DIRECT_GROUPS else ()
+        if missing and missing.difference(out):
             for g in itertools.islice(groups, _DIRECT_GROUPS, None):
                 if len(out) >= depth:
                     break

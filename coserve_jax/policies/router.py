@@ -292,8 +292,7 @@ class Affinity:
 
     def initial_experts(self, view: ClusterView, replica_id: Hashable) -> list[str]:
         """The experts this replica should load before serving: its working set, hottest first."""
-        p = self.partition or self.plan(view)
-        return list(p.working_set.get(replica_id, ()))
+        return list(self.ensure_plan(view).working_set.get(replica_id, ()))
 
     def _observed_mix(self, graph: CoEGraph) -> dict[str, float]:
         counts = Counter(self._window)
