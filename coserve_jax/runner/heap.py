@@ -12,8 +12,9 @@ class _FrozenHeap:
     Python's full (generation-2) collections scan every long-lived object: on the demo, the
     ~330,000 of JAX, Flax and the zoo. One such pass took 166 ms and landed inside one demo run
     in nine (~20% of a 0.8 s run, by ``gc.callbacks``). Frozen, those objects are skipped: the
-    same pass took 3.4 ms. Objects that exist when the first user enters stay alive until the
-    last one leaves (``gc.unfreeze``); reference counting still frees everything else.
+    same pass took 3.4 ms. Objects that exist when the first user enters are left out of every
+    collection until the last one leaves (``gc.unfreeze``); reference counting still frees any of
+    them whose count drops to zero, so ``gc.get_freeze_count()`` may fall while frozen.
     """
 
     def __init__(self) -> None:
