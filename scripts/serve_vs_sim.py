@@ -3,15 +3,17 @@ app, loopback HTTP, ``scripts/loadgen.py``) and in the cluster simulator.
 
     python scripts/serve_vs_sim.py --replicas 2 --rate 400 --requests 400 --out experiments/cluster/real_vs_sim.json
 
-Bounded: two calibration passes, one load run (``--requests`` sends within ``--duration-s``),
+Bounded: calibration passes, one load run (``--requests`` sends within ``--duration-s``),
 then the app stops. Calibration (``loadgen.serving_overhead_s``): ``--calibrate`` requests one at
-a time, then 4x as many from ``--calibrate-clients`` closed-loop clients, give the serving
-path's round trip less the engine's latency and its CPU per request. The simulator gets the
-replicas' measured profile and the load generator's request mix and arrival times, and runs
+a time, then 4x as many from each of ``--calibrate-clients`` closed-loop clients, give the
+serving path's round trip less the engine's latency and its CPU per request. The simulator gets
+the replicas' measured profile and the load generator's request mix and arrival times, and runs
 four times: the engines alone (the serving layer not modelled), and with the serving layer as
-one first-come-first-served stage (``ClusterSim.serving_s``) of (a) its CPU seconds per request,
-one at a time or (b) under load, over the cores its processes leave free (they pipeline across
-cores), or (c) its unloaded round trip (no overlap at all).
+one first-come-first-served stage (``ClusterSim.serving_s``) of (a) its CPU seconds per request
+one at a time, or (b) its CPU seconds per request as measured with 1 and each
+``--calibrate-clients`` requests in flight, as a function of the requests in the stage
+(``ServingStage``), both over the cores its processes leave free (they pipeline across cores),
+or (c) its unloaded round trip (no overlap at all).
 """
 
 from __future__ import annotations
@@ -35,8 +37,8 @@ def main() -> None:
     ap.add_argument("--requests", type=int, default=400)
     ap.add_argument("--duration-s", type=float, default=60.0)
     ap.add_argument("--calibrate", type=int, default=60, help="closed-loop requests measuring the serving path")
-    ap.add_argument("--calibrate-clients", type=int, default=16,
-                    help="clients of the closed loop that measures it under load (4 x --calibrate requests)")
+    ap.add_argument("--calibrate-clients", type=int, nargs="+", default=[4, 16, 64],
+                    help="clients of the closed loops that measure it under load (4 x --calibrate requests each)")
     ap.add_argument("--overrides", nargs="*", default=["model=pcb_demo"])
     ap.add_argument("--out", type=Path)
     a = ap.parse_args()
@@ -58,7 +60,8 @@ def main() -> None:
     try:
         loadgen["serving_overhead_s"](server.url, items, 10)  # every replica's first requests: not measured
         serving = loadgen["serving_overhead_s"](server.url, items, a.calibrate)
-        loaded = loadgen["serving_overhead_s"](server.url, items, 4 * a.calibrate, concurrency=a.calibrate_clients)
+        loaded = [loadgen["serving_overhead_s"](server.url, items, 4 * a.calibrate, concurrency=c)
+                  for c in sorted(set(a.calibrate_clients) - {1})]
         real = loadgen["run"](server.url, items, offsets, a.duration_s, 60.0, 1000.0, 256)
     finally:
         server.shutdown()
@@ -87,9 +90,11 @@ def main() -> None:
         # its processes leave free when idle
         return cal["cpu_s"] / max(0.1, cores - cal["idle_cores"]) if cal["cpu_s"] else None
 
+    by_load = [(cal["concurrency"], cpu_stage_s(cal)) for cal in (serving, *loaded)]
     stages = {"sim": 0.0,  # the engines alone
               "sim_serving_cpu": cpu_stage_s(serving),  # calibrated one request at a time
-              "sim_serving_cpu_loaded": cpu_stage_s(loaded),  # ... and under load (--calibrate-clients)
+              # ... and with 1, 4, 16, 64 requests in flight (--calibrate-clients)
+              "sim_serving_cpu_by_load": None if None in dict(by_load).values() else by_load,
               # ... or of its unloaded round trip (a serial pipeline: no overlap between requests)
               "sim_serving_round_trip": serving["median_s"]}
     out = {"replicas": a.replicas, "router": a.router, "model": run_cfg.model.name, "offered_rps": a.rate,

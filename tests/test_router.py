@@ -213,20 +213,35 @@ def test_cluster_is_deterministic():
 
 def test_serving_stage_caps_the_cluster_and_counts_in_latency():
     """``serving_s``: one first-come-first-served stage in front of the router; with arrivals far
-    above 1 / serving_s the cluster serves at most that rate, and latency counts from arrival."""
+    above 1 / serving_s the cluster serves at most that rate, and latency counts from arrival.
+    A stage whose cost falls with the requests in it (measured points) serves at the rate of its
+    cost with the stage full, and at its one-at-a-time cost when arrivals are sparse."""
     from coserve_jax.config import WorkloadConfig
+    from coserve_jax.engine.cluster import ServingStage
 
     out = {}
-    for serving_s in (0.0, 0.02):
+    by_load = [(1, 0.04), (20, 0.01)]
+    runs = {("free", 1.0): 0.0, ("fixed", 1.0): 0.02, ("by_load", 1.0): by_load,
+            ("fixed", 200.0): 0.04, ("by_load", 200.0): by_load}
+    for (name, interval_ms), stage in runs.items():
         g, sim = _cluster(2, Affinity())
-        sim.serving_s = serving_s
-        reqs = generate_trace(g, WorkloadConfig(num_requests=300, interval_ms=1.0, arrival="poisson"))
-        out[serving_s] = sim.run(reqs)
-    staged, free = out[0.02], out[0.0]
+        sim.serving = ServingStage(stage)
+        reqs = generate_trace(g, WorkloadConfig(num_requests=300 if interval_ms == 1.0 else 30,
+                                                interval_ms=interval_ms, arrival="poisson"))
+        out[name, interval_ms] = sim.run(reqs)
+    staged, free = out["fixed", 1.0], out["free", 1.0]
     assert staged["requests"]["completed"] == 300
     assert free["throughput_rps"] > 1 / 0.02 * 1.2  # the engines alone go faster than the stage
     assert 1 / 0.02 * 0.9 < staged["throughput_rps"] <= 1 / 0.02 * 1.001
     assert staged["latency_ms"]["p50"] > free["latency_ms"]["p50"]
+    by_load = out["by_load", 1.0]
+    assert 1 / 0.01 * 0.8 < by_load["throughput_rps"] <= 1 / 0.01 * 1.001  # the stage full: 0.01 s each
+    sparse, fixed = out["by_load", 200.0]["latency_ms"], out["fixed", 200.0]["latency_ms"]
+    assert fixed["p50"] * 0.98 < sparse["p50"] < fixed["p50"] * 1.02  # mostly one in the stage: 0.04 s
+    assert ServingStage([(1, 0.04), (20, 0.01)]).seconds(10) == pytest.approx(0.04 - 9 / 19 * 0.03)
+    for bad in ([], [(0, 0.01)], [(2, 0.01), (1, 0.02)], [(1, -0.01)]):
+        with pytest.raises(ValueError, match="ServingStage.points"):
+            ServingStage(bad)
 
 
 def test_cluster_job_writes_its_tables(tmp_path):

@@ -15,6 +15,7 @@ The replicas share nothing: each is a machine of its own (separate cores, memory
 
 from __future__ import annotations
 
+import bisect
 import dataclasses
 import heapq
 import logging
@@ -163,24 +164,53 @@ class _Req:
     failed: str | None = None
 
 
+class ServingStage:
+    """The serving layer in front of the router (the HTTP proxy, the ingress, the actor calls
+    there and back) as one first-come-first-served server whose seconds per request depend on
+    how many requests are in it: ``points`` are (requests in the stage, seconds per request) as
+    measured, interpolated linearly between them and held beyond the first and last. A server
+    like Ray's proxy and ingress takes several requests per wake-up of its event loops, so its
+    cost per request falls as they pile up; one point (or a number) is a constant cost."""
+
+    def __init__(self, points: float | Sequence[tuple[float, float]]):
+        pts = [(1.0, float(points))] if isinstance(points, (int, float)) else [(float(n), float(s)) for n, s in points]
+        if not pts:
+            raise ValueError("ServingStage.points: at least one (requests in the stage, seconds) point")
+        for i, (n, sec) in enumerate(pts):
+            if not n >= 1.0 or not sec >= 0.0 or (i and not n > pts[i - 1][0]):
+                raise ValueError(f"ServingStage.points[{i}]: ({n}, {sec}) must have requests >= 1, rising, "
+                                 f"and seconds >= 0; got {pts}")
+        self.points = pts
+        self._n = np.array([n for n, _ in pts])
+        self._s = np.array([s for _, s in pts])
+
+    def __bool__(self) -> bool:
+        return bool(self._s.any())
+
+    def seconds(self, in_stage: int) -> float:
+        """Seconds the stage spends on its next request with ``in_stage`` requests in it."""
+        return float(np.interp(in_stage, self._n, self._s))
+
+
 class ClusterSim:
     """N simulated replicas behind one router. ``make_engine(i)`` builds replica i's engine
     loop (over its own ``SimBackend``); ``placement(i)``, when given, lists the experts replica
     i loads before serving (else its arm's initialiser runs).
 
-    ``serving_s``: the serving layer in front of the router (the HTTP proxy, the ingress, the
-    actor calls there and back) as one first-come-first-served stage taking this many seconds
-    per request; a request reaches the router when it leaves the stage, and its latency counts
-    from its arrival. 0 (the default): requests reach the router as they arrive."""
+    ``serving_s``: the serving layer in front of the router as one first-come-first-served
+    stage (``ServingStage``: seconds per request, or (requests in the stage, seconds) points); a
+    request reaches the router when it leaves the stage, and its latency counts from its
+    arrival. 0 (the default): requests reach the router as they arrive."""
 
     def __init__(self, graph: CoEGraph, router: Router, engines: Sequence[LoopEngine],
                  placement: Callable[[Any, int], Sequence[str]] | None = None, max_attempts: int = 3,
-                 serving_s: float = 0.0):
-        if not serving_s >= 0.0:
-            raise ValueError(f"ClusterSim.serving_s: must be >= 0 seconds, got {serving_s!r}")
+                 serving_s: float | Sequence[tuple[float, float]] = 0.0):
+        try:
+            self.serving = ServingStage(serving_s)
+        except ValueError as e:
+            raise ValueError(f"ClusterSim.serving_s: {e}") from None
         self.graph = graph
         self.router = router
-        self.serving_s = serving_s
         self._replicas = [SimReplica(i, e) for i, e in enumerate(engines)]
         self.placement = placement
         self.max_attempts = max_attempts
@@ -299,12 +329,14 @@ class ClusterSim:
                 ex.seconds.clear()
         kills = sorted((t0 + t, i) for i, t in (kill_at_s or {}).items())
         order = sorted(requests, key=lambda r: (r.arrival_s, r.request_id))
+        arrivals = [t0 + r.arrival_s for r in order]
         served_until = t0  # when the serving stage is next free
-        for req in order:
-            arrived = t0 + req.arrival_s
-            t = arrived
-            if self.serving_s:  # through the serving stage, first come first served
-                t = served_until = max(arrived, served_until) + self.serving_s
+        for k, req in enumerate(order):
+            arrived = t = arrivals[k]
+            if self.serving:  # through the serving stage, first come first served
+                start = max(arrived, served_until)
+                in_stage = bisect.bisect_right(arrivals, start) - k  # this one and those behind it
+                t = served_until = start + self.serving.seconds(in_stage)
             while kills and kills[0][0] <= t:
                 kt, ki = kills.pop(0)
                 self._advance_all(kt)

@@ -61,9 +61,11 @@ def make_router(serve: ServeConfig) -> Any:
 
 
 def simulate(cfg: RunConfig, serve: ServeConfig, graph: CoEGraph, cost: Any, requests: Sequence[Request],
-             kill_at_s: Mapping[int, float] | None = None, serving_s: float = 0.0) -> dict[str, Any]:
+             kill_at_s: Mapping[int, float] | None = None,
+             serving_s: float | Sequence[tuple[float, float]] = 0.0) -> dict[str, Any]:
     """One simulated cluster on one trace: its summary (engine/cluster.py); ``serving_s``: the
-    serving layer's seconds per request (``ClusterSim``; 0: not modelled)."""
+    serving layer's seconds per request, or (requests in it, seconds) points (``ClusterSim``,
+    ``ServingStage``; 0: not modelled)."""
     arm = next((a for a in cfg.arms if a.name == serve.arm), None)
     if arm is None:
         raise ConfigError(f"serve.arm: {serve.arm!r} must be listed in arms={[a.name for a in cfg.arms]}")
