@@ -191,5 +191,13 @@ def test_load_generator_against_the_endpoint(server, real, tmp_path):
                               "--overrides", *real.overrides, "--out", str(tmp_path / "load.json")])
     assert report["sent"] == 20 and report["lost"] == 0 and report["status"] == {"200": 20}
     assert json.loads((tmp_path / "load.json").read_text())["achieved_rps"] > 0
+    # One sender thread against arrivals far faster than one round trip: the sends queue in the
+    # client, and the report counts that wait (it once timed from each actual send, which
+    # overstated throughput and hid the queue)
+    queued = loadgen["main"](["--url", server.url, "--rate", "500", "--requests", "8", "--max-inflight", "1",
+                              "--overrides", *real.overrides])
+    assert queued["status"] == {"200": 8} and queued["client_wait_s"]["queued"] >= 6
+    assert queued["achieved_rps"] == pytest.approx(8 / queued["wall_s"], rel=0.05)  # one at a time, to the end
+    assert queued["latency_ms"]["p99"] >= 1e3 * queued["client_wait_s"]["max"]
     over = loadgen["serving_overhead_s"](server.url, loadgen["workload"](real.overrides, 4), 4)
     assert 0 < over["median_s"] < 10
