@@ -139,6 +139,61 @@ def test_checksum_sees_flips_zeros_and_moved_blocks(n):
         assert checksum(w) != base
 
 
+def test_pieces_checked_as_they_land_give_the_whole_checksum():
+    """``_Checksums`` from pieces in any order equals ``checksum``; pieces off the 4 KiB blocks or
+    missing one fall back to summing the vector whole."""
+    from coserve_jax.store.checkpoint import _Checksums
+
+    v = np.random.default_rng(0).standard_normal(70_001).astype(np.float32)
+    bounds = [(lo, min(v.size, lo + 4096)) for lo in range(0, v.size, 4096)]
+    for order in (bounds, bounds[::-1]):
+        sums = _Checksums()
+        for lo, hi in order:
+            sums("flat_float32", v, lo, hi)
+        assert sums.value("flat_float32", v) == checksum(v)
+    for pieces in ([(0, 1000), (1000, v.size)], bounds[:-1]):
+        sums = _Checksums()
+        for lo, hi in pieces:
+            sums("flat_float32", v, lo, hi)
+        assert sums.value("flat_float32", v) == checksum(v)
+
+
+def test_reads_in_pieces_and_cached_opens_still_see_every_change(tmp_path, monkeypatch):
+    """Vectors read in many pieces (``orbax_read.PIECE_BYTES`` made small) read back exactly;
+    with the checkpoint's arrays kept open between reads, a byte changed in place, a truncated
+    data file and a checkpoint written again at the same path are all seen."""
+    from coserve_jax.store import orbax_read
+
+    monkeypatch.setattr(orbax_read, "PIECE_BYTES", 16 << 10)
+    path = tmp_path / "cls_001"
+    state = host_init_state(SPEC, 3)
+    save_expert(path, state)
+    specs = leaf_specs(state)
+    first = read_packed(path, specs)
+    assert first["flat_float32"].nbytes > 10 * orbax_read.PIECE_BYTES
+    np.testing.assert_array_equal(read_packed(path, specs)["flat_float32"], first["flat_float32"])  # kept open
+    data = max((path / "ocdbt.process_0" / "d").iterdir(), key=lambda f: f.stat().st_size)
+    size = data.stat().st_size
+    with open(data, "r+b") as f:  # one byte, in the middle of the vector
+        f.seek(size // 2)
+        byte = f.read(1)
+        f.seek(size // 2)
+        f.write(bytes([byte[0] ^ 0x10]))
+    with pytest.raises(CheckpointError, match="checksum mismatch"):
+        read_packed(path, specs, "cls_001")
+    with open(data, "r+b") as f:
+        f.truncate(size // 2)
+    with pytest.raises(CheckpointError, match="unreadable"):
+        read_packed(path, specs, "cls_001")
+    shutil.rmtree(path)
+    other = host_init_state(SPEC, 4)
+    save_expert(path, other)
+    again = read_packed(path, specs)
+    assert not np.array_equal(again["flat_float32"], first["flat_float32"])
+    orbax_read._OPENED.clear()  # opened afresh, nothing kept: the same new weights
+    np.testing.assert_array_equal(again["flat_float32"], read_packed(path, specs)["flat_float32"])
+
+
 # ---- reads in reader processes (store/reader.py) -------------------------------------------
 @pytest.fixture(scope="module")
 def reader():

@@ -35,6 +35,7 @@ from __future__ import annotations
 import functools
 import json
 import os
+import threading
 import zlib
 from collections.abc import Callable
 from pathlib import Path
@@ -185,7 +186,8 @@ def read_packed(path: str | os.PathLike, specs: list[tuple[tuple[int, ...], np.d
     shapes = {HEADER: (1 + len(specs) + len(layout.keys),)}
     shapes.update({key: (layout.lengths[key],) for key in layout.keys})
     try:
-        packed = read_arrays(path, list(shapes), out)
+        sums = _Checksums()
+        packed = read_arrays(path, list(shapes), out, on_piece=sums)  # checked piece by piece as they land
     except Exception as e:  # Orbax/tensorstore raise many types; all mean "unreadable".
         if _older_format(path):
             raise CheckpointError(f"expert {who}: checkpoint {path} is of an older format (no {HEADER!r}; "
@@ -193,7 +195,7 @@ def read_packed(path: str | os.PathLike, specs: list[tuple[tuple[int, ...], np.d
         raise CheckpointError(
             f"expert {who}: checkpoint {path} is corrupt or unreadable: {type(e).__name__}: {e}"
         ) from e
-    _check(packed, shapes, layout, who, path)
+    _check(packed, shapes, layout, who, path, sums)
     return packed
 
 
@@ -206,7 +208,7 @@ def _older_format(path: Path) -> bool:
     return "('leaf_sizes',)" in keys and f"('{HEADER}',)" not in keys
 
 
-def _check(packed: dict, shapes: dict, layout: _Layout, who: str, path: Path) -> None:
+def _check(packed: dict, shapes: dict, layout: _Layout, who: str, path: Path, sums: _Checksums) -> None:
     for key, want in shapes.items():
         got = packed.get(key)
         if got is None or tuple(got.shape) != want:
@@ -219,7 +221,7 @@ def _check(packed: dict, shapes: dict, layout: _Layout, who: str, path: Path) ->
         raise CheckpointError(f"expert {who}: checkpoint {path} is of format {header[0]}, this version reads {FORMAT}")
     if header[1: 1 + n] != layout.sizes:
         raise CheckpointError(f"expert {who}: checkpoint {path} leaf layout differs from the architecture's")
-    if header[1 + n:] != [checksum(packed[k]) for k in layout.keys]:
+    if header[1 + n:] != [sums.value(k, packed[k]) for k in layout.keys]:
         raise CheckpointError(f"expert {who}: checkpoint {path} is corrupt: weight checksum mismatch")
 
 
@@ -235,6 +237,47 @@ def checksum(vector: np.ndarray) -> int:
     n = len(flat) // _BLOCK_BYTES * _BLOCK_BYTES
     sums = flat[:n].view("<u8").reshape(-1, _BLOCK_BYTES // 8).sum(axis=1, dtype="<u8")
     return zlib.crc32(flat[n:], zlib.crc32(sums))
+
+
+class _Checksums:
+    """``checksum`` of vectors read in pieces, built as the pieces land (``read_arrays``'
+    ``on_piece``, called on TensorStore's threads right after each piece's copy): each piece's
+    blocks are summed by the thread that just copied it, while it is still in cache, and ``value``
+    runs the CRC-32 over the pieces' sums in order (a CRC-32 of a concatenation is the CRC-32 of
+    its parts, chained). Each piece must start on a block boundary; a vector whose pieces did not,
+    or did not cover it, is summed whole by ``value``."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._sums: dict[str, dict[int, np.ndarray]] = {}  # per vector: block sums by first byte
+        self._bytes: dict[str, int] = {}  # bytes covered; -1: a piece off the block boundaries
+
+    def __call__(self, key: str, vector: np.ndarray, lo: int, hi: int) -> None:
+        if key == HEADER:
+            return
+        u8 = vector.reshape(-1).view(np.uint8)
+        b0, b1 = lo * vector.itemsize, hi * vector.itemsize
+        full = len(u8) // _BLOCK_BYTES * _BLOCK_BYTES
+        ok = b0 % _BLOCK_BYTES == 0 and (b1 % _BLOCK_BYTES == 0 or b1 == len(u8))
+        sums = u8[b0: max(b0, min(b1, full))].view("<u8").reshape(-1, _BLOCK_BYTES // 8).sum(axis=1, dtype="<u8") \
+            if ok else None
+        with self._lock:
+            if sums is None or self._bytes.get(key, 0) < 0:
+                self._bytes[key] = -1
+                return
+            self._sums.setdefault(key, {})[b0] = sums
+            self._bytes[key] = self._bytes.get(key, 0) + (b1 - b0)
+
+    def value(self, key: str, vector: np.ndarray) -> int:
+        """The checksum of ``vector`` (read as ``key``): from its pieces if they covered it,
+        else summed whole now."""
+        if self._bytes.get(key) != vector.nbytes:
+            return checksum(vector)
+        crc = 0
+        for _, part in sorted(self._sums[key].items()):
+            crc = zlib.crc32(part, crc)
+        u8 = vector.reshape(-1).view(np.uint8)
+        return zlib.crc32(u8[len(u8) // _BLOCK_BYTES * _BLOCK_BYTES:], crc)
 
 
 def _unpack_host(packed: dict, specs: list) -> list[np.ndarray]:
