@@ -97,6 +97,9 @@ def test_validate_sim_takes_the_median_over_blocks(tmp_path):
     assert row["real_switches"] == 55 and (row["real_rps_min"], row["real_rps_max"]) == (80.0, 130.0)
     assert row["profiles"] == 3 and row["sim_rps"] == 120.0 and row["sim_switches"] == 64
     assert row["rps_error"] == pytest.approx(0.20)
+    # Paired: 90 vs 115 (block 0's runs), 120 vs 80, 132 vs 125: the median block is +5.6%
+    assert row["rps_error_per_block"] == pytest.approx([90 / 115 - 1, 0.5, 132 / 125 - 1])
+    assert row["rps_error_paired"] == pytest.approx(132 / 125 - 1)
     assert "sim, median over profiles" in (tmp_path / "out" / "validation.md").read_text()
 
 

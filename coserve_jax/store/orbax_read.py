@@ -116,15 +116,17 @@ def write_into(stores: Sequence[ts.TensorStore], outs: Sequence[np.ndarray],
             landed.release()
 
     writing = []
-    for k, lo, hi in pieces:
-        out, store = outs[k], stores[k]
-        whole = (lo, hi) == (0, out.size)
-        f = (ts.array(out, copy=False, write=True).write(store) if whole
-             else ts.array(out[lo:hi], copy=False, write=True).write(store[lo:hi]))
-        f.add_done_callback(functools.partial(check, k, lo, hi))
-        writing.append(f)
-    for _ in writing:
-        landed.acquire()
+    try:
+        for k, lo, hi in pieces:
+            out, store = outs[k], stores[k]
+            whole = (lo, hi) == (0, out.size)
+            f = (ts.array(out, copy=False, write=True).write(store) if whole
+                 else ts.array(out[lo:hi], copy=False, write=True).write(store[lo:hi]))
+            f.add_done_callback(functools.partial(check, k, lo, hi))
+            writing.append(f)
+    finally:  # a piece that could not be issued: the issued ones still land before this returns
+        for _ in writing:
+            landed.acquire()
     errors = [f.exception() for f in writing if f.exception() is not None] + errors
     if errors:
         raise errors[0]
