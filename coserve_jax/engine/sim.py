@@ -274,11 +274,8 @@ class SimBackend:
 
     def charge(self, kind: str = "event") -> None:
         """The loop handled one arrival or event: its own time passes (one Python thread)."""
-        d = self.loop_s_per_arrival if kind == "arrival" else self.loop_s_per_event
-        try:
-            self._charge(d)
-        finally:
-            self._start_held()  # what the loop dispatched starts once its work is done
+        self._charge(self.loop_s_per_arrival if kind == "arrival" else self.loop_s_per_event)
+        self._start_held()  # what the loop dispatched starts once its work is done
 
     def _charge(self, d: float) -> None:
         if not (self.loop_shares_host and d > 0 and self._running.get(HOST)):

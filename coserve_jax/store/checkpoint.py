@@ -235,8 +235,13 @@ def checksum(vector: np.ndarray) -> int:
     """
     flat = np.ascontiguousarray(vector).reshape(-1).view(np.uint8)
     n = len(flat) // _BLOCK_BYTES * _BLOCK_BYTES
-    sums = flat[:n].view("<u8").reshape(-1, _BLOCK_BYTES // 8).sum(axis=1, dtype="<u8")
-    return zlib.crc32(flat[n:], zlib.crc32(sums))
+    return zlib.crc32(flat[n:], zlib.crc32(_block_sums(flat[:n])))
+
+
+def _block_sums(u8: np.ndarray) -> np.ndarray:
+    """The uint64 sums (wrapping) of the whole 4 KiB blocks of a byte vector whose length is a
+    multiple of the block."""
+    return u8.view("<u8").reshape(-1, _BLOCK_BYTES // 8).sum(axis=1, dtype="<u8")
 
 
 class _Checksums:
@@ -259,8 +264,7 @@ class _Checksums:
         b0, b1 = lo * vector.itemsize, hi * vector.itemsize
         full = len(u8) // _BLOCK_BYTES * _BLOCK_BYTES
         ok = b0 % _BLOCK_BYTES == 0 and (b1 % _BLOCK_BYTES == 0 or b1 == len(u8))
-        sums = u8[b0: max(b0, min(b1, full))].view("<u8").reshape(-1, _BLOCK_BYTES // 8).sum(axis=1, dtype="<u8") \
-            if ok else None
+        sums = _block_sums(u8[b0: max(b0, min(b1, full))]) if ok else None
         with self._lock:
             if sums is None or self._bytes.get(key, 0) < 0:
                 self._bytes[key] = -1
