@@ -9,7 +9,7 @@ import dataclasses
 from collections import Counter, deque
 from collections.abc import Callable, Mapping, Sequence
 
-from coserve_jax.store.pool import Pool
+from coserve_jax.store.pool import ChangeLog, Pool
 from coserve_jax.types import Batch, Request, Task
 
 
@@ -23,7 +23,7 @@ class Group:
         self.tasks: deque[Task] = deque()
 
 
-class ExecutorState:
+class ExecutorState(ChangeLog):
     """One compute lane: a queue of groups and a byte-budgeted model pool on one device."""
 
     def __init__(
@@ -52,12 +52,9 @@ class ExecutorState:
         self._tail_group: dict[str, Group] = {}  # expert -> last queued group of it
         self._queued: Counter[str] = Counter()
         self._num_queued = 0
-        self.version = 0  # bumped on every queue change (memo key for policies)
-        # What each change did, for policies that update a memo instead of rescanning the queue:
-        # (version, expert, its group's tasks before, after, its queued tasks before, after).
-        # Every change after version ``changes_since`` is listed (older entries are dropped).
-        self.changes: list[tuple[int, str, int, int, int, int]] = []
-        self.changes_since = 0
+        # Per queue change: (version, expert, its group's tasks before, after, its queued tasks
+        # before, after)
+        ChangeLog.__init__(self)
         self.running: Batch | None = None
         self.running_end_s = 0.0
         # Time accounting: the state since when, and seconds per state.
@@ -129,12 +126,7 @@ class ExecutorState:
         return out
 
     def _changed(self, changes: Sequence[tuple[str, int, int, int, int]]) -> None:
-        self.version += 1
-        if len(self.changes) > 256:
-            self.changes.clear()
-            self.changes_since = self.version - 1
-        v = self.version
-        self.changes.extend([(v, *c) for c in changes])
+        self._record(changes)
 
     def _dequeued(self, g: Group, n: int) -> tuple[str, int, int, int, int]:
         """Account for n tasks taken off group g (already popped); returns the change."""

@@ -16,7 +16,28 @@ class BudgetError(RuntimeError):
     """An admission would exceed a pool's byte budget (a bug or an impossible config)."""
 
 
-class Pool:
+class ChangeLog:
+    """A ``version`` bumped on every change, and what each change did, for policies that update
+    a memo instead of rescanning: ``changes`` holds (version, *entry) per entry of a change,
+    every change after version ``changes_since`` (older entries are dropped past ``MAX``)."""
+
+    MAX = 256
+
+    def __init__(self) -> None:
+        self.version = 0
+        self.changes: list[tuple] = []
+        self.changes_since = 0
+
+    def _record(self, entries: Iterable[tuple]) -> None:
+        self.version += 1
+        if len(self.changes) > self.MAX:
+            self.changes.clear()
+            self.changes_since = self.version - 1
+        v = self.version
+        self.changes.extend([(v, *entry) for entry in entries])
+
+
+class Pool(ChangeLog):
     """One byte-budgeted pool (an executor's model pool or the host cache)."""
 
     def __init__(self, pool_id: str, kind: str, budget_bytes: int, reserved_bytes: int = 0,
@@ -40,11 +61,7 @@ class Pool:
         self._admit: dict[str, int] = {}
         self._seq = 0
         self._held = 0  # working memory of running batches taken from free bytes (dynamic batch memory)
-        self.version = 0  # bumped on every change of what the pool holds (memo key for policies)
-        # (version, expert) per change, for policies that update a memo instead of rescanning:
-        # every change after version ``changes_since`` is listed (older entries are dropped).
-        self.changes: list[tuple[int, str]] = []
-        self.changes_since = 0
+        ChangeLog.__init__(self)  # (version, expert) per change of what the pool holds
         self._used = self.reserved_bytes
         self.peak_bytes = self._used
 
@@ -86,11 +103,7 @@ class Pool:
 
     # ---- mutations (engine only) -------------------------------------------------------------
     def _changed(self, expert_id: str) -> None:
-        self.version += 1
-        if len(self.changes) > 256:
-            self.changes.clear()
-            self.changes_since = self.version - 1
-        self.changes.append((self.version, expert_id))
+        self._record(((expert_id,),))
 
     def _tick(self) -> int:
         self._seq += 1
