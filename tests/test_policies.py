@@ -14,6 +14,7 @@ from coserve_jax.policies.eviction import FIFO, LRU, Belady, QueueAware, TwoStag
 from coserve_jax.policies.placement import NextGroup, RoundRobinByUsage
 from coserve_jax.policies.scheduling import FCFS, LatencyAware, RoundRobin
 from coserve_jax.types import Task, Tier
+from coserve_jax.engine.state import RequestState
 from tests.helpers import MB, graph_of, make_resident, requests_of, sim_engine
 
 
@@ -197,6 +198,46 @@ def test_prefetch_never_evicts_what_queued_work_on_a_shared_pool_needs():
     eng._prefetch(ex0)
     assert [d[:3] for d in eng.decisions if d[0] in ("load", "evict")] == [
         ("evict", "dev0:cpu", "cls_B"), ("load", "dev0:cpu", "cls_C")]
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.lists(st.sampled_from("ABC"), min_size=20, max_size=80), st.integers(0, 3), st.integers(9, 14))
+def test_a_prefetch_without_room_is_retried_only_after_something_changed(types, gap_ms, pool_mb):
+    # The loop skips a prefetch that found no room while the pool and the queues and running
+    # batches of the executors sharing it are unchanged: the run's decisions are exactly those
+    # of trying it after every event.
+    def run(memo: bool):
+        eng, pool, executors = dynamic_engine(pool_mb * MB, n_exec=2, prefetcher=NextGroup(depth=2, max_inflight=2))
+        eng.scheduler = LatencyAware(arranging=True, work_conserving=True)
+        attempts = []
+        begin = eng._begin_load
+        eng._begin_load = lambda ex, e, **k: attempts.append(e) or begin(ex, e, **k)
+        if not memo:
+            eng._no_room = type("Forget", (dict,), {"get": lambda self, k, d=None: None})()
+        out = eng.run(requests_of(types, eng.graph, gap_ms / 1000))
+        return eng.decisions, out["requests"], attempts
+
+    remembered, forgot = run(True), run(False)
+    assert remembered[:2] == forgot[:2]
+    assert len(remembered[2]) <= len(forgot[2])
+
+
+def test_a_prefetch_without_room_is_retried_when_a_running_batch_frees_it():
+    # Nothing queued changes when a batch ends, but its pin and working memory go: the prefetch
+    # that found no room while it ran must be tried again.
+    eng, pool, (ex0, ex1) = dynamic_engine(9 * MB, n_exec=2, prefetcher=NextGroup())
+    make_resident(pool, ("cls_A", 4 * MB), ("cls_B", 4 * MB))
+    ex0.enqueue(Task(1, "cls_A", 0, 0.0), join=True)
+    eng._requests[1] = RequestState(request=requests_of(["A"], eng.graph)[0])
+    eng._dispatch(ex0, 0.0)  # runs cls_A: pinned, 100 kB of working memory held
+    ex1.enqueue(Task(2, "cls_C", 0, 0.0), join=True)
+    eng._prefetch(ex1)  # cls_C + a full batch's 1.6 MB: only cls_B may go, 4.9 MB < 5.6 MB
+    eng._prefetch(ex1)
+    assert not [d for d in eng.decisions if d[0] in ("load", "evict")]
+    eng._handle(eng.backend.next_event(None))  # the batch ends
+    assert ex0.running is None and not ex0.groups
+    eng._prefetch(ex1)
+    assert [d[2] for d in eng.decisions if d[0] == "load"] == ["cls_C"]
 
 
 def dynamic_engine(pool_bytes: int, n_exec: int = 1, prefetcher=None, reserve: int = 0):

@@ -144,12 +144,24 @@ class LoadSide:
         t = time.perf_counter()
         targets = self.prefetcher.prefetch(self, ex.executor_id)
         self.metrics.scheduling_s += time.perf_counter() - t
+        pool = ex.pool
         for e in targets:
-            if ex.pool.holds(e):
+            if pool.holds(e):
                 continue
             # A prefetch never evicts an expert that running or queued work on this pool needs
             # (any executor sharing it): that would only move a load, or add a reload. With
             # dynamic batch memory it also leaves one full batch's working memory free.
+            # Whether it finds room depends only on the pool's contents and bytes and on the
+            # queues and running batches of the executors sharing it: a prefetch that found no
+            # room is not tried again until one of them changed (the loop asks after every
+            # event, and the attempt, protected set included, cost more than the policy).
+            tried = (e, pool.version, pool.used_bytes,
+                     tuple((o.version, 0 if o.running is None else o.running.batch_id)
+                           for o in self._executors if o.pool is pool))
+            if self._no_room.get(ex.executor_id) == tried:
+                return
             leave = full_batch_bytes(self.cost, ex) if ex.dynamic_batch_memory else 0
-            self._begin_load(ex, e, prefetch=True, protect=needed_experts(self._executors, ex.pool), leave_free=leave)
+            if not self._begin_load(ex, e, prefetch=True, protect=needed_experts(self._executors, pool),
+                                    leave_free=leave):
+                self._no_room[ex.executor_id] = tried
             return

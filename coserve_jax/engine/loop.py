@@ -70,6 +70,7 @@ class EngineLoop(LoadSide):
         self._requests: dict[int, RequestState] = {}
         self._loads: dict[int, LoadJob] = {}
         self._load_attempts: Counter[tuple[str, str]] = Counter()
+        self._no_room: dict[int, tuple] = {}  # executor -> the prefetch it last found no room for
         self._ids = {"load": 0, "batch": 0}
         self._pending = 0
         self._tasks_completed = 0
