@@ -248,11 +248,13 @@ class QueuedWhere:
 class _QueueMemo:
     """Per-executor memo for the queue predictions: the queue's total in integer nanoseconds (so
     updating it change by change gives exactly what a rescan gives), the queued experts the pool
-    does not hold (whose loads the total counts), each (architecture, group size)'s execution
-    and each expert's load nanoseconds. Valid for one host cache version; the total follows the
-    executor's queue changes and the pool's (``ExecutorView.changes``, ``PoolView.changes``)."""
+    does not hold (whose loads the total counts), each (architecture, group size)'s execution,
+    each (expert, queued tasks)'s added execution and each expert's load nanoseconds. Valid for
+    one host cache version; the total follows the executor's queue changes and the pool's
+    (``ExecutorView.changes``, ``PoolView.changes``)."""
 
-    __slots__ = ("version", "pool_version", "cache_version", "total_ns", "unheld", "exec_ns", "load_ns")
+    __slots__ = ("version", "pool_version", "cache_version", "total_ns", "unheld", "exec_ns", "added_ns",
+                 "load_ns")
 
     def __init__(self) -> None:
         self.version = self.pool_version = -1
@@ -260,13 +262,15 @@ class _QueueMemo:
         self.total_ns = 0
         self.unheld: set[str] = set()
         self.exec_ns: dict[tuple[str, int], int] = {}  # (architecture, tasks) -> ns
+        self.added_ns: dict[tuple[str, int], int] = {}  # (expert, tasks queued) -> ns one more adds
         self.load_ns: dict[str, int] = {}
 
 
 _MEMOS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
-def _memo(view: EngineView, ex: ExecutorView) -> _QueueMemo:
+def _current(view: EngineView, ex: ExecutorView) -> _QueueMemo:
+    """ex's memo, brought up to date with the host cache, ex's queue and its pool."""
     memo = _MEMOS.get(ex)
     if memo is None:
         memo = _MEMOS[ex] = _QueueMemo()
@@ -275,6 +279,8 @@ def _memo(view: EngineView, ex: ExecutorView) -> _QueueMemo:
     if memo.cache_version != cache_version:  # where a load reads from may have changed
         memo.load_ns.clear()
         memo.cache_version, memo.version = cache_version, -1
+    if memo.version != ex.version or memo.pool_version != ex.pool.version:
+        _follow(memo, view, ex)
     return memo
 
 
@@ -293,15 +299,13 @@ def _load_ns(memo: _QueueMemo, view: EngineView, ex: ExecutorView, expert_id: st
     return ns
 
 
-def _queue_total_ns(memo: _QueueMemo, view: EngineView, ex: ExecutorView) -> int:
+def _follow(memo: _QueueMemo, view: EngineView, ex: ExecutorView) -> None:
     # The loop asks for every executor on every arrival. The total changes only with the queue,
     # the pool or the host cache. It follows the queue's changes one by one (an arrival adds one
     # task: one group's term) and, for each expert the queue or the pool changed, whether its
     # load counts (queued here, not held by the pool); it rescans only when the cache changed or
     # a change list no longer reaches back.
     pool = ex.pool
-    if memo.version == ex.version and memo.pool_version == pool.version:
-        return memo.total_ns
     queue = changes_after(ex, memo.version)
     held = changes_after(pool, memo.pool_version)
     queued = ex.queued_experts
@@ -314,10 +318,10 @@ def _queue_total_ns(memo: _QueueMemo, view: EngineView, ex: ExecutorView) -> int
             total += _load_ns(memo, view, ex, e)
     else:
         total = memo.total_ns
-        touched = {e for _, e in held}
+        touched = [c[1] for c in held]
         for _, e, g0, g1, _, _ in queue:
             total += _exec_ns(memo, view, ex, e, g1) - _exec_ns(memo, view, ex, e, g0)
-            touched.add(e)
+            touched.append(e)
         unheld = memo.unheld
         for e in touched:
             counts = e in queued and not pool.holds(e)
@@ -329,12 +333,14 @@ def _queue_total_ns(memo: _QueueMemo, view: EngineView, ex: ExecutorView) -> int
                     unheld.discard(e)
                     total -= _load_ns(memo, view, ex, e)
     memo.total_ns, memo.version, memo.pool_version = total, ex.version, pool.version
-    return total
 
 
 def _added_ns(memo: _QueueMemo, view: EngineView, ex: ExecutorView, expert_id: str) -> int:
     n_before = ex.queued_experts.get(expert_id, 0)
-    ns = _exec_ns(memo, view, ex, expert_id, n_before + 1) - _exec_ns(memo, view, ex, expert_id, n_before)
+    ns = memo.added_ns.get((expert_id, n_before))
+    if ns is None:
+        ns = memo.added_ns[expert_id, n_before] = (
+            _exec_ns(memo, view, ex, expert_id, n_before + 1) - _exec_ns(memo, view, ex, expert_id, n_before))
     if not n_before and not ex.pool.holds(expert_id):
         ns += _load_ns(memo, view, ex, expert_id)  # a switch: not pooled, loading or queued here
     return ns
@@ -343,16 +349,15 @@ def _added_ns(memo: _QueueMemo, view: EngineView, ex: ExecutorView, expert_id: s
 def queue_total_s(view: EngineView, ex: ExecutorView) -> float:
     """Predicted seconds until ex drains its queue: running batch + groups + switches (one load
     per queued expert the pool does not hold)."""
-    return ex.running_remaining_s + _queue_total_ns(_memo(view, ex), view, ex) / 1e9
+    return ex.running_remaining_s + _current(view, ex).total_ns / 1e9
 
 
 def added_latency_s(view: EngineView, ex: ExecutorView, task: Task) -> float:
     """Predicted seconds one more task of its expert adds to ex's queue (paper §4.2)."""
-    return _added_ns(_memo(view, ex), view, ex, task.expert_id) / 1e9
+    return _added_ns(_current(view, ex), view, ex, task.expert_id) / 1e9
 
 
 def queue_predictions(view: EngineView, ex: ExecutorView, expert_id: str) -> tuple[float, float]:
     """(``queue_total_s``, ``added_latency_s``) of a task of expert_id on ex, in one call."""
-    memo = _memo(view, ex)
-    return (ex.running_remaining_s + _queue_total_ns(memo, view, ex) / 1e9,
-            _added_ns(memo, view, ex, expert_id) / 1e9)
+    memo = _current(view, ex)
+    return ex.running_remaining_s + memo.total_ns / 1e9, _added_ns(memo, view, ex, expert_id) / 1e9

@@ -84,17 +84,22 @@ class LatencyAware(_Ordering):
 
     def assign(self, view: EngineView, task: Task) -> int:
         executors = view.executors
-        predictions = [queue_predictions(view, ex, task.expert_id) for ex in executors]
+        if len(executors) == 1:
+            return executors[0].executor_id
+        expert_id = task.expert_id
+        predictions = [queue_predictions(view, ex, expert_id) for ex in executors]
         # The longest of the other queues: the longest queue, or for the executor that has it,
-        # the second longest.
-        order = sorted(range(len(executors)), key=lambda i: -predictions[i][0])[:2]
-        first = predictions[order[0]][0]
-        second = predictions[order[1]][0] if len(order) > 1 else 0.0
+        # the second longest (the first of equals is the longest, as a stable sort puts it).
+        top = 0
+        for i in range(1, len(predictions)):
+            if predictions[i][0] > predictions[top][0]:
+                top = i
+        first = predictions[top][0]
+        second = max(p[0] for i, p in enumerate(predictions) if i != top)
         best: tuple[float, float, int] | None = None
         for i, ex in enumerate(executors):
             total, added = predictions[i]
-            longest = max(second if i == order[0] else first, total + added)
-            key = (longest, added, ex.executor_id)
+            key = (max(second if i == top else first, total + added), added, ex.executor_id)
             if best is None or key < best:
                 best = key
         assert best is not None
