@@ -151,12 +151,13 @@ class LoadSide:
             # A prefetch never evicts an expert that running or queued work on this pool needs
             # (any executor sharing it): that would only move a load, or add a reload. With
             # dynamic batch memory it also leaves one full batch's working memory free.
-            # Whether it finds room depends only on the pool's contents and bytes and on the
-            # queues and running batches of the executors sharing it: a prefetch that found no
-            # room is not tried again until one of them changed (the loop asks after every
-            # event, and the attempt, protected set included, cost more than the policy).
+            # Whether it finds room depends only on the pool's contents and bytes and on what
+            # the queues and running batches of the executors sharing it protect; a task queued
+            # only adds to that. So a prefetch that found no room is not tried again until the
+            # pool changed, or a task left a queue on it, or a batch on it ended (the loop asks
+            # after every event, and an attempt cost several times the policy's answer).
             tried = (e, pool.version, pool.used_bytes,
-                     tuple((o.version, 0 if o.running is None else o.running.batch_id)
+                     tuple((o.dequeued, 0 if o.running is None else o.running.batch_id)
                            for o in self._executors if o.pool is pool))
             if self._no_room.get(ex.executor_id) == tried:
                 return

@@ -55,6 +55,7 @@ class ExecutorState(ChangeLog):
         # Per queue change: (version, expert, its group's tasks before, after, its queued tasks
         # before, after)
         ChangeLog.__init__(self)
+        self.dequeued = 0  # tasks taken off the queue or dropped so far
         self.running: Batch | None = None
         self.running_end_s = 0.0
         # Time accounting: the state since when, and seconds per state.
@@ -134,6 +135,7 @@ class ExecutorState(ChangeLog):
         c = self._queued[e]
         self._queued[e] -= n
         self._num_queued -= n
+        self.dequeued += n
         if self._queued[e] <= 0:
             del self._queued[e]
         change = (e, len(g.tasks) + n, len(g.tasks), c, c - n)
