@@ -339,8 +339,10 @@ def test_next_group_fastest_kind_only_leaves_cpu_helpers_beside_gpus_out():
         ex.enqueue(Task(ex.executor_id, "cls_A", 0, 0.0), join=True)
     pf = NextGroup(depth={"gpu": 1, "cpu": 2}, fastest_kind_only=True)
     assert pf.prefetch(eng, 0) == ["cls_A"]  # CPU executors only: the CPU is the fastest kind
-    eng.executors[1].kind = "gpu"
+    eng.executors[1].kind = "gpu"  # an engine's executors keep their kinds: a new prefetcher
+    pf = NextGroup(depth={"gpu": 1, "cpu": 2}, fastest_kind_only=True)
     assert pf.prefetch(eng, 0) == [] and pf.prefetch(eng, 1) == ["cls_A"]
+    assert pf.prefetch(eng, 0) == []  # its memo keeps the answer
 
 
 @settings(max_examples=60, deadline=None)

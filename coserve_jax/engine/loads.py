@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 
 from coserve_jax.engine.events import LoadDone
-from coserve_jax.engine.memory import full_batch_bytes, needed_experts
+from coserve_jax.engine.memory import needed_experts
 from coserve_jax.engine.state import ExecutorState
 from coserve_jax.policies.base import Eviction, load_latency_s, load_parts, source_tier
 from coserve_jax.store.broken import log_broken_once
@@ -158,11 +158,10 @@ class LoadSide:
             # after every event, and an attempt cost several times the policy's answer).
             tried = (e, pool.version, pool.used_bytes,
                      tuple((o.dequeued, 0 if o.running is None else o.running.batch_id)
-                           for o in self._executors if o.pool is pool))
+                           for o in self._sharing[pool.pool_id]))
             if self._no_room.get(ex.executor_id) == tried:
                 return
-            leave = full_batch_bytes(self.cost, ex) if ex.dynamic_batch_memory else 0
             if not self._begin_load(ex, e, prefetch=True, protect=needed_experts(self._executors, pool),
-                                    leave_free=leave):
+                                    leave_free=self._prefetch_leaves[ex.executor_id]):
                 self._no_room[ex.executor_id] = tried
             return

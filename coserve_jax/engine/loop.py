@@ -23,7 +23,7 @@ from coserve_jax.coe.graph import CoEGraph, UnknownComponentError
 from coserve_jax.cost.model import CostModel
 from coserve_jax.engine.events import Arrival, Backend, BatchDone, Event, LoadDone, Preload
 from coserve_jax.engine.loads import BROKEN, LoadSide
-from coserve_jax.engine.memory import fit_batch
+from coserve_jax.engine.memory import fit_batch, full_batch_bytes
 from coserve_jax.engine.oracle import TraceFuture
 from coserve_jax.engine.state import ExecutorState, RequestState
 from coserve_jax.metrics.collector import ArmMetrics
@@ -83,6 +83,11 @@ class EngineLoop(LoadSide):
         self.timeline: Any = None  # metrics.timeline.Timeline when metrics.timeline is on
         self._tl: Any = NO_TIMELINE  # what the loop calls: the timeline, or hooks that do nothing
         self._pools_by_id = {p.pool_id: p for p in self.pools()}
+        self._sharing = {pid: [ex for ex in self._executors if ex.pool is p] for pid, p in self._pools_by_id.items()}
+        # What a prefetch leaves free in each executor's pool: with dynamic batch memory, one
+        # full batch's working memory.
+        self._prefetch_leaves = {ex.executor_id: full_batch_bytes(cost, ex) if ex.dynamic_batch_memory else 0
+                                 for ex in self._executors}
 
     def attach_timeline(self, timeline: Any) -> None:
         """Record what this engine does (``metrics/timeline.py``); call before ``run``."""

@@ -62,7 +62,7 @@ class NextGroup:
         self.depth = _per_kind(depth, "depth")
         self.max_inflight = _per_kind(max_inflight, "max_inflight")
         self.fastest_kind_only = fastest_kind_only
-        # executor -> ((queue version, pool version, kind), answer): the loop asks after every event,
+        # executor -> ((queue version, pool version), answer): the loop asks after every event,
         # mostly with nothing changed, and a scan walked the whole queue when the pool held it all
         self._memo: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
         self._missing = QueuedWhere(lambda pool, e: not pool.holds(e))
@@ -72,12 +72,13 @@ class NextGroup:
 
     def prefetch(self, view: EngineView, executor_id: int) -> list[str]:
         ex = view.executors[executor_id]
-        if self.fastest_kind_only and ex.kind != "gpu" and any(o.kind == "gpu" for o in view.executors):
-            return []
-        key = (ex.version, ex.pool.version, ex.kind)
+        key = (ex.version, ex.pool.version)
         memo = self._memo.get(ex)
         if memo is not None and memo[0] == key:
             return list(memo[1])
+        if self.fastest_kind_only and ex.kind != "gpu" and any(o.kind == "gpu" for o in view.executors):
+            self._memo[ex] = (key, ())
+            return []
         depth = self.depth(ex.kind)
         out: list[str] = []
         groups, pool = ex.groups, ex.pool
