@@ -12,7 +12,7 @@ import itertools
 import weakref
 from collections.abc import Callable, Mapping
 
-from coserve_jax.policies.base import EngineView, QueuedWhere
+from coserve_jax.policies.base import EngineView, QueuedWhere, changes_after
 
 
 class RoundRobinByUsage:
@@ -62,7 +62,7 @@ class NextGroup:
         self.depth = _per_kind(depth, "depth")
         self.max_inflight = _per_kind(max_inflight, "max_inflight")
         self.fastest_kind_only = fastest_kind_only
-        # executor -> ((queue version, pool version), answer): the loop asks after every event,
+        # executor -> ((queue version, pool version), answer, depth): the loop asks after every event,
         # mostly with nothing changed, and a scan walked the whole queue when the pool held it all
         self._memo: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
         self._missing = QueuedWhere(lambda pool, e: not pool.holds(e))
@@ -72,16 +72,30 @@ class NextGroup:
 
     def prefetch(self, view: EngineView, executor_id: int) -> list[str]:
         ex = view.executors[executor_id]
-        key = (ex.version, ex.pool.version)
+        groups, pool = ex.groups, ex.pool
+        key = (ex.version, pool.version)
         memo = self._memo.get(ex)
-        if memo is not None and memo[0] == key:
-            return list(memo[1])
+        if memo is not None and memo[0][1] == key[1]:
+            (version, _), answer, depth = memo
+            if version == key[0]:
+                return list(answer)
+            # Tasks only queued since (an arrival, the common case): the groups before keep
+            # their order and new groups join the tail, so the answer only grows at its end (a
+            # task joining a group of an expert the pool lacks finds it answered already, or
+            # the answer full).
+            queued = changes_after(ex, version)
+            if queued is not None and all(c[3] == c[2] + 1 for c in queued):
+                out = list(answer)
+                for _, e, _, _, _, _ in queued:
+                    if len(out) < depth and e not in out and not pool.holds(e):
+                        out.append(e)
+                self._memo[ex] = (key, tuple(out), depth)
+                return out
         if self.fastest_kind_only and ex.kind != "gpu" and any(o.kind == "gpu" for o in view.executors):
-            self._memo[ex] = (key, ())
+            self._memo[ex] = (key, (), 0)
             return []
         depth = self.depth(ex.kind)
         out: list[str] = []
-        groups, pool = ex.groups, ex.pool
         # The first groups directly (a short queue, or a missing expert near its head: the
         # common case), then the rest through the index of queued experts the pool does not
         # hold (a long queue with everything held answers at once). The same answer either way.
@@ -97,7 +111,7 @@ class NextGroup:
                     break
                 if g.expert_id in missing and g.expert_id not in out:
                     out.append(g.expert_id)
-        self._memo[ex] = (key, tuple(out))
+        self._memo[ex] = (key, tuple(out), depth)
         return out
 
 
