@@ -110,8 +110,11 @@ class CoEGraph:
 
     def route_from_output(self, request: Request, expert_id: str, logits: np.ndarray) -> Outcome:
         """Apply the routing rules to an expert's output logits for one request."""
+        return self.route_from_label(request, expert_id, int(np.argmax(logits)))
+
+    def route_from_label(self, request: Request, expert_id: str, label: int) -> Outcome:
+        """The routing rules, given the argmax of an expert's output for one request."""
         c = self.component(request.component_type)
-        label = int(np.argmax(logits))
         if expert_id == c.classifier:
             verdict = CLASSIFY_VERDICTS[label]
             if verdict == "ok" and c.detector is not None:

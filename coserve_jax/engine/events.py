@@ -30,6 +30,7 @@ class BatchDone:
     batch: Batch
     seconds: float
     outputs: Sequence[Any] | None = None  # per task; None: route by trace
+    labels: Sequence[int] | None = None  # per task, its output's argmax when the backend took it
     error: str | None = None
     at_s: float | None = None  # backend clock when it finished (None: when the loop takes it)
 

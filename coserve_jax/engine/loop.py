@@ -247,13 +247,15 @@ class EngineLoop(LoadSide):
         if self._future is not None:
             self._future.consume(task.request_id, task.expert_id)
 
-    def _finish_task(self, task: Task, output: Any) -> None:
+    def _finish_task(self, task: Task, output: Any, label: int | None = None) -> None:
         rs = self._requests[task.request_id]
         rs.experts.append(task.expert_id)
         if output is not None and self.keep_outputs:
             rs.outputs.append(output)
         self._tasks_completed += 1
-        if self.routing == "model":
+        if self.routing == "model" and label is not None:
+            outcome = self.graph.route_from_label(rs.request, task.expert_id, label)
+        elif self.routing == "model":
             outcome = self.graph.route_from_output(rs.request, task.expert_id, output)
         else:
             outcome = self.graph.route_from_trace(rs.request, task.expert_id)
@@ -315,7 +317,8 @@ class EngineLoop(LoadSide):
                 self._fail(rs, f"batch failed: expert {b.expert_id}: {ev.error}")
                 continue
             try:
-                self._finish_task(task, None if ev.outputs is None else ev.outputs[i])
+                self._finish_task(task, None if ev.outputs is None else ev.outputs[i],
+                                  None if ev.labels is None else ev.labels[i])
             except (ValueError, KeyError) as e:
                 self._fail(rs, f"routing failed: {e}")
 

@@ -366,7 +366,9 @@ class RealBackend:
                 state = self._weights[pool_id][batch.expert_id]
             arch = self.rt.zoo.graph.experts[batch.expert_id].arch
             logits = run_padded(self.rt.forward(arch), state, inputs, self._pool_device[pool_id])
-            self._put(BatchDone(batch, time.perf_counter() - t, outputs=list(logits), at_s=self.now()))
+            # The labels here, in one call per batch, not one per task on the loop's thread.
+            self._put(BatchDone(batch, time.perf_counter() - t, outputs=list(logits),
+                                labels=logits.argmax(axis=-1).tolist(), at_s=self.now()))
         except Exception as e:  # noqa: BLE001
             self._put(BatchDone(batch, time.perf_counter() - t, error=f"{type(e).__name__}: {e}", at_s=self.now()))
 

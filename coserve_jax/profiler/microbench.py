@@ -295,12 +295,12 @@ def measure_load_contention(rt: Runtime, device: jax.Device, loads: LoadSampler,
         for n in range(max_batches + 1):
             stop = threading.Event()
 
-            def serve() -> None:
+            def serve(stop: threading.Event = stop) -> None:
                 try:
                     while not stop.is_set():
                         run_padded(fwd, state, images, device)
-                except BaseException as e:  # noqa: BLE001 - re-raised below, in the caller's thread
-                    failures.append(e)
+                except BaseException as err:  # noqa: BLE001 - re-raised below, in the caller's thread
+                    failures.append(err)
 
             threads = [threading.Thread(target=serve, daemon=True) for _ in range(n)]
             for t in threads:
