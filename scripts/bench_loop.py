@@ -13,7 +13,16 @@ time is what issue #18 bounds (<= 3%). Compare two commits by running this in ea
 
 ``--micro`` instead times the loop's ``_enqueue`` (assign + arrange + enqueue) alone: 5,000
 tasks of 60 experts over 2 executors with LatencyAware arranging, on a simulated engine with no
-requests in flight (thread CPU time per task).
+requests in flight (thread CPU time per task). ``--micro --steady`` times ``LatencyAware.assign``
+alone (``perf_counter`` per call, min over rounds) with the queues held near 20 tasks by taking
+16 off the head group of a queue past 20 every 8 tasks, and 8 experts resident per pool: the
+arrival-time decision as the demo makes it, without the rest of the loop.
+
+``--breakdown`` instead runs each arm once (``--backend real`` or ``sim``) with every loop
+method and policy call below wrapped, and prints calls per request and microseconds per call
+(wall and the loop thread's CPU). Nested calls count in their callers too, and each wrapper
+adds about 1.5 us to a call (its ``thread_time`` reads), so use the figures to compare, not as
+the loop's cost (the plain run's ``time_s.scheduling`` is that).
 """
 
 from __future__ import annotations
@@ -42,12 +51,19 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--arms", nargs="+", default=["coserve", "coserve_plus", "all_resident"])
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--micro", action="store_true", help="time _enqueue alone (see above)")
+    ap.add_argument("--steady", action="store_true", help="with --micro: assign alone, queues held short")
+    ap.add_argument("--breakdown", action="store_true", help="calls and us per call of the loop's parts")
+    ap.add_argument("--backend", choices=["sim", "real"], default="sim", help="with --breakdown")
     ap.add_argument("overrides", nargs="*", help="extra Hydra overrides")
     args = ap.parse_args(argv)
     if args.rounds < 1:
         ap.error("--rounds must be >= 1")
+    if args.steady and not args.micro:
+        ap.error("--steady goes with --micro")
     if args.micro:
-        return micro(args.rounds)
+        return micro_steady(args.rounds) if args.steady else micro(args.rounds)
+    if args.breakdown:
+        return breakdown(args.arms, args.backend, args.overrides)
 
     loop_cpu: list[float] = []
     orig = EngineLoop.run
@@ -84,8 +100,7 @@ def main(argv: list[str] | None = None) -> int:
 def micro(rounds: int, n_types: int = 60, n_tasks: int = 5000) -> int:
     """``_enqueue`` per task on a fresh simulated engine per round (median and min of rounds)."""
     rnd = random.Random(0)
-    experts = [ExpertInfo(f"cls_{i}", Role.PRELIMINARY, "cls", 4_000_000, (32, 32, 3)) for i in range(n_types)]
-    graph = CoEGraph(experts, [ComponentType(f"t{i}", f"cls_{i}", None, 1 / n_types, 0.0) for i in range(n_types)])
+    graph = _flat_graph(n_types)
     tasks = [Task(i, f"cls_{rnd.randrange(n_types)}", 0, 0.0) for i in range(n_tasks)]
     per_task = []
     for _ in range(rounds):
@@ -102,6 +117,103 @@ def micro(rounds: int, n_types: int = 60, n_tasks: int = 5000) -> int:
     print(f"_enqueue: {statistics.median(per_task) * 1e6:.1f} us per task (min {min(per_task) * 1e6:.1f}; "
           f"{n_tasks} tasks, {n_types} experts, 2 executors, {rounds} rounds)")
     return 0
+
+
+def micro_steady(rounds: int, n_types: int = 54, n_tasks: int = 20000) -> int:
+    """``LatencyAware.assign`` per call with short queues (see the module docstring)."""
+    rnd = random.Random(0)
+    graph = _flat_graph(n_types)
+    tasks = [Task(i, f"cls_{rnd.randrange(n_types)}", 0, 0.0) for i in range(n_tasks)]
+    per_call = []
+    for _ in range(rounds):
+        backend = SimBackend(1)
+        executors = [ExecutorState(i, "cpu", 0, Pool(f"ex{i}:cpu", "cpu", 40_000_000), {"cls": 16}, backend.now)
+                     for i in range(2)]
+        for ex in executors:
+            for j in range(8):
+                e = f"cls_{2 * j + ex.executor_id}"
+                ex.pool.begin_load(e, 4_000_000)
+                ex.pool.finish_load(e)
+        scheduler = LatencyAware(arranging=True)
+        engine = EngineLoop(graph=graph, cost=synthetic_cost(max_batch=16), executors=executors, host_cache=None,
+                            scheduler=scheduler, eviction=LRU(), host_eviction=LRU(), initialiser=None,
+                            prefetcher=None, backend=backend, routing="trace")
+        spent = 0.0
+        for k, task in enumerate(tasks):
+            t = time.perf_counter()
+            eid = scheduler.assign(engine, task)
+            spent += time.perf_counter() - t
+            ex = executors[eid]
+            ex.enqueue(task, task.expert_id in ex.queued_experts)
+            if k % 8 == 7:
+                for ex in executors:
+                    if ex.num_queued > 20:
+                        ex.take(0, 16)
+        per_call.append(spent / n_tasks)
+    print(f"LatencyAware.assign, queues near 20 tasks: {min(per_call) * 1e6:.2f} us per call (min of {rounds} "
+          f"rounds; median {statistics.median(per_call) * 1e6:.2f}; {n_tasks} tasks, {n_types} experts, 2 executors)")
+    return 0
+
+
+def breakdown(arms: list[str], backend: str, overrides: list[str]) -> int:
+    """Each arm once with its loop's parts wrapped (see the module docstring)."""
+    from coserve_jax.policies import eviction, placement, scheduling
+
+    stats: dict[str, list[float]] = {}
+    targets = [(EngineLoop, ["_arrive", "_enqueue", "_finish_task", "_on_batch_done", "_on_load_done",
+                             "_dispatch_all", "_dispatch", "_launch", "_prefetch", "_begin_load"]),
+               (scheduling.LatencyAware, ["assign"]), (scheduling.FCFS, ["assign"]),
+               (scheduling.RoundRobin, ["assign"]), (scheduling._Ordering, ["arrange", "pick_group"]),
+               (placement.NextGroup, ["prefetch"])]
+    targets += [(cls, ["rank"]) for cls in (eviction.LRU, eviction.FIFO, eviction.TwoStage, eviction.QueueAware,
+                                            eviction.Belady)]
+    originals = []
+    for cls, names in targets:
+        for name in names:
+            f = getattr(cls, name)  # EngineLoop's load methods are LoadSide's
+            originals.append((cls, name, cls.__dict__.get(name)))
+            setattr(cls, name, _timed(f"{cls.__name__}.{name}", f, stats))
+    try:
+        for arm in arms:
+            stats.clear()
+            with tempfile.TemporaryDirectory() as out:
+                res = run_experiment([f"backend={backend}", f"arms=[{arm}]", "repeats=1", *overrides],
+                                     out_dir=out, progress=False)
+            x = res["arms"][arm]
+            n = x["requests"]["submitted"]
+            print(f"\n### {arm} ({backend}): {x['throughput_rps']:,.1f} img/s, time_s.scheduling "
+                  f"{x['time_s']['scheduling'] / n * 1e6:.1f} us per request\n")
+            print("| part | calls per request | wall us per call | CPU us per call | wall us per request |")
+            print("| --- | --- | --- | --- | --- |")
+            for name, (calls, wall, cpu) in sorted(stats.items()):
+                print(f"| {name} | {calls / n:.2f} | {wall / calls * 1e6:.1f} | {cpu / calls * 1e6:.1f} "
+                      f"| {wall / n * 1e6:.1f} |")
+    finally:
+        for cls, name, own in originals:
+            if own is None:
+                delattr(cls, name)
+            else:
+                setattr(cls, name, own)
+    return 0
+
+
+def _timed(name: str, f, stats: dict[str, list[float]]):
+    def timed(*a, **k):
+        t, c = time.perf_counter(), time.thread_time()
+        try:
+            return f(*a, **k)
+        finally:
+            s = stats.setdefault(name, [0, 0.0, 0.0])
+            s[0] += 1
+            s[1] += time.perf_counter() - t
+            s[2] += time.thread_time() - c
+    return timed
+
+
+def _flat_graph(n_types: int) -> CoEGraph:
+    """n_types component types, each its own classifier of 4 MB and no detector."""
+    experts = [ExpertInfo(f"cls_{i}", Role.PRELIMINARY, "cls", 4_000_000, (32, 32, 3)) for i in range(n_types)]
+    return CoEGraph(experts, [ComponentType(f"t{i}", f"cls_{i}", None, 1 / n_types, 0.0) for i in range(n_types)])
 
 
 if __name__ == "__main__":
