@@ -104,12 +104,7 @@ def micro(rounds: int, n_types: int = 60, n_tasks: int = 5000) -> int:
     tasks = [Task(i, f"cls_{rnd.randrange(n_types)}", 0, 0.0) for i in range(n_tasks)]
     per_task = []
     for _ in range(rounds):
-        backend = SimBackend(1)
-        executors = [ExecutorState(i, "cpu", 0, Pool(f"ex{i}:cpu", "cpu", 100_000_000), {"cls": 16}, backend.now)
-                     for i in range(2)]
-        engine = EngineLoop(graph=graph, cost=synthetic_cost(max_batch=16), executors=executors, host_cache=None,
-                            scheduler=LatencyAware(arranging=True), eviction=LRU(), host_eviction=LRU(),
-                            initialiser=None, prefetcher=None, backend=backend, routing="trace")
+        engine = _two_executors(graph, 100_000_000, LatencyAware(arranging=True))
         t = time.thread_time()
         for task in tasks:
             engine._enqueue(task)
@@ -126,18 +121,14 @@ def micro_steady(rounds: int, n_types: int = 54, n_tasks: int = 20000) -> int:
     tasks = [Task(i, f"cls_{rnd.randrange(n_types)}", 0, 0.0) for i in range(n_tasks)]
     per_call = []
     for _ in range(rounds):
-        backend = SimBackend(1)
-        executors = [ExecutorState(i, "cpu", 0, Pool(f"ex{i}:cpu", "cpu", 40_000_000), {"cls": 16}, backend.now)
-                     for i in range(2)]
+        scheduler = LatencyAware(arranging=True)
+        engine = _two_executors(graph, 40_000_000, scheduler)
+        executors = engine.executors
         for ex in executors:
             for j in range(8):
                 e = f"cls_{2 * j + ex.executor_id}"
                 ex.pool.begin_load(e, 4_000_000)
                 ex.pool.finish_load(e)
-        scheduler = LatencyAware(arranging=True)
-        engine = EngineLoop(graph=graph, cost=synthetic_cost(max_batch=16), executors=executors, host_cache=None,
-                            scheduler=scheduler, eviction=LRU(), host_eviction=LRU(), initialiser=None,
-                            prefetcher=None, backend=backend, routing="trace")
         spent = 0.0
         for k, task in enumerate(tasks):
             t = time.perf_counter()
@@ -208,6 +199,16 @@ def _timed(name: str, f, stats: dict[str, list[float]]):
             s[1] += time.perf_counter() - t
             s[2] += time.thread_time() - c
     return timed
+
+
+def _two_executors(graph: CoEGraph, pool_bytes: int, scheduler: LatencyAware) -> EngineLoop:
+    """A simulated engine of two CPU executors, each with its own pool, max batch 16, LRU."""
+    backend = SimBackend(1)
+    executors = [ExecutorState(i, "cpu", 0, Pool(f"ex{i}:cpu", "cpu", pool_bytes), {"cls": 16}, backend.now)
+                 for i in range(2)]
+    return EngineLoop(graph=graph, cost=synthetic_cost(max_batch=16), executors=executors, host_cache=None,
+                      scheduler=scheduler, eviction=LRU(), host_eviction=LRU(), initialiser=None, prefetcher=None,
+                      backend=backend, routing="trace")
 
 
 def _flat_graph(n_types: int) -> CoEGraph:
