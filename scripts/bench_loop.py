@@ -40,6 +40,7 @@ from coserve_jax.coe.synthetic import synthetic_cost
 from coserve_jax.engine.loop import EngineLoop
 from coserve_jax.engine.sim import SimBackend
 from coserve_jax.engine.state import ExecutorState
+from coserve_jax.policies import eviction, placement, scheduling
 from coserve_jax.policies.eviction import LRU
 from coserve_jax.policies.scheduling import LatencyAware
 from coserve_jax.store.pool import Pool
@@ -99,9 +100,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def micro(rounds: int, n_types: int = 60, n_tasks: int = 5000) -> int:
     """``_enqueue`` per task on a fresh simulated engine per round (median and min of rounds)."""
-    rnd = random.Random(0)
-    graph = _flat_graph(n_types)
-    tasks = [Task(i, f"cls_{rnd.randrange(n_types)}", 0, 0.0) for i in range(n_tasks)]
+    graph, tasks = _flat_workload(n_types, n_tasks)
     per_task = []
     for _ in range(rounds):
         engine = _two_executors(graph, 100_000_000, LatencyAware(arranging=True))
@@ -116,9 +115,7 @@ def micro(rounds: int, n_types: int = 60, n_tasks: int = 5000) -> int:
 
 def micro_steady(rounds: int, n_types: int = 54, n_tasks: int = 20000) -> int:
     """``LatencyAware.assign`` per call with short queues (see the module docstring)."""
-    rnd = random.Random(0)
-    graph = _flat_graph(n_types)
-    tasks = [Task(i, f"cls_{rnd.randrange(n_types)}", 0, 0.0) for i in range(n_tasks)]
+    graph, tasks = _flat_workload(n_types, n_tasks)
     per_call = []
     for _ in range(rounds):
         scheduler = LatencyAware(arranging=True)
@@ -148,8 +145,6 @@ def micro_steady(rounds: int, n_types: int = 54, n_tasks: int = 20000) -> int:
 
 def breakdown(arms: list[str], backend: str, overrides: list[str]) -> int:
     """Each arm once with its loop's parts wrapped (see the module docstring)."""
-    from coserve_jax.policies import eviction, placement, scheduling
-
     stats: dict[str, list[float]] = {}
     targets = [(EngineLoop, ["_arrive", "_enqueue", "_finish_task", "_on_batch_done", "_on_load_done",
                              "_dispatch_all", "_dispatch", "_launch", "_prefetch", "_begin_load"]),
@@ -211,10 +206,13 @@ def _two_executors(graph: CoEGraph, pool_bytes: int, scheduler: LatencyAware) ->
                       backend=backend, routing="trace")
 
 
-def _flat_graph(n_types: int) -> CoEGraph:
-    """n_types component types, each its own classifier of 4 MB and no detector."""
+def _flat_workload(n_types: int, n_tasks: int) -> tuple[CoEGraph, list[Task]]:
+    """n_types component types, each its own classifier of 4 MB and no detector, and n_tasks
+    tasks of them drawn uniformly (seed 0)."""
     experts = [ExpertInfo(f"cls_{i}", Role.PRELIMINARY, "cls", 4_000_000, (32, 32, 3)) for i in range(n_types)]
-    return CoEGraph(experts, [ComponentType(f"t{i}", f"cls_{i}", None, 1 / n_types, 0.0) for i in range(n_types)])
+    graph = CoEGraph(experts, [ComponentType(f"t{i}", f"cls_{i}", None, 1 / n_types, 0.0) for i in range(n_types)])
+    rnd = random.Random(0)
+    return graph, [Task(i, f"cls_{rnd.randrange(n_types)}", 0, 0.0) for i in range(n_tasks)]
 
 
 if __name__ == "__main__":

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections import Counter, deque
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 
 from coserve_jax.store.pool import ChangeLog, Pool
 from coserve_jax.types import Batch, Request, Task
@@ -102,7 +102,7 @@ class ExecutorState(ChangeLog):
             self._groups.append(g)
             self._tail_group[e] = g
         n, c = len(g.tasks), self._queued[e]
-        self._changed(((e, n, n + 1, c, c + 1),))
+        self._record(((e, n, n + 1, c, c + 1),))
         g.tasks.append(task)
         self._queued[e] = c + 1
         self._num_queued += 1
@@ -111,7 +111,7 @@ class ExecutorState(ChangeLog):
         """Pop up to n tasks of the group at index (the paper's split; index 0: the head)."""
         g = self._groups[index]
         out = tuple(g.tasks.popleft() for _ in range(min(n, len(g.tasks))))
-        self._changed((self._dequeued(g, len(out)),))
+        self._record((self._dequeued(g, len(out)),))
         return out
 
     def drop_expert(self, expert_id: str) -> list[Task]:
@@ -123,11 +123,8 @@ class ExecutorState(ChangeLog):
             n = len(g.tasks)
             g.tasks.clear()
             changes.append(self._dequeued(g, n))
-        self._changed(changes)
-        return out
-
-    def _changed(self, changes: Sequence[tuple[str, int, int, int, int]]) -> None:
         self._record(changes)
+        return out
 
     def _dequeued(self, g: Group, n: int) -> tuple[str, int, int, int, int]:
         """Account for n tasks taken off group g (already popped); returns the change."""
