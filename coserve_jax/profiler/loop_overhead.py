@@ -99,9 +99,8 @@ def measure_serving_loop_s(runtime: Any, profile: dict[str, Any], executors: dic
     images = runner.images(trace)
     runs: dict[str, list[float]] = {"arrival": [], "event": []}
     for i in range(4):
-        _, engine = runner.run_arm(cfg.arms[0], trace, images, progress=False)
-        backend = engine.backend
+        summary, _ = runner.run_arm(cfg.arms[0], trace, images, progress=False)
         if i:
             for kind, per in runs.items():
-                per.append(backend.busy_s.get(kind, 0.0) / max(1, backend.charged.get(kind, 0)))
+                per.append(summary["loop_busy_s"].get(kind, {}).get("per_handled_s", 0.0))
     return {"loop_s_per_arrival": sorted(runs["arrival"])[1], "loop_s_per_event": sorted(runs["event"])[1]}

@@ -129,6 +129,12 @@ class ArmRunner:
         if hasattr(engine.backend, "events_handled"):
             summary["sim_events"] = engine.backend.events_handled
             summary["sim_events_per_s"] = engine.backend.events_handled / max(summary["engine_s"], 1e-9)
+        busy = getattr(engine.backend, "busy_s", None)
+        if busy is not None:  # real: the loop's own time per arrival and per completion it took in
+            charged = engine.backend.charged
+            summary["loop_busy_s"] = {kind: {"handled": charged.get(kind, 0), "total_s": s,
+                                             "per_handled_s": s / max(1, charged.get(kind, 0))}
+                                      for kind, s in busy.items()}
         summary["policy"] = arm_policy(arm)
         summary["executors"] = [{"id": ex.executor_id, "kind": ex.kind, "device": ex.device_index,
                                  "pool": ex.pool.pool_id, "max_batch": dict(ex.max_batches),
