@@ -135,6 +135,12 @@ def test_no_retrace_across_experts_in_a_run(real):
         assert summary["switches"]["count"] > 0
         arrivals = summary["loop_busy_s"]["arrival"]  # the loop's own time, as the profiler prices it
         assert arrivals["handled"] == 150 and 0 < arrivals["per_handled_s"] < arrivals["total_s"]
+        # Each batch's hand-offs between the loop and its worker (the simulator's batch_handoff_s).
+        handoff, batches = summary["batch_handoff_s"], summary["batches"]["count"]
+        assert handoff["samples"]["after_forward"] == handoff["samples"]["to_worker"] == batches
+        assert 0 < handoff["samples"]["to_loop"] <= batches
+        assert 0 < handoff["after_forward_s"] < 0.1 and 0 < handoff["to_loop_s"] < 0.1
+        assert handoff["total_s"] == pytest.approx(sum(handoff[f"{p}_s"] for p in ("to_worker", "after_forward", "to_loop")))
         for rs in engine.request_states().values():
             for e in rs.experts:
                 used.setdefault(runner.model.graph.experts[e].arch, set()).add(e)
@@ -403,3 +409,31 @@ def test_real_backend_accounts_the_loops_busy_time_per_kind(real):
     assert 0 < be.charged["event"] <= be.events_handled  # the initial loads are awaited before serving
     assert all(s > 0 for s in be.busy_s.values()) and be.wait_s > 0  # it waited for batches and loads
     assert be.wait_s + sum(be.busy_s.values()) <= be.now()
+
+
+def test_batch_handoffs_count_a_wake_up_only_when_the_loop_waited_for_it():
+    """``BatchHandoffs``: to_worker from the end of the dispatching charge, after_forward from the
+    forward's end to the event, to_loop only when the loop was already waiting when the event came
+    (else the loop was busy: its own cost, charged per event in the simulator)."""
+    from coserve_jax.engine.events import BatchDone
+    from coserve_jax.engine.real import BatchHandoffs
+    from coserve_jax.types import Batch
+
+    h = BatchHandoffs(keep=2)
+    for b in (1, 2):
+        h.dispatched(b)
+    h.charged(10.0)
+    h.dispatched(3)  # dispatched after that charge: stamped by the next one
+    h.charged(11.0)
+    # batch 1: worker began at 10.1, forward 0.5 s, event at 10.7; the loop waited since 10.0
+    h.taken(BatchDone(Batch(1, 0, "e", ()), 0.5, at_s=10.7, started_s=10.1), taken_s=10.8, waited_since_s=10.0)
+    # batch 2: the loop was busy when its event came (waited only from 12.0)
+    h.taken(BatchDone(Batch(2, 0, "e", ()), 0.5, at_s=11.0, started_s=10.3), taken_s=12.1, waited_since_s=12.0)
+    h.taken(BatchDone(Batch(3, 0, "e", ()), 0.5, at_s=12.0, started_s=11.2), taken_s=12.3, waited_since_s=None)
+    out = h.summary()
+    assert out["samples"] == {"to_worker": 2, "after_forward": 2, "to_loop": 1}  # keep=2: the last two
+    assert out["to_worker_s"] == pytest.approx((0.3 + 0.2) / 2)
+    assert out["after_forward_s"] == pytest.approx((0.2 + 0.3) / 2)
+    assert out["to_loop_s"] == pytest.approx(0.1)
+    assert out["total_s"] == pytest.approx(0.25 + 0.25 + 0.1)
+    assert BatchHandoffs().summary()["total_s"] == 0.0

@@ -216,6 +216,36 @@ def test_sim_jobs_the_loop_dispatches_start_when_its_work_is_done():
     assert isinstance(be.next_event(None), LoadDone) and be.now() == pytest.approx(2.875)
 
 
+def test_sim_batch_handoff_is_a_fixed_delay_after_the_compute():
+    """A batch's completion reaches the loop ``batch_handoff_s`` after its compute, however the
+    host is shared: two CPU batches on one core share it (each 1.0 s of work ends at 2.0 s),
+    their hand-offs do not (both completions at 2.0 + 0.25 s, not 2.5 s). The batch's seconds
+    count the hand-off, as the real executor is busy until the loop takes its completion."""
+    from types import SimpleNamespace
+
+    from coserve_jax.coe.synthetic import synthetic_cost
+    from coserve_jax.engine.events import BatchDone
+    from coserve_jax.types import Batch
+
+    be = SimBackend(1, host_cores=1, batch_handoff_s=0.25)
+    for i in range(2):
+        be.start_batch(Batch(i, i, "cls_0", (), predicted_s=1.0), SimpleNamespace(kind="cpu", device_index=0), [])
+    done = []
+    while (ev := be.next_event(None)) is not None:
+        assert isinstance(ev, BatchDone)
+        done.append((ev.batch.batch_id, be.now(), ev.seconds))
+    assert [b for b, _, _ in done] == [0, 1]
+    assert [t for _, t, _ in done] == pytest.approx([2.25, 2.25])
+    assert [s for _, _, s in done] == pytest.approx([2.25, 2.25])
+    with pytest.raises(ValueError, match="batch_handoff_s"):
+        SimBackend(1, batch_handoff_s=-1e-3)
+    # A profile's figure reaches the backend the runner builds; without one there is no delay.
+    cost = synthetic_cost()
+    assert SimBackend.for_cost(cost).batch_handoff_s == 0.0
+    cost.profile.setdefault("overheads", {})["batch_handoff_s"] = 4e-4
+    assert SimBackend.for_cost(cost).batch_handoff_s == pytest.approx(4e-4)
+
+
 # ---- shared hardware: split loads (issue #22, item 3) -----------------------------------------
 def _drain(be) -> dict[int, float]:
     """Run a backend's events to the end: load id -> when it finished."""

@@ -25,6 +25,8 @@ Schema ``coserve_jax.profile/1`` (all times in seconds, sizes in bytes)::
       # copying over the device's link, in that order (the simulator shares each resource;
       # engine/sim.py). Without it a load is one undivided job, as before.
       "overheads": {"dispatch_s": float,     # optional: per-batch engine overhead
+                    "batch_handoff_s": float,    # optional: per-batch hand-offs between the loop and
+                                                 # a worker thread (a fixed delay in the simulator)
                     "loop_s_per_event": float,   # optional: the loop's own time per completion
                     "loop_s_per_arrival": float},  # optional: ... per arrival (default: per event)
       "host": {"cores": int,                 # optional: cores the simulated host shares
@@ -198,3 +200,10 @@ class CostModel:
     @property
     def dispatch_s(self) -> float:
         return float(self.profile.get("overheads", {}).get("dispatch_s", 0.0))
+
+    @property
+    def batch_handoff_s(self) -> float:
+        """A batch's hand-offs between the real loop and its worker thread, beyond its forward
+        (profiler-measured while serving, ``engine/real.py: BatchHandoffs``; 0 when the profile
+        has none): the simulator delivers each batch's completion that much after its compute."""
+        return float(self.profile.get("overheads", {}).get("batch_handoff_s", 0.0))

@@ -33,6 +33,7 @@ class BatchDone:
     labels: Sequence[int] | None = None  # per task, its output's argmax when the backend took it
     error: str | None = None
     at_s: float | None = None  # backend clock when it finished (None: when the loop takes it)
+    started_s: float | None = None  # real: backend clock when its worker thread began it
 
 
 @dataclasses.dataclass(frozen=True)

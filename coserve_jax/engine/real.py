@@ -26,11 +26,13 @@ weights and inputs, ``jax.device_get`` for outputs (tests run with the transfer 
 
 from __future__ import annotations
 
+import collections
 import concurrent.futures
 import contextlib
 import logging
 import os
 import queue
+import statistics
 import threading
 import time
 from collections.abc import Sequence
@@ -169,6 +171,53 @@ class Runtime:
         return time.perf_counter() - t0
 
 
+class BatchHandoffs:
+    """What a batch costs between threads beyond its forward, on the backend's clock (the
+    simulator's ``overheads.batch_handoff_s``, measured by the profiler from this):
+
+    - ``to_worker``: from the end of the loop's work that dispatched it (its ``charge``, where
+      the simulator starts a batch) to its worker thread beginning it;
+    - ``after_forward``: from the end of the forward to the completion event, the worker's own
+      work on it (outputs split per task, labels);
+    - ``to_loop``: from that event to the loop taking it, counted only when the loop sat waiting
+      for events meanwhile (a wake-up); a loop still busy is the loop's own cost, which the
+      simulator charges per event.
+
+    The last ``keep`` batches of each, so a long-running replica keeps a bounded record."""
+
+    PARTS = ("to_worker", "after_forward", "to_loop")
+
+    def __init__(self, keep: int = 4096):
+        self._dispatched: dict[int, float | None] = {}  # batch id -> when its dispatch's charge ended
+        self._samples = {part: collections.deque(maxlen=keep) for part in self.PARTS}
+
+    def dispatched(self, batch_id: int) -> None:
+        self._dispatched[batch_id] = None
+
+    def charged(self, now_s: float) -> None:
+        for b, t in self._dispatched.items():
+            if t is None:
+                self._dispatched[b] = now_s
+
+    def taken(self, ev: BatchDone, taken_s: float, waited_since_s: float | None) -> None:
+        """The loop took ``ev`` at ``taken_s``, after waiting since ``waited_since_s`` (None: it
+        did not wait for it)."""
+        charged = self._dispatched.pop(ev.batch.batch_id, None)
+        if ev.started_s is None or ev.at_s is None:
+            return
+        if charged is not None:
+            self._samples["to_worker"].append(ev.started_s - charged)
+        self._samples["after_forward"].append(max(0.0, ev.at_s - ev.started_s - ev.seconds))
+        if waited_since_s is not None and waited_since_s <= ev.at_s:
+            self._samples["to_loop"].append(max(0.0, taken_s - ev.at_s))
+
+    def summary(self) -> dict[str, Any]:
+        """Median seconds of each part (0 without samples), their sum and the sample counts."""
+        med = {p: statistics.median(v) if v else 0.0 for p, v in self._samples.items()}
+        return {**{f"{p}_s": med[p] for p in self.PARTS}, "total_s": sum(med.values()),
+                "samples": {p: len(v) for p, v in self._samples.items()}}
+
+
 class _Worker(threading.Thread):
     """One executor's compute lane: runs its batches one at a time."""
 
@@ -221,6 +270,7 @@ class RealBackend:
         self.busy_s: dict[str, float] = {}
         self.charged: dict[str, int] = {}
         self._mark = time.perf_counter()
+        self.handoffs = BatchHandoffs()
 
     # ---- clock and events ------------------------------------------------------------------
     def now(self) -> float:
@@ -230,6 +280,8 @@ class RealBackend:
         if self._held is not None:
             ev, self._held = self._held[1], None
             self.events_handled += 1
+            if isinstance(ev, BatchDone):
+                self.handoffs.taken(ev, self.now(), None)
             return ev
         timeout = self.stall_timeout_s if until_s is None else max(0.0, until_s - self.now())
         t = time.perf_counter()
@@ -241,6 +293,8 @@ class RealBackend:
             self._mark = time.perf_counter()
             self.wait_s += self._mark - t
         self.events_handled += 1
+        if isinstance(ev, BatchDone):
+            self.handoffs.taken(ev, self._mark - self._t0, t - self._t0)
         return ev
 
     def ready_at(self) -> float | None:
@@ -261,6 +315,7 @@ class RealBackend:
         self.busy_s[kind] = self.busy_s.get(kind, 0.0) + now - self._mark
         self.charged[kind] = self.charged.get(kind, 0) + 1
         self._mark = now
+        self.handoffs.charged(now - self._t0)
 
     def has_events(self) -> bool:
         """Whether completions or submissions are waiting for the loop."""
@@ -351,6 +406,7 @@ class RealBackend:
         if w is None:
             w = self._workers[executor.executor_id] = _Worker(self, f"coserve-ex{executor.executor_id}")
             w.start()
+        self.handoffs.dispatched(batch.batch_id)
         w.jobs.put((batch, executor.pool.pool_id, inputs))
 
     def _run_batch(self, batch: Batch, pool_id: str, inputs: list[Any]) -> None:
@@ -359,6 +415,7 @@ class RealBackend:
 
     def _run_batch_job(self, batch: Batch, pool_id: str, inputs: list[Any]) -> None:
         t = time.perf_counter()
+        started = t - self._t0
         try:
             if self.fault_injector is not None:
                 self.fault_injector("batch", batch)
@@ -368,9 +425,10 @@ class RealBackend:
             logits = run_padded(self.rt.forward(arch), state, inputs, self._pool_device[pool_id])
             # The labels here, in one call per batch, not one per task on the loop's thread.
             self._put(BatchDone(batch, time.perf_counter() - t, outputs=list(logits),
-                                labels=logits.argmax(axis=-1).tolist(), at_s=self.now()))
+                                labels=logits.argmax(axis=-1).tolist(), at_s=self.now(), started_s=started))
         except Exception as e:  # noqa: BLE001
-            self._put(BatchDone(batch, time.perf_counter() - t, error=f"{type(e).__name__}: {e}", at_s=self.now()))
+            self._put(BatchDone(batch, time.perf_counter() - t, error=f"{type(e).__name__}: {e}", at_s=self.now(),
+                                started_s=started))
 
     # ---- input checks -----------------------------------------------------------------------
     def validate_input(self, request: Request, image: Any) -> str | None:

@@ -71,9 +71,7 @@ def simulate(cfg: RunConfig, serve: ServeConfig, graph: CoEGraph, cost: Any, req
         raise ConfigError(f"serve.arm: {serve.arm!r} must be listed in arms={[a.name for a in cfg.arms]}")
     engines = []
     for _ in range(serve.replicas):
-        backend = SimBackend(cfg.backend.load_threads, loop_s_per_event=cost.loop_s_per_event,
-                             host_cores=cost.host_cores, loop_s_per_arrival=cost.loop_s_per_arrival,
-                             loop_shares_host=cfg.backend.loop_shares_host, load_slowdown=cost.load_slowdown)
+        backend = SimBackend.for_cost(cost, cfg.backend.load_threads, loop_shares_host=cfg.backend.loop_shares_host)
         engines.append(build_engine(cfg, arm, graph, cost, backend, "trace"))
     router = make_router(serve)
     placement = getattr(router, "initial_experts", None)

@@ -12,7 +12,9 @@ completion; this module measures them on the profile being built, in one of two 
   wall time less the time it sat blocked waiting for an event) is divided by the arrivals and
   the completions it handled, separately. This counts what serving adds to the policies' own
   cost: input checks, hand-offs to executor and I/O threads, and the GIL and cores the loop
-  shares with them. On
+  shares with them. The same runs give ``batch_handoff_s``: the median time a batch spends
+  passing between the loop and its worker thread beyond its forward (``engine/real.py:
+  BatchHandoffs``; 0.3-0.5 ms here), which the simulator adds to every batch. On
   this 2-core machine (demo CoE, 2 CPU executors) that is 52–60 µs per arrival and 330–390 µs
   per completion (which routes a whole batch's tasks), against ~28 µs per event for the same
   loop over the simulator backend (experiments/sim_validation/README.md).
@@ -66,8 +68,9 @@ def measure_serving_loop_s(runtime: Any, profile: dict[str, Any], executors: dic
     """The real engine's loop while it serves ``num_requests`` with the coserve arm on
     ``executors`` (clamped to the devices present; CPU ones spread over ``cpu_devices`` host
     devices, as the hardware serving them): median busy seconds per arrival taken in
-    (``loop_s_per_arrival``) and per completion handled (``loop_s_per_event``), over three runs
-    after one untimed run (which compiles every batch bucket)."""
+    (``loop_s_per_arrival``) and per completion handled (``loop_s_per_event``), and a batch's
+    hand-offs (``batch_handoff_s``), over three runs after one untimed run (which compiles
+    every batch bucket)."""
     counts = {}
     for kind, n in executors.items():
         try:
@@ -97,10 +100,12 @@ def measure_serving_loop_s(runtime: Any, profile: dict[str, Any], executors: dic
             log.info("loop overhead: %s; timing it at a device budget of 100%% instead", e)
     trace = make_trace(cfg, zoo.graph)
     images = runner.images(trace)
-    runs: dict[str, list[float]] = {"arrival": [], "event": []}
+    runs: dict[str, list[float]] = {"arrival": [], "event": [], "handoff": []}
     for i in range(4):
         summary, _ = runner.run_arm(cfg.arms[0], trace, images, progress=False)
         if i:
-            for kind, per in runs.items():
-                per.append(summary["loop_busy_s"].get(kind, {}).get("per_handled_s", 0.0))
-    return {"loop_s_per_arrival": sorted(runs["arrival"])[1], "loop_s_per_event": sorted(runs["event"])[1]}
+            for kind in ("arrival", "event"):
+                runs[kind].append(summary["loop_busy_s"].get(kind, {}).get("per_handled_s", 0.0))
+            runs["handoff"].append(summary["batch_handoff_s"]["total_s"])
+    return {"loop_s_per_arrival": sorted(runs["arrival"])[1], "loop_s_per_event": sorted(runs["event"])[1],
+            "batch_handoff_s": sorted(runs["handoff"])[1]}

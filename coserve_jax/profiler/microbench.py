@@ -42,8 +42,9 @@ from coserve_jax.store.disk import drop_page_cache
 # Which serving paths a profile measured; part of the cached profile's key, so a change to how
 # the engine loads or calls an expert re-measures. 2: served weights are a flat list of leaves;
 # 3: the loop's cost per event is timed while serving; 4: loads are timed between batch rounds;
-# 5: loads are also timed beside running CPU batches (``measure_load_contention``).
-PATHS_VERSION = 5
+# 5: loads are also timed beside running CPU batches (``measure_load_contention``);
+# 6: a batch's hand-offs between the loop and its worker are timed while serving (``batch_handoff_s``).
+PATHS_VERSION = 6
 
 
 def fit_linear(x: Sequence[float], y: Sequence[float]) -> tuple[float, float]:

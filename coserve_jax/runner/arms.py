@@ -49,10 +49,8 @@ class ArmRunner:
     def new_engine(self, arm: ArmConfig, requests: Sequence[Request] | None = None,
                    fault_injector: Any = None) -> EngineLoop:
         if self.cfg.backend.name == "sim":
-            backend = SimBackend(self.cfg.backend.load_threads, loop_s_per_event=self.cost.loop_s_per_event,
-                                 host_cores=self.cost.host_cores, loop_s_per_arrival=self.cost.loop_s_per_arrival,
-                                 loop_shares_host=self.cfg.backend.loop_shares_host,
-                                 load_slowdown=self.cost.load_slowdown)
+            backend = SimBackend.for_cost(self.cost, self.cfg.backend.load_threads,
+                                          loop_shares_host=self.cfg.backend.loop_shares_host)
         else:
             backend = RealBackend(self.runtime, load_threads=self.cfg.backend.load_threads,
                                   drop_page_cache=self.cfg.hardware.drop_page_cache,
@@ -135,6 +133,8 @@ class ArmRunner:
             summary["loop_busy_s"] = {kind: {"handled": charged.get(kind, 0), "total_s": s,
                                              "per_handled_s": s / max(1, charged.get(kind, 0))}
                                       for kind, s in busy.items()}
+            # ... and each batch's hand-offs between the loop and its worker thread.
+            summary["batch_handoff_s"] = engine.backend.handoffs.summary()
         summary["policy"] = arm_policy(arm)
         summary["executors"] = [{"id": ex.executor_id, "kind": ex.kind, "device": ex.device_index,
                                  "pool": ex.pool.pool_id, "max_batch": dict(ex.max_batches),
