@@ -135,6 +135,13 @@ def test_no_retrace_across_experts_in_a_run(real):
         assert summary["switches"]["count"] > 0
         arrivals = summary["loop_busy_s"]["arrival"]  # the loop's own time, as the profiler prices it
         assert arrivals["handled"] == 150 and 0 < arrivals["per_handled_s"] < arrivals["total_s"]
+        # A completion's busy time as a line over the tasks it completed (the profiler's
+        # loop_s_per_event and loop_s_per_task): it passes through their mean.
+        events = summary["loop_busy_s"]["event"]
+        assert events["base_s"] >= 0 and events["per_task_s"] >= 0 and events["base_s"] + events["per_task_s"] > 0
+        mean_tasks = summary["tasks_completed"] / events["handled"]
+        if events["base_s"] > 0:
+            assert events["base_s"] + events["per_task_s"] * mean_tasks == pytest.approx(events["per_handled_s"])
         # Each batch's hand-offs between the loop and its worker (the simulator's batch_handoff_s).
         handoff, batches = summary["batch_handoff_s"], summary["batches"]["count"]
         assert handoff["samples"]["after_forward"] == handoff["samples"]["to_worker"] == batches

@@ -161,6 +161,15 @@ def test_sim_loop_charges_arrivals_and_completions_their_own_costs():
     assert be.now() == pytest.approx(5e-5)
     be.charge()
     assert be.now() == pytest.approx(3.5e-4)
+    # A completion's cost grows with the tasks it completes (the loop routes each).
+    per_task = SimBackend(1, loop_s_per_event=2e-4, loop_s_per_task=2.5e-5)
+    per_task.charge("event", 20)
+    assert per_task.now() == pytest.approx(7e-4)
+    per_task.charge("event", 0)  # a load's completion
+    per_task.charge("arrival", 5)  # an arrival is one task, priced as such
+    assert per_task.now() == pytest.approx(9e-4 + 2e-4)
+    with pytest.raises(ValueError, match="loop_s_per_task"):
+        SimBackend(1, loop_s_per_task=-1e-6)
     # Without a separate arrival cost, an arrival costs what a completion does (older profiles).
     old = SimBackend(1, loop_s_per_event=2e-5)
     old.charge("arrival")

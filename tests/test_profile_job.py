@@ -8,7 +8,8 @@ import time
 import pytest
 
 from coserve_jax.jobs.profile import fit_errors, usage_from_routes, usage_gap
-from coserve_jax.profiler.microbench import abs_rel_errors, fit_linear_nonneg
+from coserve_jax.cost.fit import fit_linear_nonneg
+from coserve_jax.profiler.microbench import abs_rel_errors
 
 
 def test_nonnegative_fit_refits_instead_of_clamping():

@@ -28,6 +28,7 @@ Schema ``coserve_jax.profile/1`` (all times in seconds, sizes in bytes)::
                     "batch_handoff_s": float,    # optional: per-batch hand-offs between the loop and
                                                  # a worker thread (a fixed delay in the simulator)
                     "loop_s_per_event": float,   # optional: the loop's own time per completion
+                    "loop_s_per_task": float,    # optional: ... plus this per task it completes
                     "loop_s_per_arrival": float},  # optional: ... per arrival (default: per event)
       "host": {"cores": int,                 # optional: cores the simulated host shares
                                              # (default: device.cpu_count, else 1)
@@ -200,6 +201,12 @@ class CostModel:
     @property
     def dispatch_s(self) -> float:
         return float(self.profile.get("overheads", {}).get("dispatch_s", 0.0))
+
+    @property
+    def loop_s_per_task(self) -> float:
+        """The engine loop's own seconds per task a completion routes, on top of
+        ``loop_s_per_event`` (0 when the profile has none: a flat cost per completion)."""
+        return float(self.profile.get("overheads", {}).get("loop_s_per_task", 0.0))
 
     @property
     def batch_handoff_s(self) -> float:

@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from coserve_jax.coe.graph import CoEGraph
+from coserve_jax.engine.events import tasks_done
 from coserve_jax.engine.loop import EngineLoop as LoopEngine
 from coserve_jax.engine.state import RequestState
 from coserve_jax.policies.base import changes_after
@@ -261,7 +262,7 @@ class ClusterSim:
             # The loop's own steps (engine/loop.py Engine.run); the cluster feeds its arrivals.
             eng._handle(ev)
             eng._dispatch_all()
-            be.charge()
+            be.charge("event", tasks_done(ev))
         self._note(rep)
 
     def _note(self, rep: SimReplica) -> None:
@@ -375,7 +376,7 @@ class ClusterSim:
                     break
                 eng._handle(ev)
                 eng._dispatch_all()
-                be.charge()
+                be.charge("event", tasks_done(ev))
             for ex in eng.executors:
                 ex.set_state("idle", be.now())  # close the time accounting, as Engine.run does
             rep.changed()

@@ -54,6 +54,12 @@ class Preload:
 Event = LoadDone | BatchDone | Arrival | Preload
 
 
+def tasks_done(ev: Event) -> int:
+    """The tasks an event completes (a batch's; 0 for any other): the loop routes each of them,
+    so its work on the event grows with them (``Backend.charge``)."""
+    return len(ev.batch.tasks) if isinstance(ev, BatchDone) else 0
+
+
 class Backend(Protocol):
     """What the loop needs: a clock, loads and batches started and handed back as events."""
 
@@ -63,7 +69,8 @@ class Backend(Protocol):
     def next_event(self, until_s: float | None) -> Event | None: ...
     def ready_at(self) -> float | None: ...  # when the oldest waiting event happened; None: none waits
     def drop(self, pool_id: str, expert_id: str) -> None: ...
-    def charge(self, kind: str = "event") -> None: ...  # the loop handled an "arrival" or an "event" (sim: its time passes)
+    # The loop handled an "arrival" or an "event" that completed ``tasks`` tasks (sim: its time passes).
+    def charge(self, kind: str = "event", tasks: int = 0) -> None: ...
     def validate_input(self, request: Request, image: Any) -> str | None: ...
     def close(self) -> None: ...  # after a run: stop threads, free what the backend holds
 

@@ -21,7 +21,7 @@ from typing import Any
 
 from coserve_jax.coe.graph import CoEGraph, UnknownComponentError
 from coserve_jax.cost.model import CostModel
-from coserve_jax.engine.events import Arrival, Backend, BatchDone, Event, LoadDone, Preload
+from coserve_jax.engine.events import Arrival, Backend, BatchDone, Event, LoadDone, Preload, tasks_done
 from coserve_jax.engine.loads import BROKEN, LoadSide
 from coserve_jax.engine.memory import fit_batch, full_batch_bytes
 from coserve_jax.engine.oracle import TraceFuture
@@ -187,7 +187,7 @@ class EngineLoop(LoadSide):
                 if progress is not None:
                     progress.update(before - self._pending)
             self._dispatch_all()
-            self.backend.charge()
+            self.backend.charge("event", tasks_done(ev))
         end = self.backend.now()
         for ex in self._executors:
             ex.set_state("idle", end)

@@ -43,6 +43,7 @@ import jax
 import numpy as np
 from flax import nnx
 
+from coserve_jax.cost.fit import fit_linear_nonneg
 from coserve_jax.engine.events import Arrival, BatchDone, Event, LoadDone, Preload
 from coserve_jax.store.checkpoint import CheckpointError, leaf_specs, leaves_to_state, read_packed, unpack_to_device
 from coserve_jax.store.disk import drop_page_cache
@@ -212,9 +213,10 @@ class BatchHandoffs:
             self._samples["to_loop"].append(max(0.0, taken_s - ev.at_s))
 
     def summary(self) -> dict[str, Any]:
-        """Median seconds of each part (0 without samples), their sum and the sample counts."""
+        """Median seconds of each part (0 without samples), their sum (at least 0: a worker may
+        begin before the dispatching charge ends) and the sample counts."""
         med = {p: statistics.median(v) if v else 0.0 for p, v in self._samples.items()}
-        return {**{f"{p}_s": med[p] for p in self.PARTS}, "total_s": sum(med.values()),
+        return {**{f"{p}_s": med[p] for p in self.PARTS}, "total_s": max(0.0, sum(med.values())),
                 "samples": {p: len(v) for p, v in self._samples.items()}}
 
 
@@ -271,6 +273,7 @@ class RealBackend:
         self.charged: dict[str, int] = {}
         self._mark = time.perf_counter()
         self.handoffs = BatchHandoffs()
+        self._event_busy: collections.deque[tuple[int, float]] = collections.deque(maxlen=16384)  # (tasks, busy s)
 
     # ---- clock and events ------------------------------------------------------------------
     def now(self) -> float:
@@ -309,13 +312,28 @@ class RealBackend:
     def _put(self, ev: Event) -> None:
         self._events.put((self.now(), ev))
 
-    def charge(self, kind: str = "event") -> None:
+    def charge(self, kind: str = "event", tasks: int = 0) -> None:
         """Real time passes by itself while the loop works; record how much this piece took."""
         now = time.perf_counter()
-        self.busy_s[kind] = self.busy_s.get(kind, 0.0) + now - self._mark
+        busy = now - self._mark
+        self.busy_s[kind] = self.busy_s.get(kind, 0.0) + busy
         self.charged[kind] = self.charged.get(kind, 0) + 1
+        if kind == "event":
+            self._event_busy.append((tasks, busy))
         self._mark = now
         self.handoffs.charged(now - self._t0)
+
+    def loop_busy(self) -> dict[str, dict[str, float]]:
+        """The loop's busy seconds per kind of work it charged: count, total, per piece; for
+        events also ``base_s`` and ``per_task_s``, a least-squares line (both >= 0) of each event's
+        busy seconds over the tasks it completed (the profiler's ``loop_s_per_event`` and
+        ``loop_s_per_task``; over the last events, bounded)."""
+        out = {kind: {"handled": self.charged.get(kind, 0), "total_s": s,
+                      "per_handled_s": s / max(1, self.charged.get(kind, 0))} for kind, s in self.busy_s.items()}
+        if "event" in out:
+            per_task, base = fit_linear_nonneg([t for t, _ in self._event_busy], [b for _, b in self._event_busy])
+            out["event"].update(base_s=base, per_task_s=per_task)
+        return out
 
     def has_events(self) -> bool:
         """Whether completions or submissions are waiting for the loop."""

@@ -28,8 +28,10 @@ copy; copies to one device share its link (1/n each; ``plan_executors`` puts eve
 on device 0, so one link per pool kind). A load the profile does not split is one job as before:
 into host memory it shares the host, into a GPU pool it shares nothing but the lanes.
 The loop itself is one thread: every arrival it takes in costs ``loop_s_per_arrival`` and every
-completion ``loop_s_per_event`` of virtual time (the profile's ``overheads``, measured while
-serving), so the simulated loop lags behind fast arrivals as the real one does. The loads and
+completion ``loop_s_per_event`` plus ``loop_s_per_task`` per task it completes (the loop routes
+each) of virtual time (the profile's ``overheads``, measured while serving; on the demo ~0.2 ms
+plus ~25 µs a task, so a samba completion of one task costs the loop a third of a coserve one of
+twenty), so the simulated loop lags behind fast arrivals as the real one does. The loads and
 batches it dispatches while handling an arrival or event start when that charge ends, as a
 real hand-off does (the loop's work before its dispatch, then the load or executor thread's
 wake-up): on the demo the real loop took ~0.3 ms from a load's end to its batch's start and
@@ -97,7 +99,7 @@ class SimBackend:
     def __init__(self, load_channels: int = 1, share_devices: bool = True, loads_share_host: bool = True,
                  loop_s_per_event: float = 0.0, host_cores: int = 1,
                  loop_s_per_arrival: float | None = None, loop_shares_host: bool = False,
-                 load_slowdown: Sequence[float] = (), batch_handoff_s: float = 0.0):
+                 load_slowdown: Sequence[float] = (), batch_handoff_s: float = 0.0, loop_s_per_task: float = 0.0):
         if load_channels < 1:
             raise ValueError("load_channels must be >= 1")
         if host_cores < 1:
@@ -108,6 +110,9 @@ class SimBackend:
         if not batch_handoff_s >= 0.0:
             raise ValueError(f"batch_handoff_s must be >= 0, got {batch_handoff_s}")
         self.batch_handoff_s = float(batch_handoff_s)
+        if not loop_s_per_task >= 0.0:
+            raise ValueError(f"loop_s_per_task must be >= 0, got {loop_s_per_task}")
+        self.loop_s_per_task = float(loop_s_per_task)
         self.host_cores = host_cores
         self._now = 0.0
         self._heap: list[tuple[float, int, int, Any]] = []
@@ -134,7 +139,8 @@ class SimBackend:
         (``cost``: a ``CostModel``)."""
         return cls(load_channels, loop_s_per_event=cost.loop_s_per_event, host_cores=cost.host_cores,
                    loop_s_per_arrival=cost.loop_s_per_arrival, loop_shares_host=loop_shares_host,
-                   load_slowdown=cost.load_slowdown, batch_handoff_s=cost.batch_handoff_s)
+                   load_slowdown=cost.load_slowdown, batch_handoff_s=cost.batch_handoff_s,
+                   loop_s_per_task=cost.loop_s_per_task)
 
     def now(self) -> float:
         return self._now
@@ -295,9 +301,11 @@ class SimBackend:
         r = self._running.get(key, {}).get(jid)
         return r if r is not None and r.token == token else None
 
-    def charge(self, kind: str = "event") -> None:
-        """The loop handled one arrival or event: its own time passes (one Python thread)."""
-        self._charge(self.loop_s_per_arrival if kind == "arrival" else self.loop_s_per_event)
+    def charge(self, kind: str = "event", tasks: int = 0) -> None:
+        """The loop handled one arrival or event (completing ``tasks`` tasks, each of which it
+        routes): its own time passes (one Python thread)."""
+        self._charge(self.loop_s_per_arrival if kind == "arrival"
+                     else self.loop_s_per_event + tasks * self.loop_s_per_task)
         self._start_held()  # what the loop dispatched starts once its work is done
 
     def _charge(self, d: float) -> None:

@@ -32,6 +32,7 @@ import jax
 import numpy as np
 from tqdm.auto import tqdm
 
+from coserve_jax.cost.fit import fit_linear_nonneg
 from coserve_jax.cost.model import SCHEMA
 from coserve_jax.engine.real import Runtime, bucket_size, run_padded
 from coserve_jax.profiler import loop_overhead
@@ -43,30 +44,9 @@ from coserve_jax.store.disk import drop_page_cache
 # the engine loads or calls an expert re-measures. 2: served weights are a flat list of leaves;
 # 3: the loop's cost per event is timed while serving; 4: loads are timed between batch rounds;
 # 5: loads are also timed beside running CPU batches (``measure_load_contention``);
-# 6: a batch's hand-offs between the loop and its worker are timed while serving (``batch_handoff_s``).
+# 6: a batch's hand-offs between the loop and its worker are timed while serving (``batch_handoff_s``),
+# and the loop's cost per completion is split into a base and a cost per task it routes.
 PATHS_VERSION = 6
-
-
-def fit_linear(x: Sequence[float], y: Sequence[float]) -> tuple[float, float]:
-    """Least-squares slope and intercept (slope 0 when x has one distinct value)."""
-    x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
-    if len(np.unique(x)) < 2:
-        return 0.0, float(np.mean(y))
-    slope, intercept = np.polyfit(x, y, 1)
-    return float(slope), float(intercept)
-
-
-def fit_linear_nonneg(x: Sequence[float], y: Sequence[float]) -> tuple[float, float]:
-    """Least squares with slope and intercept >= 0: a negative slope becomes a flat line at the
-    mean, a negative intercept a line through the origin (clamping one without refitting the
-    other would leave a line far from the points)."""
-    k, b = fit_linear(x, y)
-    xa, ya = np.asarray(x, np.float64), np.asarray(y, np.float64)
-    if k < 0:
-        return 0.0, max(float(np.mean(ya)), 0.0)
-    if b < 0:
-        return max(float(xa @ ya / (xa @ xa)), 0.0) if xa @ xa > 0 else 0.0, 0.0
-    return k, b
 
 
 def plateau_batch(sizes: Sequence[int], latency_s: Sequence[float], tol: float = 0.10) -> int:

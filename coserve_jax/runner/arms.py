@@ -127,12 +127,8 @@ class ArmRunner:
         if hasattr(engine.backend, "events_handled"):
             summary["sim_events"] = engine.backend.events_handled
             summary["sim_events_per_s"] = engine.backend.events_handled / max(summary["engine_s"], 1e-9)
-        busy = getattr(engine.backend, "busy_s", None)
-        if busy is not None:  # real: the loop's own time per arrival and per completion it took in
-            charged = engine.backend.charged
-            summary["loop_busy_s"] = {kind: {"handled": charged.get(kind, 0), "total_s": s,
-                                             "per_handled_s": s / max(1, charged.get(kind, 0))}
-                                      for kind, s in busy.items()}
+        if hasattr(engine.backend, "loop_busy"):  # real: the loop's own time per arrival and per completion it took in
+            summary["loop_busy_s"] = engine.backend.loop_busy()
             # ... and each batch's hand-offs between the loop and its worker thread.
             summary["batch_handoff_s"] = engine.backend.handoffs.summary()
         summary["policy"] = arm_policy(arm)
