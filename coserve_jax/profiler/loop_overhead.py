@@ -4,20 +4,22 @@ The real engine's loop is one Python thread: every arrival and completion it han
 decisions, queue and pool bookkeeping, dispatch) takes wall time during which later arrivals
 wait. When arrivals come faster than that (the default workload: one every 0.1 ms), the loop
 lags and sees requests in bursts, which changes grouping and switches. The simulator charges
-``overheads.loop_s_per_arrival`` of virtual time per arrival and ``loop_s_per_event`` per
-completion; this module measures them on the profile being built, in one of two ways:
+``overheads.loop_s_per_arrival`` of virtual time per arrival, and ``loop_s_per_event`` plus
+``loop_s_per_task`` per task per completion; this module measures them on the profile being
+built, in one of two ways:
 
 - ``measure_serving_loop_s`` (a real engine's profile): the real backend serves a
   trace with the coserve arm and the hardware's executors, and the loop's busy time (its run's
-  wall time less the time it sat blocked waiting for an event) is divided by the arrivals and
-  the completions it handled, separately. This counts what serving adds to the policies' own
-  cost: input checks, hand-offs to executor and I/O threads, and the GIL and cores the loop
-  shares with them. The same runs give ``batch_handoff_s``: the median time a batch spends
-  passing between the loop and its worker thread beyond its forward (``engine/real.py:
-  BatchHandoffs``; 0.3-0.5 ms here), which the simulator adds to every batch. On
-  this 2-core machine (demo CoE, 2 CPU executors) that is 52–60 µs per arrival and 330–390 µs
-  per completion (which routes a whole batch's tasks), against ~28 µs per event for the same
-  loop over the simulator backend (experiments/sim_validation/README.md).
+  wall time less the time it sat blocked waiting for an event) is divided by the arrivals it
+  took in, and fitted as a line over the tasks each completion routed (``RealBackend.loop_busy``).
+  This counts what serving adds to the policies' own cost: input checks, hand-offs to executor
+  and I/O threads, and the GIL and cores the loop shares with them. The same runs give
+  ``batch_handoff_s``: the median time a batch spends passing between the loop and its worker
+  thread beyond its forward (``engine/real.py: BatchHandoffs``), which the simulator adds to
+  every batch. On this 2-core machine (demo CoE, 2 CPU executors) the loop's completions cost
+  206–296 µs for samba (one task a batch) and 543–870 µs for the arms that batch ~20
+  (experiments/sim_validation/README.md), so a flat cost per completion over-charged samba and
+  under-charged the others.
 - ``measure_loop_s_per_event``: the same loop and policies over the simulator backend (whose
   own cost is negligible beside them); the policies' cost alone, for profiles without a real
   engine to serve with.
@@ -66,8 +68,9 @@ def measure_loop_s_per_event(graph: CoEGraph, profile: dict[str, Any], num_reque
 def measure_serving_loop_s(runtime: Any, profile: dict[str, Any], executors: dict[str, int],
                            num_requests: int = 1500, seed: int = 0, cpu_devices: int = 1) -> dict[str, float]:
     """The real engine's loop while it serves ``num_requests`` with the coserve arm on
-    ``executors`` (clamped to the devices present; CPU ones spread over ``cpu_devices`` host
-    devices, as the hardware serving them): median busy seconds per arrival taken in
+    ``executors`` (kinds without devices here left out; CPU ones spread over ``cpu_devices``
+    host devices and GPU ones over the GPUs, sharing them as the hardware serving them does):
+    median busy seconds per arrival taken in
     (``loop_s_per_arrival``), per completion handled (``loop_s_per_event``, the base) and per
     task it completed (``loop_s_per_task``: a line through each completion's busy seconds over
     its tasks), and a batch's hand-offs (``batch_handoff_s``), over three runs after one untimed
@@ -75,9 +78,14 @@ def measure_serving_loop_s(runtime: Any, profile: dict[str, Any], executors: dic
     counts = {}
     for kind, n in executors.items():
         try:
-            counts[kind] = max(1, min(int(n), len(jax.devices(kind))))
+            jax.devices(kind)
         except RuntimeError:
             continue  # no such devices here: the profile has no such kind either
+        # As many executors as the hardware serves with: executors share devices
+        # (``plan_executors``), and the default CPU hardware runs two on one host device. (Capping
+        # them at the device count timed a one-executor loop, whose assignments cost nothing:
+        # 48-67 µs an arrival against 73-118 µs for the two-executor loop that serves.)
+        counts[kind] = max(1, int(n))
     # Each kind set on its own (a whole-mapping override would merge into the default {cpu: 2});
     # CPU helpers beside GPUs get hardware=gpu's host-RAM pool share.
     overrides = ["backend=real", "arms=[coserve]", f"workload.num_requests={num_requests}",
