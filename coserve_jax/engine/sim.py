@@ -29,9 +29,9 @@ on device 0, so one link per pool kind). A load the profile does not split is on
 into host memory it shares the host, into a GPU pool it shares nothing but the lanes.
 The loop itself is one thread: every arrival it takes in costs ``loop_s_per_arrival`` and every
 completion ``loop_s_per_event`` plus ``loop_s_per_task`` per task it completes (the loop routes
-each) of virtual time (the profile's ``overheads``, measured while serving; on the demo ~0.2 ms
-plus ~25 µs a task, so a samba completion of one task costs the loop a third of a coserve one of
-twenty), so the simulated loop lags behind fast arrivals as the real one does. The loads and
+each) of virtual time (the profile's ``overheads``, measured while serving; on the demo
+0.29-0.38 ms plus 15-18 µs a task, where the real loop spends 0.2-0.3 ms on a samba completion
+of one task and 0.5-0.9 ms on one of twenty), so the simulated loop lags behind fast arrivals as the real one does. The loads and
 batches it dispatches while handling an arrival or event start when that charge ends, as a
 real hand-off does (the loop's work before its dispatch, then the load or executor thread's
 wake-up): on the demo the real loop took ~0.3 ms from a load's end to its batch's start and
@@ -46,8 +46,8 @@ A batch's completion reaches the loop ``batch_handoff_s`` after its compute ends
 ``overheads``, measured while serving: the real worker thread's start after the loop's dispatch,
 its work after the forward, the loop's wake-up for the event; ``engine/real.py:
 BatchHandoffs``), a fixed delay that shares nothing; its executor stays busy meanwhile, as the
-real one does until the loop has taken the completion. On the demo these hand-offs are 0.3-0.5 ms
-a batch, and a simulator without them was 5-10% optimistic for every arm but samba.
+real one does until the loop has taken the completion. On the demo the profiler measures
+0.24-0.28 ms a batch (``experiments/sim_validation``).
 The profile's figures are each job alone on its device. Identical inputs give identical
 schedules.
 """
