@@ -70,11 +70,11 @@ def measure_serving_loop_s(runtime: Any, profile: dict[str, Any], executors: dic
     """The real engine's loop while it serves ``num_requests`` with the coserve arm on
     ``executors`` (kinds without devices here left out; CPU ones spread over ``cpu_devices``
     host devices and GPU ones over the GPUs, sharing them as the hardware serving them does):
-    median busy seconds per arrival taken in
-    (``loop_s_per_arrival``), per completion handled (``loop_s_per_event``, the base) and per
-    task it completed (``loop_s_per_task``: a line through each completion's busy seconds over
-    its tasks), and a batch's hand-offs (``batch_handoff_s``), over three runs after one untimed
-    run (which compiles every batch bucket)."""
+    median busy seconds per arrival taken in (``loop_s_per_arrival``), per completion handled
+    (``loop_s_per_event``, the base) and per task it completed (``loop_s_per_task``: a line
+    through each completion's busy seconds over its tasks), and a batch's hand-offs
+    (``batch_handoff_s``), over three runs after one untimed run (which compiles every batch
+    bucket)."""
     counts = {}
     for kind, n in executors.items():
         try:
