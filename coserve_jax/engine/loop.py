@@ -253,10 +253,11 @@ class EngineLoop(LoadSide):
         if output is not None and self.keep_outputs:
             rs.outputs.append(output)
         self._tasks_completed += 1
-        if self.routing == "model" and label is not None:
+        if self.routing == "model":
+            # The backend takes each output's argmax with the batch (BatchDone.labels).
+            if label is None:
+                raise ValueError(f"backend gave no label for expert {task.expert_id}'s output")
             outcome = self.graph.route_from_label(rs.request, task.expert_id, label)
-        elif self.routing == "model":
-            outcome = self.graph.route_from_output(rs.request, task.expert_id, output)
         else:
             outcome = self.graph.route_from_trace(rs.request, task.expert_id)
         if outcome.next_expert is None:

@@ -58,10 +58,13 @@ import collections
 import heapq
 import itertools
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from coserve_jax.engine.events import BATCH_DONE, LOAD_DONE, BatchDone, Event, LoadDone
 from coserve_jax.types import Batch, LoadJob, Request
+
+if TYPE_CHECKING:
+    from coserve_jax.cost.model import CostModel
 
 HOST = ("cpu",)
 DISK = ("disk",)
@@ -134,9 +137,8 @@ class SimBackend:
         self._starting: list[tuple[Any, tuple]] = []
 
     @classmethod
-    def for_cost(cls, cost: Any, load_channels: int = 1, *, loop_shares_host: bool = False) -> SimBackend:
-        """A simulator backend with everything a profile says about the host and the loop
-        (``cost``: a ``CostModel``)."""
+    def for_cost(cls, cost: CostModel, load_channels: int = 1, *, loop_shares_host: bool = False) -> SimBackend:
+        """A simulator backend with everything a profile says about the host and the loop."""
         return cls(load_channels, loop_s_per_event=cost.loop_s_per_event, host_cores=cost.host_cores,
                    loop_s_per_arrival=cost.loop_s_per_arrival, loop_shares_host=loop_shares_host,
                    load_slowdown=cost.load_slowdown, batch_handoff_s=cost.batch_handoff_s,
