@@ -52,6 +52,28 @@ def api_profile_cached(cfg: Any, model: Any) -> bool:
     return cfg.hardware.profile is not None or profile_cache_path(cfg, model).exists()
 
 
+def measured_setup(overrides: list[str], who: str) -> tuple[Any, Any, Any, Any]:
+    """The demo setup (or ``overrides``) on this machine: its config, model, cached measured
+    profile (exits with a hint when there is none) and real runtime."""
+    import os
+
+    from coserve_jax.config import compose, parse_config
+
+    cfg = parse_config(compose(["profiler.max_drift=null", *overrides]))
+    # Before anything imports JAX (coserve_jax.api does): the profile's cache key has the devices.
+    if "xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", ""):
+        os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
+                                   + f" --xla_force_host_platform_device_count={cfg.hardware.cpu_devices}").strip()
+    from coserve_jax.api import load_cost_model, load_model, make_runtime
+
+    model = load_model(cfg, progress=False)
+    if not api_profile_cached(cfg, model):
+        sys.exit(f"{who}: no cached profile of this machine for this setup; measure it first "
+                 "(python -m coserve_jax.run +experiment=profile)")
+    cost = load_cost_model(cfg, model, progress=False)  # the cached measured profile of this machine
+    return cfg, model, cost, make_runtime(cfg, model)
+
+
 def simulate(cost: Any, load_threads: int, sizes: list[int], disk_share: float | None = None) -> list[float]:
     """Seconds each load of ``sizes`` takes when all start together in the simulator (CPU pool,
     from disk), with the engine's lanes and the profile's host; ``disk_share`` splits each load
@@ -82,28 +104,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("overrides", nargs="*", help="Hydra overrides (default: the demo setup)")
     args = ap.parse_args(argv)
 
-    import os
-
-    from coserve_jax.config import compose, parse_config
-
-    cfg = parse_config(compose(["profiler.max_drift=null", *args.overrides]))
-    # Before anything imports JAX (coserve_jax.api does): the profile's cache key has the devices.
-    if "xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", ""):
-        os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
-                                   + f" --xla_force_host_platform_device_count={cfg.hardware.cpu_devices}").strip()
+    cfg, model, cost, rt = measured_setup(args.overrides, "concurrent_loads")
     import jax
-
-    from coserve_jax.api import load_cost_model, load_model, make_runtime
 
     from coserve_jax.store.disk import drop_page_cache
     from coserve_jax.types import Role
 
-    model = load_model(cfg, progress=False)
-    if not api_profile_cached(cfg, model):
-        sys.exit("concurrent_loads: no cached profile of this machine for this setup; measure it first "
-                 "(python -m coserve_jax.run +experiment=profile)")
-    cost = load_cost_model(cfg, model, progress=False)  # the cached measured profile of this machine
-    rt = make_runtime(cfg, model)
     try:
         graph = model.graph
         arch = args.arch or next(e.arch for e in graph.experts.values() if e.role == Role.PRELIMINARY)

@@ -28,6 +28,29 @@ import pytest  # noqa: E402
 TINY_TYPES = 24
 
 
+SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
+
+
+@pytest.fixture
+def script():
+    """``script(name)``: ``scripts/<name>.py`` as a module (scripts/ is not a package; a script may
+    import its neighbours, so the folder is importable while it loads)."""
+    import importlib.util
+    import sys
+
+    def load(name: str) -> Any:
+        sys.path.insert(0, str(SCRIPTS))
+        try:
+            spec = importlib.util.spec_from_file_location(name, SCRIPTS / f"{name}.py")
+            module = importlib.util.module_from_spec(spec)
+            spec.loader.exec_module(module)
+        finally:
+            sys.path.remove(str(SCRIPTS))
+        return module
+
+    return load
+
+
 @dataclasses.dataclass
 class RealSetup:
     """What the real-engine tests share: config overrides, the model, its cost model and runtime."""

@@ -1,30 +1,18 @@
 """scripts/bench_loop.py: the steady micro benchmark and the per-part breakdown run and clean up."""
 
-import importlib.util
-from pathlib import Path
-
 from coserve_jax.engine.loads import LoadSide
 from coserve_jax.engine.loop import EngineLoop
 from coserve_jax.policies.scheduling import LatencyAware, _Ordering
 
-SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "bench_loop.py"
 
-
-def _bench():
-    spec = importlib.util.spec_from_file_location("bench_loop", SCRIPT)
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
-    return bench
-
-
-def test_steady_micro_times_assign(capsys):
-    assert _bench().main(["--micro", "--steady", "--rounds", "1"]) == 0
+def test_steady_micro_times_assign(capsys, script):
+    assert script("bench_loop").main(["--micro", "--steady", "--rounds", "1"]) == 0
     assert "LatencyAware.assign, queues near 20 tasks:" in capsys.readouterr().out
 
 
-def test_breakdown_counts_every_part_and_unwraps_them(capsys):
+def test_breakdown_counts_every_part_and_unwraps_them(capsys, script):
     before = (LatencyAware.__dict__["assign"], _Ordering.__dict__["arrange"], EngineLoop.__dict__["_arrive"])
-    assert _bench().main(["+experiment=task_a1", "workload.num_requests=200", "--breakdown",
+    assert script("bench_loop").main(["+experiment=task_a1", "workload.num_requests=200", "--breakdown",
                           "--arms", "coserve_plus"]) == 0
     out = capsys.readouterr().out
     assert "### coserve_plus (sim)" in out

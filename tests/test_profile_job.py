@@ -148,6 +148,72 @@ def test_load_contention_ratios_and_a_failing_batch():
         measure_load_contention(rt, dev, loads, max_batches=1, arch="a", passes=1)
 
 
+def test_batch_contention_beside_batches_loads_and_a_python_thread():
+    """measure_batch_contention: [1.0, r1, ...] beside batch threads or load threads, each ratio
+    the timed batch's slowdown; measure_batch_beside_python: {duty: ratio}, a batch whose
+    Python holds the GIL slows beside a thread that holds it too; failures name what failed."""
+    import threading
+    from types import SimpleNamespace
+
+    import jax
+
+    from coserve_jax.profiler.microbench import (LoadSampler, measure_batch_beside_python,
+                                                 measure_batch_contention)
+
+    rt = _CountingRuntime({"a0": ("a", 100), "a1": ("a", 100)})
+    rt.zoo.archs = {"a": SimpleNamespace(input_shape=(2, 2, 1))}
+    active, lock = [0], threading.Lock()
+
+    def busy(fn):  # count this job as running while fn runs
+        with lock:
+            active[0] += 1
+        try:
+            return fn()
+        finally:
+            with lock:
+                active[0] -= 1
+
+    def forward(arch):
+        def fwd(state, x):  # 2 ms, and 2 ms more per other job running when it starts
+            others = active[0]
+            return busy(lambda: (time.sleep(0.002 * (1 + others)), x)[1])
+        return fwd
+
+    def restore(expert_id, device):
+        return busy(lambda: (time.sleep(0.003), [0])[1])
+
+    rt.forward, rt.restore = forward, restore
+    dev = jax.devices("cpu")[0]
+    beside_batches = measure_batch_contention(rt, dev, 1, "a", passes=2, timed=4)
+    assert len(beside_batches) == 2 and beside_batches[0] == 1.0 and beside_batches[1] > 1.5
+    loads = LoadSampler(rt, device=None, samples=2, drop_cache=False)
+    beside_loads = measure_batch_contention(rt, dev, 2, "a", loads=loads, passes=2, timed=4)
+    assert len(beside_loads) == 3 and beside_loads[1] > 1.5 and beside_loads[2] > beside_loads[1]
+
+    def python_forward(arch):
+        def fwd(state, x):  # 3 ms of pure Python: it needs the GIL throughout
+            t = time.perf_counter()
+            while time.perf_counter() - t < 0.003:
+                sum(range(20))
+            return x
+        return fwd
+
+    rt.forward = python_forward
+    gil = measure_batch_beside_python(rt, dev, "a", duties=(0.2, 1.0), passes=2, timed=4)
+    assert set(gil) == {0.2, 1.0} and min(gil.values()) >= 1.0 and gil[1.0] > 1.3
+    with pytest.raises(ValueError, match="duties"):
+        measure_batch_beside_python(rt, dev, "a", duties=(0.0,))
+
+    def broken_restore(expert_id, device):  # the timed side's own read works; the load threads' fail
+        if threading.current_thread() is not threading.main_thread():
+            raise OSError("disk gone")
+        return [0]
+
+    rt.restore = broken_restore
+    with pytest.raises(RuntimeError, match="a load failed while batches were timed.*disk gone"):
+        measure_batch_contention(rt, dev, 1, "a", loads=loads, passes=1, timed=2)
+
+
 def _tiny_zoo_available() -> bool:
     try:
         from coserve_jax.coe import zoo

@@ -7,9 +7,7 @@ policy decisions (assign, arrange, load, evict, batch) must be identical between
 
 from __future__ import annotations
 
-import importlib.util
 import json
-from pathlib import Path
 
 import pytest
 
@@ -52,9 +50,9 @@ def test_same_decisions_real_and_sim(arm):
     assert decisions["real"] == decisions["sim"]
 
 
-def test_validate_sim_tabulates_saved_runs(tmp_path):
+def test_validate_sim_tabulates_saved_runs(tmp_path, script):
     """scripts/validate_sim.py --from-runs: real switches are the median over the real runs."""
-    vs = _validate_sim()
+    vs = script("validate_sim")
 
     def arm(rps, sw, reps=None):
         a = {"throughput_rps": rps, "switches": {"count": sw}}
@@ -76,10 +74,10 @@ def test_validate_sim_tabulates_saved_runs(tmp_path):
     assert "| 3 | coserve | 100.0 (90–110, 3 runs) |" in (tmp_path / "out" / "validation.md").read_text()
 
 
-def test_validate_sim_takes_the_median_over_blocks(tmp_path):
+def test_validate_sim_takes_the_median_over_blocks(tmp_path, script):
     """--blocks: real figures pool every block's runs; simulated ones are the median over the
     blocks' profiles."""
-    vs = _validate_sim()
+    vs = script("validate_sim")
     blocks = [({"throughput_rps": 100.0, "switches": {"count": 60},
                 "repeats": {"throughput_rps": [100.0, 130.0], "switches": [60, 50]}},
                {"throughput_rps": 90.0, "switches": {"count": 70}}),
@@ -103,16 +101,7 @@ def test_validate_sim_takes_the_median_over_blocks(tmp_path):
     assert "sim, median over profiles" in (tmp_path / "out" / "validation.md").read_text()
 
 
-def test_validate_sim_rejects_more_blocks_than_runs(tmp_path):
-    vs = _validate_sim()
+def test_validate_sim_rejects_more_blocks_than_runs(tmp_path, script):
+    vs = script("validate_sim")
     with pytest.raises(SystemExit):
         vs.main(["--blocks", "4", "--repeats", "3", "--out", str(tmp_path / "out")])
-
-
-def _validate_sim():
-    """scripts/validate_sim.py as a module (scripts/ is not a package)."""
-    spec = importlib.util.spec_from_file_location(
-        "validate_sim", Path(__file__).resolve().parents[1] / "scripts" / "validate_sim.py")
-    vs = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(vs)
-    return vs

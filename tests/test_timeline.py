@@ -22,6 +22,19 @@ from coserve_jax.metrics.records import find_records, read_records, write_record
 SIM = ["+experiment=task_a1", "workload.num_requests=120", "repeats=1"]
 
 
+def test_host_contention_simulates_the_host_model(script):
+    """What the simulator's host model predicts for one job beside others, on a 2-core host."""
+    from types import SimpleNamespace
+
+    sim = script("host_contention").simulated
+    cost = SimpleNamespace(host_cores=2, load_slowdown=(1.0, 1.5))
+    assert sim(cost, 2, "batch", "batch", 1) == pytest.approx(2.0)  # one core each; a batch may use two
+    assert sim(cost, 2, "batch", "load", 2) == pytest.approx(3.0)  # 2/3 core each
+    assert sim(cost, 2, "load", "batch", 1) == pytest.approx(1.5)  # its core, capped at 1/1.5
+    assert sim(cost, 2, "batch", "python", 0, duty=1.0) == pytest.approx(2.0, rel=1e-3)  # the loop takes a core
+    assert 1.0 < sim(cost, 2, "batch", "python", 0, duty=0.5) < 2.0
+
+
 def check_trace(trace: dict, arm: dict, load_lanes: int) -> None:
     """Schema, one event per batch and load, counters within budget, seconds that add up."""
     assert set(trace) >= {"traceEvents", "displayTimeUnit"} and trace["displayTimeUnit"] == "ms"
@@ -70,7 +83,7 @@ def check_trace(trace: dict, arm: dict, load_lanes: int) -> None:
     assert peak == arm["peak_bytes"]
 
 
-def test_sim_run_writes_a_timeline_per_arm_and_request_records(tmp_path: Path) -> None:
+def test_sim_run_writes_a_timeline_per_arm_and_request_records(tmp_path: Path, script) -> None:
     res = run_experiment([*SIM, "arms=[samba,coserve,coserve_plus]", "metrics.timeline=true"], out_dir=tmp_path,
                          progress=False)
     for name, arm in res["arms"].items():
@@ -81,6 +94,12 @@ def test_sim_run_writes_a_timeline_per_arm_and_request_records(tmp_path: Path) -
         for e in trace["traceEvents"]:  # virtual time: a batch span is the backend's own figure
             if e["ph"] == "X" and e["cat"] == "batch":
                 assert e["args"]["run_s"] == pytest.approx(e["dur"] / 1e6, rel=1e-9)
+                assert e["args"]["predicted_s"] > 0  # the cost model's, alone
+    # scripts/host_contention.py --runs: each arm's batches against their predictions
+    table = script("host_contention").serving(tmp_path)
+    assert sorted(r["arm"] for r in table) == sorted(res["arms"])
+    for r in table:  # beside other batches a simulated batch is never faster than alone
+        assert r["batches"] > 0 and r["median"] >= 1 - 1e-9 and r["beside_batch_batches"] <= r["batches"]
     rows = read_records(tmp_path / res["records"])
     assert Counter(r["arm"] for r in rows) == {a: 120 for a in res["arms"]}
     for name, arm in res["arms"].items():

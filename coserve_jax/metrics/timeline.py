@@ -7,11 +7,13 @@ simulator. ``to_trace`` renders the Trace Event Format (``{"traceEvents": [...]}
 ``dur`` in microseconds) that ui.perfetto.dev and chrome://tracing open:
 
 - process "executors", one thread per executor: a complete event ("X") per batch, named by its
-  expert, ``args`` {expert, size, seconds, run_s}; and "wait for load" spans while the executor
+  expert, ``args`` {expert, size, seconds, run_s, predicted_s}; and "wait for load" spans while the executor
   waited for its next expert. A batch span runs from its launch until the loop moved its
   executor on (the next launch or another state): exactly what ``time_s.compute`` counts, so a
   track's batch seconds add up to the executor's compute seconds. ``run_s`` is the backend's own
-  figure for the forward (real: the worker thread's time; sim: the same as the span).
+  figure for the forward (real: the worker thread's time; sim: the same as the span);
+  ``predicted_s`` the cost model's for the batch alone (``scripts/host_contention.py --runs``
+  compares the two).
   Counter ("C") "queue exN": tasks queued at executor N.
 - process "loads", one thread per load lane: an "X" per load from its actual start (its lane
   free, its I/O thread running) to its end, ``args`` {expert, bytes, src, kind, waited_s,
@@ -103,7 +105,7 @@ class Timeline:
             return
         batch, start, run_s, error = rec
         args = {"expert": batch.expert_id, "size": len(batch.tasks), "seconds": now - start,
-                "run_s": run_s, "batch_id": batch.batch_id}
+                "run_s": run_s, "predicted_s": batch.predicted_s, "batch_id": batch.batch_id}
         if error is not None:
             args["error"] = error
         self._add(("X", PID_EXECUTORS, executor_id, batch.expert_id, start, now - start, args))

@@ -10,6 +10,8 @@ compiled memory analysis; load seconds per tier transition fitted as a + b·byte
 different sizes, each load timed between two batch rounds (``LoadSampler``); and, for the
 host, how much slower a load runs beside 1, 2, ... threads serving CPU batches
 (``measure_load_contention``), which the simulator applies on top of its core sharing.
+``measure_batch_contention`` (not part of a profile; ``scripts/bench_contention.py``) times how
+much slower a CPU batch runs beside other batches or beside loads.
 
 Held-out check (``heldout_sizes``): batch sizes left out of the fit (e.g. 3, 6, 12, 24) are
 measured too and the line's relative error on them is reported, twice: with inputs of exactly n
@@ -21,6 +23,7 @@ they are powers of two.
 
 from __future__ import annotations
 
+import itertools
 import os
 import platform
 import threading
@@ -251,6 +254,66 @@ class LoadSampler:
         }
 
 
+class _Beside:
+    """``n`` threads each running ``work`` back to back (a CPU executor's batches, a reader's
+    loads) while the ``with`` block runs; a failure in one is raised in the caller's thread as
+    "``label`` failed while ``timed`` were timed beside it"."""
+
+    def __init__(self, work: Callable[[], Any], n: int, label: str, timed: str):
+        self.work, self.n, self.label, self.timed = work, n, label, timed
+        self.stop = threading.Event()
+        self.failures: list[BaseException] = []
+        self.threads = [threading.Thread(target=self._run, daemon=True) for _ in range(n)]
+
+    def _run(self) -> None:
+        try:
+            while not self.stop.is_set():
+                self.work()
+        except BaseException as err:  # noqa: BLE001 - re-raised in the caller's thread
+            self.failures.append(err)
+
+    def __enter__(self) -> _Beside:
+        for t in self.threads:
+            t.start()
+        if self.n:
+            time.sleep(0.02)  # the threads are running before the first timing
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.stop.set()
+        for t in self.threads:
+            t.join()
+        if self.failures:
+            err = self.failures[0]
+            raise RuntimeError(f"profiler: {self.label} failed while {self.timed} were timed beside it: "
+                               f"{type(err).__name__}: {err}") from err
+
+
+def _batch_work(rt: Runtime, device: jax.Device, arch: str, batch: int, seed: int) -> Callable[[], Any]:
+    """One served batch of ``batch`` images of ``arch`` on ``device`` as a callable, compiled."""
+    rng = np.random.default_rng(seed)
+    _, state = _served_state(rt, arch, device)
+    fwd = rt.forward(arch)
+    images = rng.random((batch, *tuple(rt.zoo.archs[arch].input_shape)), np.float32)
+    run_padded(fwd, state, images, device)  # compiled before anything is timed
+    return lambda: run_padded(fwd, state, images, device)
+
+
+def _load_work(rt: Runtime, device: jax.Device, loads: LoadSampler) -> Callable[[], Any]:
+    """The sampled experts' loads into ``device``, one per call, in turn."""
+    turn = itertools.count()
+    return lambda: jax.block_until_ready(rt.restore(loads.experts[next(turn) % len(loads.experts)].expert_id,
+                                                    device))
+
+
+def _ratios(times: dict[int, list[list[float]]], counts: int) -> list[float]:
+    """``[1.0, r1, ...]``: per count, the median over the timed items of (median beside / median
+    alone); never below 1 (a job beside others is not faster than alone: a ratio under 1 is noise)."""
+    alone = [float(np.median(ts)) for ts in times[0]]
+    return [1.0] + [max(1.0, float(np.median([np.median(ts) / a for ts, a in zip(times[n], alone)])))
+                    for n in range(1, counts + 1)]
+
+
 def measure_load_contention(rt: Runtime, device: jax.Device, loads: LoadSampler, max_batches: int,
                             arch: str, batch: int = 16, passes: int = 5, seed: int = 0) -> list[float]:
     """How much slower a load into ``device`` runs beside 0..``max_batches`` threads that each
@@ -265,45 +328,79 @@ def measure_load_contention(rt: Runtime, device: jax.Device, loads: LoadSampler,
     at 1/r_n while n batches run on the host. ``passes`` rounds each time every count in turn,
     so alone and beside are timed over the same seconds; each ratio is the median over the
     sampled experts of (median beside / median alone)."""
-    rng = np.random.default_rng(seed)
-    expert, state = _served_state(rt, arch, device)
-    fwd = rt.forward(arch)
-    images = rng.random((batch, *tuple(rt.zoo.archs[arch].input_shape)), np.float32)
-    run_padded(fwd, state, images, device)  # compiled before anything is timed
+    serve = _batch_work(rt, device, arch, batch, seed)
     times = {n: [[] for _ in loads.experts] for n in range(max_batches + 1)}
-    failures: list[BaseException] = []
     for _ in range(max(passes, 1)):
         for n in range(max_batches + 1):
-            stop = threading.Event()
-
-            def serve(stop: threading.Event = stop) -> None:
-                try:
-                    while not stop.is_set():
-                        run_padded(fwd, state, images, device)
-                except BaseException as err:  # noqa: BLE001 - re-raised below, in the caller's thread
-                    failures.append(err)
-
-            threads = [threading.Thread(target=serve, daemon=True) for _ in range(n)]
-            for t in threads:
-                t.start()
-            try:
-                if n:
-                    time.sleep(0.02)  # the batch threads are running before the first load
+            with _Beside(serve, n, f"a batch of {arch}", "loads"):
                 for i, e in enumerate(loads.experts):
                     t0 = time.perf_counter()
                     jax.block_until_ready(rt.restore(e.expert_id, device))
                     times[n][i].append(time.perf_counter() - t0)
-            finally:
-                stop.set()
-                for t in threads:
-                    t.join()
-            if failures:
-                raise RuntimeError(f"profiler: a batch of {arch} failed while loads were timed beside it: "
-                                   f"{type(failures[0]).__name__}: {failures[0]}") from failures[0]
-    alone = [float(np.median(ts)) for ts in times[0]]
-    # Never below 1: a load beside batches is not faster than alone (a ratio under 1 is noise).
-    return [1.0] + [max(1.0, float(np.median([np.median(ts) / a for ts, a in zip(times[n], alone)])))
-                    for n in range(1, max_batches + 1)]
+    return _ratios(times, max_batches)
+
+
+def measure_batch_contention(rt: Runtime, device: jax.Device, others: int, arch: str, batch: int = 16,
+                             loads: LoadSampler | None = None, passes: int = 5, timed: int = 10,
+                             seed: int = 0) -> list[float]:
+    """How much slower a batch of ``batch`` images of ``arch`` runs beside 0..``others`` threads
+    each serving the same batches back to back (other CPU executors), or with ``loads`` each
+    loading its experts back to back (reader threads), as ratios to the batch alone:
+    ``[1.0, r1, ...]``. ``passes`` rounds each time every count in turn, ``timed`` batches each.
+
+    Not part of a profile: the simulator lets a CPU batch use every host core, so two batches
+    on two cores run at half speed (×2), and a batch beside a load at half speed too. Measured
+    alone on this 2-core machine, a batch of 16 ran ×1.2-1.4 slower beside another and ×1.3-1.4
+    beside a load; while serving, the real batches ran ×1.4-1.8 slower than alone
+    (``scripts/bench_contention.py``, ``experiments/sim_validation``)."""
+    serve = _batch_work(rt, device, arch, batch, seed)
+    for _ in range(2):
+        serve()  # warm
+    work = serve if loads is None else _load_work(rt, device, loads)
+    label = f"a batch of {arch}" if loads is None else "a load"
+    times: dict[int, list[list[float]]] = {n: [[]] for n in range(others + 1)}
+    for _ in range(max(passes, 1)):
+        for n in range(others + 1):
+            with _Beside(work, n, label, "batches"):
+                for _ in range(max(timed, 1)):
+                    t0 = time.perf_counter()
+                    serve()
+                    times[n][0].append(time.perf_counter() - t0)
+    return _ratios(times, others)
+
+
+def measure_batch_beside_python(rt: Runtime, device: jax.Device, arch: str, duties: Sequence[float] = (0.2, 0.5, 1.0),
+                                busy_s: float = 0.0007, batch: int = 16, passes: int = 5, timed: int = 10,
+                                seed: int = 0) -> dict[float, float]:
+    """How much slower a batch of ``batch`` images of ``arch`` runs beside a thread that runs
+    pure Python (holding the GIL) for ``busy_s`` stretches, that share of the time (1.0: without
+    pause), as the engine loop's thread does between its waits: {duty: ratio to the batch alone}.
+
+    Not part of a profile: the worker's Python around the forward (stacking, the jitted call,
+    the result's conversion) waits for the GIL while the loop holds it, which core sharing does
+    not see (``scripts/host_contention.py``)."""
+    if any(not 0 < d <= 1 for d in duties):
+        raise ValueError(f"duties: each must be in (0, 1], got {list(duties)}")
+    serve = _batch_work(rt, device, arch, batch, seed)
+
+    def python_busy(duty: float) -> Callable[[], None]:
+        def work() -> None:
+            t = time.perf_counter()
+            while time.perf_counter() - t < busy_s:
+                sum(range(50))
+            if duty < 1:
+                time.sleep(busy_s * (1 - duty) / duty)
+        return work
+
+    times: dict[int, list[list[float]]] = {i: [[]] for i in range(len(duties) + 1)}
+    for _ in range(max(passes, 1)):
+        for i in range(len(duties) + 1):
+            with _Beside(python_busy(duties[i - 1]) if i else serve, 1 if i else 0, "a Python thread", "batches"):
+                for _ in range(max(timed, 1)):
+                    t0 = time.perf_counter()
+                    serve()
+                    times[i][0].append(time.perf_counter() - t0)
+    return dict(zip(duties, _ratios(times, len(duties))[1:]))
 
 
 def measure_loads(rt: Runtime, device: jax.Device | None, samples: int, drop_cache: bool,
