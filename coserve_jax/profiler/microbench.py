@@ -10,8 +10,9 @@ compiled memory analysis; load seconds per tier transition fitted as a + b·byte
 different sizes, each load timed between two batch rounds (``LoadSampler``); and, for the
 host, how much slower a load runs beside 1, 2, ... threads serving CPU batches
 (``measure_load_contention``), which the simulator applies on top of its core sharing.
-``measure_batch_contention`` (not part of a profile; ``scripts/bench_contention.py``) times how
-much slower a CPU batch runs beside other batches or beside loads.
+``measure_batch_contention`` and ``measure_batch_beside_python`` (not part of a profile;
+``scripts/host_contention.py``) time how much slower a CPU batch runs beside other batches,
+loads or a GIL-holding Python thread.
 
 Held-out check (``heldout_sizes``): batch sizes left out of the fit (e.g. 3, 6, 12, 24) are
 measured too and the line's relative error on them is reported, twice: with inputs of exactly n
@@ -350,9 +351,9 @@ def measure_batch_contention(rt: Runtime, device: jax.Device, others: int, arch:
 
     Not part of a profile: the simulator lets a CPU batch use every host core, so two batches
     on two cores run at half speed (×2), and a batch beside a load at half speed too. Measured
-    alone on this 2-core machine, a batch of 16 ran ×1.2-1.4 slower beside another and ×1.3-1.4
-    beside a load; while serving, the real batches ran ×1.4-1.8 slower than alone
-    (``scripts/bench_contention.py``, ``experiments/sim_validation``)."""
+    alone on this 2-core machine, a batch of 16 ran ×1.0-1.4 slower beside another and ×1.3-1.4
+    beside a load; while serving, the real batches ran ×1.5-1.6 slower than alone (median)
+    (``scripts/host_contention.py``, ``experiments/sim_validation``)."""
     serve = _batch_work(rt, device, arch, batch, seed)
     for _ in range(2):
         serve()  # warm
