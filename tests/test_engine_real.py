@@ -148,6 +148,9 @@ def test_no_retrace_across_experts_in_a_run(real):
         assert 0 < handoff["samples"]["to_loop"] <= batches
         assert 0 < handoff["after_forward_s"] < 0.1 and 0 < handoff["to_loop_s"] < 0.1
         assert handoff["total_s"] == pytest.approx(sum(handoff[f"{p}_s"] for p in ("to_worker", "after_forward", "to_loop")))
+        mean = handoff["mean"]  # the tails too
+        assert mean["after_forward_s"] > 0 and mean["total_s"] == pytest.approx(
+            max(0.0, sum(mean[f"{p}_s"] for p in ("to_worker", "after_forward", "to_loop"))))
         for rs in engine.request_states().values():
             for e in rs.experts:
                 used.setdefault(runner.model.graph.experts[e].arch, set()).add(e)
@@ -443,7 +446,14 @@ def test_batch_handoffs_count_a_wake_up_only_when_the_loop_waited_for_it():
     assert out["after_forward_s"] == pytest.approx((0.2 + 0.3) / 2)
     assert out["to_loop_s"] == pytest.approx(0.1)
     assert out["total_s"] == pytest.approx(0.25 + 0.25 + 0.1)
-    assert BatchHandoffs().summary()["total_s"] == 0.0
+    assert out["mean"]["total_s"] == pytest.approx(out["total_s"])  # two samples: mean = median
+    assert BatchHandoffs().summary()["total_s"] == BatchHandoffs().summary()["mean"]["total_s"] == 0.0
+    h = BatchHandoffs()  # a tail: the mean sees it, the median does not
+    for b, after in ((1, 0.1), (2, 0.1), (3, 0.7)):
+        h.taken(BatchDone(Batch(b, 0, "e", ()), 0.5, at_s=1.0 + 0.5 + after, started_s=1.0), taken_s=3.0,
+                waited_since_s=None)
+    out = h.summary()
+    assert out["after_forward_s"] == pytest.approx(0.1) and out["mean"]["after_forward_s"] == pytest.approx(0.3)
 
 
 def test_profiler_times_the_loop_on_as_many_executors_as_the_hardware_serves_with(real, monkeypatch):
