@@ -13,7 +13,7 @@ def test_steady_micro_times_assign(capsys, script):
 def test_breakdown_counts_every_part_and_unwraps_them(capsys, script):
     before = (LatencyAware.__dict__["assign"], _Ordering.__dict__["arrange"], EngineLoop.__dict__["_arrive"])
     assert script("bench_loop").main(["+experiment=task_a1", "workload.num_requests=200", "--breakdown",
-                          "--arms", "coserve_plus"]) == 0
+                                      "--arms", "coserve_plus"]) == 0
     out = capsys.readouterr().out
     assert "### coserve_plus (sim)" in out
     rows = {line.split(" | ")[0].lstrip("| "): line.split(" | ")[1] for line in out.splitlines()
