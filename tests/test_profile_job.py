@@ -66,7 +66,10 @@ def test_load_sampler_cycles_over_experts_of_each_arch():
     warm = len(rt.reads)
     for _ in range(4):
         s.sample()
-    timed = [e for e, dev in rt.reads[warm:] if dev == "dev"]
+    onto_device = [e for e, dev in rt.reads[warm:] if dev == "dev"]
+    # each timed load comes right after an untimed one of the expert sampled before it
+    assert onto_device[0::2] == ["b0", "a0", "a1", "b0"]
+    timed = onto_device[1::2]
     assert timed == ["a0", "a1", "b0", "a0"] and rt.puts[-4:] == timed
     s.fill(3)
     assert s.count == 9

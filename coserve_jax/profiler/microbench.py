@@ -49,8 +49,9 @@ from coserve_jax.store.disk import drop_page_cache
 # 3: the loop's cost per event is timed while serving; 4: loads are timed between batch rounds;
 # 5: loads are also timed beside running CPU batches (``measure_load_contention``);
 # 6: a batch's hand-offs between the loop and its worker are timed while serving (``batch_handoff_s``),
-# and the loop's cost per completion is split into a base and a cost per task it routes.
-PATHS_VERSION = 6
+# and the loop's cost per completion is split into a base and a cost per task it routes;
+# 7: each timed load follows an untimed one (``LoadSampler``), not a batch round.
+PATHS_VERSION = 7
 
 
 def plateau_batch(sizes: Sequence[int], latency_s: Sequence[float], tol: float = 0.10) -> int:
@@ -193,6 +194,14 @@ class LoadSampler:
     simulator inherits such an error in every load. ``measure_profile`` takes one sample between
     batch rounds instead, so loads and batches are timed over the same minutes: three fresh
     profiles then fitted 6.8, 7.6 and 6.8 ms (``scripts/validate_sim.py --fresh-profile``).
+
+    Each timed load comes right after an untimed load of the expert sampled before it, as loads
+    follow each other or a short batch while serving: right after a batch round (~0.1 s of
+    forwards that leave the caches cold for the loader) a classifier load took 3.5 ms where the
+    same loads back to back took 3.1 ms and after a batch of one 2.9 ms, and the simulator's
+    samba, which waits on every load, came out 7-17% slower than the real engine
+    (``experiments/sim_validation``). ``measure_load_contention``'s loads alone, the base of
+    its ratios, run back to back as well.
     """
 
     def __init__(self, rt: Runtime, device: jax.Device | None, samples: int, drop_cache: bool):
@@ -221,6 +230,8 @@ class LoadSampler:
         i = self._next % len(self.experts)
         self._next += 1
         e, rt, device = self.experts[i], self.rt, self.device
+        # Untimed: the load before it (another expert when there are several; class docstring).
+        jax.block_until_ready(rt.restore(self.experts[(i - 1) % len(self.experts)].expert_id, device))
         if self.drop_cache:
             drop_page_cache(e.checkpoint_path)
         t = time.perf_counter()
