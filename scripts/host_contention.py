@@ -28,6 +28,7 @@ serving, by how much of their span another executor's batch overlapped.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import statistics
 import sys
@@ -47,12 +48,13 @@ def simulated(cost: Any, load_threads: int, timed: str, others: str, n: int, dut
     (``others`` "python")."""
     from types import SimpleNamespace
 
+    from coserve_jax.engine.events import BatchDone
     from coserve_jax.engine.sim import SimBackend
     from coserve_jax.types import Batch, LoadJob, Tier
 
     be = SimBackend(max(load_threads, n, 1), host_cores=cost.host_cores, load_slowdown=cost.load_slowdown,
                     loop_s_per_event=BUSY_S, loop_shares_host=True)
-    ids = iter(range(1_000_000))
+    ids = itertools.count()
 
     def start(kind: str, seconds: float) -> None:
         i = next(ids)
@@ -74,10 +76,8 @@ def simulated(cost: Any, load_threads: int, timed: str, others: str, n: int, dut
         else:
             until = None
         ev = be.next_event(until)
-        if ev is not None:
-            item = getattr(ev, "batch", None) or getattr(ev, "job", None)
-            if (item.batch_id if hasattr(item, "batch_id") else item.load_id) == 0:
-                return be.now()
+        if ev is not None and (ev.batch.batch_id if isinstance(ev, BatchDone) else ev.job.load_id) == 0:
+            return be.now()
 
 
 def measure(args: argparse.Namespace) -> int:

@@ -366,19 +366,9 @@ def measure_batch_contention(rt: Runtime, device: jax.Device, others: int, arch:
     beside a load; while serving, the real batches ran ×1.5-1.6 slower than alone (median)
     (``scripts/host_contention.py``, ``experiments/sim_validation``)."""
     serve = _batch_work(rt, device, arch, batch, seed)
-    for _ in range(2):
-        serve()  # warm
     work = serve if loads is None else _load_work(rt, device, loads)
     label = f"a batch of {arch}" if loads is None else "a load"
-    times: dict[int, list[list[float]]] = {n: [[]] for n in range(others + 1)}
-    for _ in range(max(passes, 1)):
-        for n in range(others + 1):
-            with _Beside(work, n, label, "batches"):
-                for _ in range(max(timed, 1)):
-                    t0 = time.perf_counter()
-                    serve()
-                    times[n][0].append(time.perf_counter() - t0)
-    return _ratios(times, others)
+    return _batch_beside(serve, [(work, n, label) for n in range(1, others + 1)], passes, timed)
 
 
 def measure_batch_beside_python(rt: Runtime, device: jax.Device, arch: str, duties: Sequence[float] = (0.2, 0.5, 1.0),
@@ -404,15 +394,26 @@ def measure_batch_beside_python(rt: Runtime, device: jax.Device, arch: str, duti
                 time.sleep(busy_s * (1 - duty) / duty)
         return work
 
-    times: dict[int, list[list[float]]] = {i: [[]] for i in range(len(duties) + 1)}
+    ratios = _batch_beside(serve, [(python_busy(d), 1, "a Python thread") for d in duties], passes, timed)
+    return dict(zip(duties, ratios[1:]))
+
+
+def _batch_beside(serve: Callable[[], Any], cases: Sequence[tuple[Callable[[], Any], int, str]], passes: int,
+                  timed: int) -> list[float]:
+    """``[1.0, r1, ...]``: how much slower ``serve()`` (one batch) runs beside each case (``work``
+    run back to back by ``n`` threads, ``label`` naming it in an error) than alone. ``passes``
+    rounds each time alone and every case in turn, ``timed`` batches each."""
+    for _ in range(2):
+        serve()  # warm
+    times: dict[int, list[list[float]]] = {i: [[]] for i in range(len(cases) + 1)}
     for _ in range(max(passes, 1)):
-        for i in range(len(duties) + 1):
-            with _Beside(python_busy(duties[i - 1]) if i else serve, 1 if i else 0, "a Python thread", "batches"):
+        for i, (work, n, label) in enumerate([(serve, 0, ""), *cases]):
+            with _Beside(work, n, label, "batches"):
                 for _ in range(max(timed, 1)):
                     t0 = time.perf_counter()
                     serve()
                     times[i][0].append(time.perf_counter() - t0)
-    return dict(zip(duties, _ratios(times, len(duties))[1:]))
+    return _ratios(times, len(cases))
 
 
 def measure_loads(rt: Runtime, device: jax.Device | None, samples: int, drop_cache: bool,
