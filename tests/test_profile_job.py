@@ -155,6 +155,7 @@ def test_batch_contention_beside_batches_loads_and_a_python_thread():
     """measure_batch_contention: [1.0, r1, ...] beside batch threads or load threads, each ratio
     the timed batch's slowdown; measure_batch_beside_python: {duty: ratio}, a batch whose
     Python holds the GIL slows beside a thread that holds it too; failures name what failed."""
+    import sys
     import threading
     from types import SimpleNamespace
 
@@ -206,7 +207,15 @@ def test_batch_contention_beside_batches_loads_and_a_python_thread():
         return fwd
 
     rt.forward = python_forward
-    gil = measure_batch_beside_python(rt, dev, "a", duties=(0.2, 1.0), passes=2, timed=4)
+    # With CPython's default 5 ms switch interval a 3 ms forward either runs whole inside its
+    # thread's turn or waits a turn out, and a median of 8 lands on either; 0.5 ms turns share
+    # the GIL evenly within each forward (~x2 beside a thread that never pauses).
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(0.0005)
+    try:
+        gil = measure_batch_beside_python(rt, dev, "a", duties=(0.2, 1.0), passes=2, timed=4)
+    finally:
+        sys.setswitchinterval(interval)
     assert set(gil) == {0.2, 1.0} and min(gil.values()) >= 1.0 and gil[1.0] > 1.3
     with pytest.raises(ValueError, match="duties"):
         measure_batch_beside_python(rt, dev, "a", duties=(0.0,))
