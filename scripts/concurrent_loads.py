@@ -82,7 +82,8 @@ def simulate(cost: Any, load_threads: int, sizes: list[int], disk_share: float |
     from coserve_jax.engine.sim import SimBackend
     from coserve_jax.types import LoadJob, Tier
 
-    be = SimBackend(load_threads, host_cores=cost.host_cores, load_slowdown=cost.load_slowdown)
+    be = SimBackend(load_threads, host_cores=cost.host_cores, load_slowdown=cost.load_slowdown,
+                    load_slowdown_loads=cost.load_slowdown_loads)
     for i, size in enumerate(sizes):
         s = cost.load_latency_s("cpu", Tier.DISK, size)
         parts = cost.load_parts_s("cpu", Tier.DISK, size)  # () for a measured profile: as the engine does

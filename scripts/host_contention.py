@@ -22,7 +22,11 @@ measured profile (max-min sharing of the profile's host cores, the load cap), th
 the batches launched after the loop took in the last arrival (the steady phase), each one's
 ``run_s`` (real: the worker's time for the forward; simulated: the same on the virtual clock)
 against ``predicted_s`` (the cost model's for the batch alone): the slowdown batches met while
-serving, by how much of their span another executor's batch overlapped.
+serving, by how much of their span another executor's batch overlapped. Then every load's
+``seconds`` against its ``predicted_s`` (alone), by the batches running beside it for at least
+80% of its span (0, 1, 2 or more) and by phase (the arrival burst, until the loop took in the last
+arrival, or after it), beside the profile's ``load_slowdown_beside_batches``, which is what the
+simulator charges a load for the batches beside it.
 """
 
 from __future__ import annotations
@@ -53,6 +57,7 @@ def simulated(cost: Any, load_threads: int, timed: str, others: str, n: int, dut
     from coserve_jax.types import Batch, LoadJob, Tier
 
     be = SimBackend(max(load_threads, n, 1), host_cores=cost.host_cores, load_slowdown=cost.load_slowdown,
+                    load_slowdown_loads=cost.load_slowdown_loads,
                     loop_s_per_event=BUSY_S, loop_shares_host=True)
     ids = itertools.count()
 
@@ -167,6 +172,53 @@ def serving(run_dir: Path) -> list[dict[str, Any]]:
     return rows
 
 
+def _beside(a: float, b: float, spans: list[tuple[float, float]]) -> int | None:
+    """How many of ``spans`` run beside the interval [a, b] for at least 80% of it (None: no
+    count does)."""
+    cuts = sorted({a, b} | {x for c, d in spans for x in (c, d) if a < x < b})
+    share: dict[int, float] = {}
+    for u, v in zip(cuts, cuts[1:]):
+        m = (u + v) / 2
+        n = sum(c <= m < d for c, d in spans)
+        share[n] = share.get(n, 0.0) + (v - u)
+    n, t = max(share.items(), key=lambda kv: kv[1], default=(0, 0.0))
+    return n if t >= 0.8 * (b - a) else None
+
+
+def serving_loads(run_dir: Path) -> list[dict[str, Any]]:
+    """Per arm, phase and batches beside: loads' seconds / predicted_s (alone)."""
+    results = json.loads((run_dir / "results.json").read_text())
+    profile = json.loads((run_dir / "profile.json").read_text()) if (run_dir / "profile.json").exists() else {}
+    caps = profile.get("host", {}).get("load_slowdown_beside_batches") or []
+    rows = []
+    for path in sorted(run_dir.glob("timeline-*.json")):
+        arm = path.stem.removeprefix("timeline-")
+        if arm not in results.get("arms", {}):
+            continue
+        events = json.loads(path.read_text())["traceEvents"]
+        start = next((e["ts"] for e in events if e.get("ph") == "i" and e.get("name") == "serving starts"), 0.0)
+        burst_end = start + 1e6 * (results["arms"][arm]["time_s"].get("arrivals_ingested") or 0.0)
+        spans = [(e["ts"], e["ts"] + e["dur"]) for e in events if e.get("ph") == "X" and e.get("cat") == "batch"]
+        groups: dict[tuple[str, str], list[float]] = {}
+        for e in events:
+            args = e.get("args") or {}
+            if e.get("ph") != "X" or e.get("cat") != "load" or args.get("kind") in ("initial", "failed") \
+                    or not args.get("predicted_s"):
+                continue
+            a, b = e["ts"], e["ts"] + e["dur"]
+            near = [(c, d) for c, d in spans if c < b and d > a]
+            n = _beside(a, b, near)
+            if n is None:
+                continue
+            phase = "burst" if a < burst_end else "after"
+            groups.setdefault((phase, "2+" if n >= 2 else str(n)), []).append(args["seconds"] / args["predicted_s"])
+        for (phase, n), ratios in sorted(groups.items()):
+            k = min(int(n[0]), len(caps) - 1) if caps else None
+            rows.append({"run": str(run_dir), "arm": arm, "phase": phase, "beside": n, "loads": len(ratios),
+                         "median": statistics.median(ratios), "cap": caps[k] if k is not None else float("nan")})
+    return rows
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", default="experiments/sim_validation")
@@ -186,6 +238,14 @@ def main(argv: list[str] | None = None) -> int:
     for r in rows:
         print(f"| {r['run']} | {r['arm']} | {r['batches']} | {r['median']:.2f} | {r['beside_batch_median']:.2f} "
               f"({r['beside_batch_batches']}) | {r['sum_run_s'] / max(r['sum_predicted_s'], 1e-12):.2f} |")
+    loads = [r for d in args.runs for r in serving_loads(d)]
+    if loads:
+        print("\n| run | arm | phase | batches beside (≥80% of the load) | loads | seconds / predicted alone, "
+              "median | the profile's load_slowdown for that many |")
+        print("| --- | --- | --- | --- | --- | --- | --- |")
+        for r in loads:
+            print(f"| {r['run']} | {r['arm']} | {r['phase']} | {r['beside']} | {r['loads']} | {r['median']:.2f} "
+                  f"| {r['cap']:.2f} |")
     return 0
 
 

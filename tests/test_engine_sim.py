@@ -154,6 +154,35 @@ def test_sim_caps_a_host_load_beside_batches_at_the_measured_slowdown():
         SimBackend(1, load_slowdown=(1.0, 0.5))
 
 
+def test_sim_caps_host_loads_beside_other_loads_and_batches_at_the_product():
+    """load_slowdown_loads [1, 1.5]: two host loads at once each run at 1/1.5 speed although two
+    cores give each its own; beside a batch too, at 1/(2 x 1.5)."""
+    from types import SimpleNamespace
+
+    from coserve_jax.engine.events import LoadDone
+    from coserve_jax.types import Batch, LoadJob, Tier
+
+    def loads_end(batches: int, **kw) -> list[float]:
+        be = SimBackend(2, host_cores=2, **kw)
+        for i in range(batches):
+            be.start_batch(Batch(i, i, f"cls_{i}", (), predicted_s=10.0),
+                           SimpleNamespace(kind="cpu", device_index=i, executor_id=i), [])
+        for i in range(2):
+            be.start_load(LoadJob(7 + i, f"ex{i}:cpu", f"cls_{9 + i}", 1, Tier.DISK, i, predicted_s=0.2))
+        ends = []
+        while len(ends) < 2:
+            if isinstance(be.next_event(None), LoadDone):
+                ends.append(be.now())
+        return ends
+
+    assert loads_end(0) == pytest.approx([0.2, 0.2])  # core sharing alone: a core each
+    assert loads_end(0, load_slowdown_loads=(1.0, 1.5)) == pytest.approx([0.3, 0.3])
+    # beside a batch: max-min gives each load 2/3 of a core, the caps 1/(2 x 1.5) = 1/3
+    assert loads_end(1, load_slowdown=(1.0, 2.0), load_slowdown_loads=(1.0, 1.5)) == pytest.approx([0.6, 0.6])
+    with pytest.raises(ValueError, match="load_slowdown_loads"):
+        SimBackend(1, load_slowdown_loads=(1.0, 0.9))
+
+
 def test_sim_loop_charges_arrivals_and_completions_their_own_costs():
     """The loop's time per arrival and per completion come from the profile, separately."""
     be = SimBackend(1, loop_s_per_event=3e-4, loop_s_per_arrival=5e-5)

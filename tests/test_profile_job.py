@@ -263,4 +263,8 @@ def test_profile_job_on_the_tiny_zoo(tmp_path, monkeypatch):
     slowdown = prof["host"]["load_slowdown_beside_batches"]
     assert len(slowdown) == 1 + cfg.hardware.executors.cpu and slowdown[0] == 1.0 and min(slowdown) >= 1.0
     assert CostModel(prof).load_slowdown == tuple(slowdown)
+    # ... and beside the other load threads' loads
+    beside = prof["host"]["load_slowdown_beside_loads"]
+    assert len(beside) == cfg.backend.load_threads and beside[0] == 1.0 and min(beside) >= 1.0
+    assert CostModel(prof).load_slowdown_loads == tuple(beside)
     assert (tmp_path / "run" / "profile_summary.md").is_file()

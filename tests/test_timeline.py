@@ -27,10 +27,11 @@ def test_host_contention_simulates_the_host_model(script):
     from types import SimpleNamespace
 
     sim = script("host_contention").simulated
-    cost = SimpleNamespace(host_cores=2, load_slowdown=(1.0, 1.5))
+    cost = SimpleNamespace(host_cores=2, load_slowdown=(1.0, 1.5), load_slowdown_loads=(1.0, 1.25))
     assert sim(cost, 2, "batch", "batch", 1) == pytest.approx(2.0)  # one core each; a batch may use two
     assert sim(cost, 2, "batch", "load", 2) == pytest.approx(3.0)  # 2/3 core each
     assert sim(cost, 2, "load", "batch", 1) == pytest.approx(1.5)  # its core, capped at 1/1.5
+    assert sim(cost, 2, "load", "load", 1) == pytest.approx(1.25)  # its core, capped at 1/1.25
     assert sim(cost, 2, "batch", "python", 0, duty=1.0) == pytest.approx(2.0, rel=1e-3)  # the loop takes a core
     assert 1.0 < sim(cost, 2, "batch", "python", 0, duty=0.5) < 2.0
 
@@ -100,6 +101,12 @@ def test_sim_run_writes_a_timeline_per_arm_and_request_records(tmp_path: Path, s
     assert sorted(r["arm"] for r in table) == sorted(res["arms"])
     for r in table:  # beside other batches a simulated batch is never faster than alone
         assert r["batches"] > 0 and r["median"] >= 1 - 1e-9 and r["beside_batch_batches"] <= r["batches"]
+    # ... and each arm's loads against theirs, by batches beside and phase
+    loads = script("host_contention").serving_loads(tmp_path)
+    assert {r["arm"] for r in loads} == set(res["arms"])
+    for r in loads:  # nor is a simulated load
+        assert r["loads"] > 0 and r["median"] >= 1 - 1e-9
+        assert r["phase"] in ("burst", "after") and r["beside"] in ("0", "1", "2+")
     rows = read_records(tmp_path / res["records"])
     assert Counter(r["arm"] for r in rows) == {a: 120 for a in res["arms"]}
     for name, arm in res["arms"].items():

@@ -32,8 +32,10 @@ Schema ``coserve_jax.profile/1`` (all times in seconds, sizes in bytes)::
                     "loop_s_per_arrival": float},  # optional: ... per arrival (default: per event)
       "host": {"cores": int,                 # optional: cores the simulated host shares
                                              # (default: device.cpu_count, else 1)
-               "load_slowdown_beside_batches": [1.0, float, ...]}  # optional: a host load runs
-    }                                        # that many times slower beside 0, 1, ... CPU batches
+               "load_slowdown_beside_batches": [1.0, float, ...],  # optional: a host load runs
+                                             # that many times slower beside 0, 1, ... CPU batches
+               "load_slowdown_beside_loads": [1.0, float, ...]}  # optional: ... beside 0, 1, ...
+    }                                        # other host loads
 
 Extra keys are allowed everywhere (measurement tables, provenance, citations).
 """
@@ -197,6 +199,12 @@ class CostModel:
         """How much slower a host load runs beside 0, 1, 2, ... CPU batches (profiler-measured;
         empty when the profile has none, e.g. the paper's hardware: core sharing alone)."""
         return tuple(float(r) for r in self.profile.get("host", {}).get("load_slowdown_beside_batches") or ())
+
+    @property
+    def load_slowdown_loads(self) -> tuple[float, ...]:
+        """How much slower a host load runs beside 0, 1, ... other host loads (profiler-measured;
+        empty when the profile has none: core sharing alone)."""
+        return tuple(float(r) for r in self.profile.get("host", {}).get("load_slowdown_beside_loads") or ())
 
     @property
     def dispatch_s(self) -> float:

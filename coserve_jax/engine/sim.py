@@ -18,7 +18,11 @@ the resources they share, as on the real machines:
   load's speed is capped at 1/r_n while n CPU batches run. Core sharing alone gives a load beside
   one batch its whole core, while on this 2-core machine it ran ×1.4-1.6 slower (GIL hand-offs
   of the load's last steps, caches), and the simulator then predicted coserve_plus's demand
-  loads ~30% faster and its throughput up to 23% higher than the real engine's.
+  loads ~30% faster and its throughput up to 23% higher than the real engine's. Likewise beside
+  other host loads (``load_slowdown_loads``: ``[1.0, r1, ...]`` beside 1, ... loads, the
+  profiler's ``measure_load_contention`` with loads beside): on the demo two loads at once each
+  ran ×1.3-1.4 slower than one alone, on two cores core sharing gives them ×1.0. A load beside n
+  batches and m other loads is capped at 1/(r_n × r_m).
 Shared hardware for loads the profile splits (``LoadJob.parts``; the paper's machines,
 ``cost/paper_profiles.py``): a load runs its parts in order on one lane, each on what the
 machine shares. "disk": the read; concurrent reads share the one disk's bandwidth (n reads: each
@@ -85,6 +89,11 @@ def device_key(kind: str, device_index: int) -> tuple:
     return HOST if kind == "cpu" else (kind, device_index)
 
 
+def _ratio(ratios: tuple[float, ...], n: int) -> float:
+    """A profile's slowdown beside n others (``[1.0, r1, r2, ...]``; the last stands for more)."""
+    return ratios[min(n, len(ratios) - 1)] if n and ratios else 1.0
+
+
 class _Job:
     __slots__ = ("item", "start_s", "work_s", "token", "rest")
 
@@ -102,14 +111,17 @@ class SimBackend:
     def __init__(self, load_channels: int = 1, share_devices: bool = True, loads_share_host: bool = True,
                  loop_s_per_event: float = 0.0, host_cores: int = 1,
                  loop_s_per_arrival: float | None = None, loop_shares_host: bool = False,
-                 load_slowdown: Sequence[float] = (), batch_handoff_s: float = 0.0, loop_s_per_task: float = 0.0):
+                 load_slowdown: Sequence[float] = (), batch_handoff_s: float = 0.0, loop_s_per_task: float = 0.0,
+                 load_slowdown_loads: Sequence[float] = ()):
         if load_channels < 1:
             raise ValueError("load_channels must be >= 1")
         if host_cores < 1:
             raise ValueError("host_cores must be >= 1")
-        if any(not r >= 1.0 for r in load_slowdown):
-            raise ValueError(f"load_slowdown: every ratio must be >= 1, got {list(load_slowdown)}")
+        for name, ratios in (("load_slowdown", load_slowdown), ("load_slowdown_loads", load_slowdown_loads)):
+            if any(not r >= 1.0 for r in ratios):
+                raise ValueError(f"{name}: every ratio must be >= 1, got {list(ratios)}")
         self.load_slowdown = tuple(float(r) for r in load_slowdown)
+        self.load_slowdown_loads = tuple(float(r) for r in load_slowdown_loads)
         if not batch_handoff_s >= 0.0:
             raise ValueError(f"batch_handoff_s must be >= 0, got {batch_handoff_s}")
         self.batch_handoff_s = float(batch_handoff_s)
@@ -142,7 +154,7 @@ class SimBackend:
         return cls(load_channels, loop_s_per_event=cost.loop_s_per_event, host_cores=cost.host_cores,
                    loop_s_per_arrival=cost.loop_s_per_arrival, loop_shares_host=loop_shares_host,
                    load_slowdown=cost.load_slowdown, batch_handoff_s=cost.batch_handoff_s,
-                   loop_s_per_task=cost.loop_s_per_task)
+                   loop_s_per_task=cost.loop_s_per_task, load_slowdown_loads=cost.load_slowdown_loads)
 
     def now(self) -> float:
         return self._now
@@ -197,13 +209,13 @@ class SimBackend:
     def _rates(self, key: tuple, running: dict[int, _Job]) -> dict[int, float]:
         """Each running job's speed (1: as fast as alone); see the module docstring."""
         rates = self._shares(key, running)
-        if key == HOST and self.load_slowdown:
-            batches = sum(not isinstance(r.item, LoadJob) for r in running.values())
-            if batches:
-                cap = 1.0 / self.load_slowdown[min(batches, len(self.load_slowdown) - 1)]
-                for jid, r in running.items():
-                    if isinstance(r.item, LoadJob):
-                        rates[jid] = min(rates[jid], cap)
+        if key == HOST and (self.load_slowdown or self.load_slowdown_loads):
+            loads = [jid for jid, r in running.items() if isinstance(r.item, LoadJob)]
+            if loads:
+                slowdown = _ratio(self.load_slowdown, len(running) - len(loads)) * _ratio(
+                    self.load_slowdown_loads, len(loads) - 1)
+                for jid in loads:
+                    rates[jid] = min(rates[jid], 1.0 / slowdown)
         return rates
 
     def _shares(self, key: tuple, running: dict[int, _Job]) -> dict[int, float]:

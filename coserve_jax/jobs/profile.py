@@ -89,7 +89,8 @@ def run_profile_job(cfg: RunConfig | DictConfig, out_dir: str | Path, progress: 
         prof = measure_profile(rt, kinds, batch_sizes=batch_sizes, repeats=p.repeats, load_samples=load_samples,
                                drop_cache=hw.drop_page_cache, seed=run_cfg.seed, progress=progress,
                                heldout_sizes=heldout, warmup=p.warmup, executors=dict(hw.executors),
-                               loop_requests=p.loop_requests, cpu_devices=hw.cpu_devices)
+                               loop_requests=p.loop_requests, cpu_devices=hw.cpu_devices,
+                               load_threads=run_cfg.backend.load_threads)
         # The other page-cache setting, so both load fits are on record.
         other = not hw.drop_page_cache
         variants: dict[str, Any] = {k: {_pc(hw.drop_page_cache): prof["kinds"][k]["loads"]} for k in kinds}

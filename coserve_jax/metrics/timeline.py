@@ -16,8 +16,8 @@ simulator. ``to_trace`` renders the Trace Event Format (``{"traceEvents": [...]}
   compares the two).
   Counter ("C") "queue exN": tasks queued at executor N.
 - process "loads", one thread per load lane: an "X" per load from its actual start (its lane
-  free, its I/O thread running) to its end, ``args`` {expert, bytes, src, kind, waited_s,
-  waited_by, queued_s}. kind "waited": an executor sat in wait_load for it; "hidden": none did
+  free, its I/O thread running) to its end, ``args`` {expert, bytes, src, kind, seconds,
+  predicted_s (the cost model's for the load alone), waited_s, waited_by, queued_s}. kind "waited": an executor sat in wait_load for it; "hidden": none did
   (it overlapped compute or idle); "initial": before serving; "failed". Loads are packed onto
   the fewest lanes that hold them (at most the backend's load threads).
 - process "memory", one thread per pool: counter "pool <id>" with bytes {resident, loading,
@@ -133,7 +133,7 @@ class Timeline:
                 else "waited" if waited else "hidden")
         args = {"expert": job.expert_id, "pool": job.pool_id, "bytes": job.size_bytes, "src": job.src.name.lower(),
                 "kind": kind, "prefetch": job.prefetch, "seconds": ev.seconds,
-                "queued_s": max(0.0, start - rec["requested_s"]),
+                "predicted_s": job.predicted_s, "queued_s": max(0.0, start - rec["requested_s"]),
                 "waited_s": max(0.0, now - rec["waited_since"]) if waited else 0.0,
                 "waited_by": sorted(rec["waited_by"])}
         if ev.error is not None:

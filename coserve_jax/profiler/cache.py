@@ -63,7 +63,7 @@ def load_cost_model(cfg: RunConfig, model: Model, runtime: Any = None, progress:
         prof = measure_profile(rt, kinds, batch_sizes=p.batch_sizes, repeats=p.repeats, load_samples=p.load_samples,
                                drop_cache=hw.drop_page_cache, seed=cfg.seed, progress=progress,
                                executors=dict(hw.executors), loop_requests=p.loop_requests,
-                               cpu_devices=hw.cpu_devices)
+                               cpu_devices=hw.cpu_devices, load_threads=cfg.backend.load_threads)
         write_json_atomic(path, prof)
         return CostModel(prof)
 
@@ -115,5 +115,6 @@ def profile_cache_path(cfg: RunConfig, model: Model) -> Path:
     key = json.dumps({"devices": [str(d) for d in jax.devices()], "kinds": kinds, "settings": settings,
                       "drop": hw.drop_page_cache, "jax": jax.__version__,
                       "reader_processes": cfg.backend.load_processes > 0, "paths": PATHS_VERSION,
+                      "load_threads": cfg.backend.load_threads,
                       "executors": dict(hw.executors)}, sort_keys=True)
     return Path(model.zoo.root) / f"profile-{hashlib.sha256(key.encode()).hexdigest()[:12]}.json"

@@ -50,8 +50,9 @@ from coserve_jax.store.disk import drop_page_cache
 # 5: loads are also timed beside running CPU batches (``measure_load_contention``);
 # 6: a batch's hand-offs between the loop and its worker are timed while serving (``batch_handoff_s``),
 # and the loop's cost per completion is split into a base and a cost per task it routes;
-# 7: each timed load follows an untimed one (``LoadSampler``), not a batch round.
-PATHS_VERSION = 7
+# 7: each timed load follows an untimed one (``LoadSampler``), not a batch round;
+# 8: loads are also timed beside other loads (``load_slowdown_beside_loads``).
+PATHS_VERSION = 8
 
 
 def plateau_batch(sizes: Sequence[int], latency_s: Sequence[float], tol: float = 0.10) -> int:
@@ -327,29 +328,37 @@ def _ratios(times: dict[int, list[list[float]]], counts: int) -> list[float]:
 
 
 def measure_load_contention(rt: Runtime, device: jax.Device, loads: LoadSampler, max_batches: int,
-                            arch: str, batch: int = 16, passes: int = 5, seed: int = 0) -> list[float]:
+                            arch: str, batch: int = 16, passes: int = 5, seed: int = 0,
+                            other_loads: int = 0) -> list[float]:
     """How much slower a load into ``device`` runs beside 0..``max_batches`` threads that each
     serve batches of ``batch`` images of ``arch`` back to back (as CPU executors do), as ratios
-    to the same loads alone: ``[1.0, r1, r2, ...]``.
+    to the same loads alone: ``[1.0, r1, r2, ...]``. With ``other_loads`` instead: beside
+    0..``other_loads`` threads each loading the sampled experts back to back (the other load
+    threads), and ``arch`` and ``batch`` unused.
 
     Why: on a host shared by CPU executors and reader processes, a load beside running batches
     is slower than splitting cores says. Measured on this 2-core machine (classifier loads,
     batches of 16): ×1.4-1.6 beside one batch thread and ×2.0-2.7 beside two, where max-min core
     sharing gives ×1.0 and ×1.5; the real engine's loads while serving coserve_plus took ~40%
     longer than the simulator's (``experiments/sim_validation``). The simulator caps a host load's speed
-    at 1/r_n while n batches run on the host. ``passes`` rounds each time every count in turn,
+    at 1/r_n while n batches run on the host. Beside another load the same: two loads at once
+    each took ×1.3-1.4 one alone (a second machine of this kind, fresh install), where two
+    cores give each its own. ``passes`` rounds each time every count in turn,
     so alone and beside are timed over the same seconds; each ratio is the median over the
     sampled experts of (median beside / median alone)."""
-    serve = _batch_work(rt, device, arch, batch, seed)
-    times = {n: [[] for _ in loads.experts] for n in range(max_batches + 1)}
+    if other_loads:
+        serve, most, label = _load_work(rt, device, loads), other_loads, "a load"
+    else:
+        serve, most, label = _batch_work(rt, device, arch, batch, seed), max_batches, f"a batch of {arch}"
+    times = {n: [[] for _ in loads.experts] for n in range(most + 1)}
     for _ in range(max(passes, 1)):
-        for n in range(max_batches + 1):
-            with _Beside(serve, n, f"a batch of {arch}", "loads"):
+        for n in range(most + 1):
+            with _Beside(serve, n, label, "loads"):
                 for i, e in enumerate(loads.experts):
                     t0 = time.perf_counter()
                     jax.block_until_ready(rt.restore(e.expert_id, device))
                     times[n][i].append(time.perf_counter() - t0)
-    return _ratios(times, max_batches)
+    return _ratios(times, most)
 
 
 def measure_batch_contention(rt: Runtime, device: jax.Device, others: int, arch: str, batch: int = 16,
@@ -430,11 +439,12 @@ def measure_profile(rt: Runtime, kinds: Sequence[str], batch_sizes: Sequence[int
                     seed: int = 0, progress: bool = False,
                     heldout_sizes: Sequence[int] = (), warmup: int = 2,
                     executors: dict[str, int] | None = None, loop_requests: int = 1500,
-                    cpu_devices: int = 1) -> dict[str, Any]:
+                    cpu_devices: int = 1, load_threads: int = 2) -> dict[str, Any]:
     """Measure every architecture on one device of each kind; return a Profile dict.
     ``executors`` (the hardware's, e.g. ``{"cpu": 2}``): time the loop's cost per event while
     serving ``loop_requests`` requests on them, CPU ones over ``cpu_devices`` host devices
-    (``loop_overhead``); None: time the policies over the simulator backend."""
+    (``loop_overhead``); None: time the policies over the simulator backend. ``load_threads``:
+    the engine's, so a load is also timed beside that many others less one."""
     rng = np.random.default_rng(seed)
     archs = sorted({e.arch for e in rt.zoo.graph.experts.values()})
     work = [(k, a) for k in kinds for a in archs]
@@ -458,7 +468,10 @@ def measure_profile(rt: Runtime, kinds: Sequence[str], batch_sizes: Sequence[int
             # The most common architecture's batches stand for what the CPU executors serve.
             common = max(archs, key=lambda a: sum(e.arch == a for e in rt.zoo.graph.experts.values()))
             host_contention = {"load_slowdown_beside_batches": measure_load_contention(
-                rt, dev, loads, int(executors["cpu"]), common, seed=seed), "batch_arch": common}
+                rt, dev, loads, int(executors["cpu"]), common, seed=seed),
+                "load_slowdown_beside_loads": measure_load_contention(
+                    rt, dev, loads, 0, common, seed=seed, other_loads=max(1, load_threads - 1)),
+                "batch_arch": common}
         if bar:
             bar.update()
     host = measure_loads(rt, None, load_samples, drop_cache)
