@@ -37,6 +37,7 @@ import json
 import statistics
 import sys
 from pathlib import Path
+from collections.abc import Iterator
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -141,22 +142,28 @@ def _overlap(e: dict, spans: dict[int, list[tuple[float, float]]]) -> float:
     return other / max(b - a, 1e-9)
 
 
-def serving(run_dir: Path) -> list[dict[str, Any]]:
-    """Per arm with a timeline in ``run_dir``: steady-phase batches' run_s / predicted_s."""
+def _timelines(run_dir: Path) -> Iterator[tuple[str, list[dict[str, Any]], float]]:
+    """(arm, its timeline's events, when its loop took in the last arrival, in the events' µs)
+    per arm of ``run_dir`` with a timeline."""
     results = json.loads((run_dir / "results.json").read_text())
-    rows = []
     for path in sorted(run_dir.glob("timeline-*.json")):
         arm = path.stem.removeprefix("timeline-")
         if arm not in results.get("arms", {}):
             continue
         events = json.loads(path.read_text())["traceEvents"]
         start = next((e["ts"] for e in events if e.get("ph") == "i" and e.get("name") == "serving starts"), 0.0)
-        ingested = results["arms"][arm]["time_s"].get("arrivals_ingested") or 0.0
+        yield arm, events, start + 1e6 * (results["arms"][arm]["time_s"].get("arrivals_ingested") or 0.0)
+
+
+def serving(run_dir: Path) -> list[dict[str, Any]]:
+    """Per arm with a timeline in ``run_dir``: steady-phase batches' run_s / predicted_s."""
+    rows = []
+    for arm, events, burst_end in _timelines(run_dir):
         batches = [e for e in events if e.get("ph") == "X" and e.get("cat") == "batch"
                    and e["args"].get("run_s") and e["args"].get("predicted_s")]
         if not batches:
             continue
-        steady = [e for e in batches if e["ts"] >= start + 1e6 * ingested]
+        steady = [e for e in batches if e["ts"] >= burst_end]
         spans = {}
         for e in steady:
             spans.setdefault(e["tid"], []).append((e["ts"], e["ts"] + e["dur"]))
@@ -187,17 +194,10 @@ def _beside(a: float, b: float, spans: list[tuple[float, float]]) -> int | None:
 
 def serving_loads(run_dir: Path) -> list[dict[str, Any]]:
     """Per arm, phase and batches beside: loads' seconds / predicted_s (alone)."""
-    results = json.loads((run_dir / "results.json").read_text())
     profile = json.loads((run_dir / "profile.json").read_text()) if (run_dir / "profile.json").exists() else {}
     caps = profile.get("host", {}).get("load_slowdown_beside_batches") or []
     rows = []
-    for path in sorted(run_dir.glob("timeline-*.json")):
-        arm = path.stem.removeprefix("timeline-")
-        if arm not in results.get("arms", {}):
-            continue
-        events = json.loads(path.read_text())["traceEvents"]
-        start = next((e["ts"] for e in events if e.get("ph") == "i" and e.get("name") == "serving starts"), 0.0)
-        burst_end = start + 1e6 * (results["arms"][arm]["time_s"].get("arrivals_ingested") or 0.0)
+    for arm, events, burst_end in _timelines(run_dir):
         spans = [(e["ts"], e["ts"] + e["dur"]) for e in events if e.get("ph") == "X" and e.get("cat") == "batch"]
         groups: dict[tuple[str, str], list[float]] = {}
         for e in events:
