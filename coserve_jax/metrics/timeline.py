@@ -17,7 +17,8 @@ simulator. ``to_trace`` renders the Trace Event Format (``{"traceEvents": [...]}
   Counter ("C") "queue exN": tasks queued at executor N.
 - process "loads", one thread per load lane: an "X" per load from its actual start (its lane
   free, its I/O thread running) to its end, ``args`` {expert, bytes, src, kind, seconds,
-  predicted_s (the cost model's for the load alone), waited_s, waited_by, queued_s}. kind "waited": an executor sat in wait_load for it; "hidden": none did
+  predicted_s (the cost model's for the load alone), waited_s, waited_by, queued_s}. kind
+  "waited": an executor sat in wait_load for it; "hidden": none did
   (it overlapped compute or idle); "initial": before serving; "failed". Loads are packed onto
   the fewest lanes that hold them (at most the backend's load threads).
 - process "memory", one thread per pool: counter "pool <id>" with bytes {resident, loading,
