@@ -151,6 +151,35 @@ def test_load_contention_ratios_and_a_failing_batch():
         measure_load_contention(rt, dev, loads, max_batches=1, arch="a", passes=1)
 
 
+def test_load_beside_loads_ratios():
+    """measure_load_beside_loads: [1.0, r1], a load slower while another load runs beside it."""
+    import threading
+    import time
+
+    import jax
+
+    from coserve_jax.profiler.microbench import LoadSampler, measure_load_beside_loads
+
+    rt = _CountingRuntime({"a0": ("a", 100), "a1": ("a", 100)})
+    active, lock = [0], threading.Lock()
+
+    def restore(expert_id, device):  # 2 ms, and 2 ms more per other load running when it starts
+        with lock:
+            others = active[0]
+            active[0] += 1
+        try:
+            time.sleep(0.002 * (1 + others))
+        finally:
+            with lock:
+                active[0] -= 1
+        return [0]
+
+    rt.restore = restore
+    loads = LoadSampler(rt, device=None, samples=2, drop_cache=False)
+    ratios = measure_load_beside_loads(rt, jax.devices("cpu")[0], loads, others=1, passes=2)
+    assert len(ratios) == 2 and ratios[0] == 1.0 and ratios[1] > 1.5
+
+
 def test_batch_contention_beside_batches_loads_and_a_python_thread():
     """measure_batch_contention: [1.0, r1, ...] beside batch threads or load threads, each ratio
     the timed batch's slowdown; measure_batch_beside_python: {duty: ratio}, a batch whose

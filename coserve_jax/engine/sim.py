@@ -20,7 +20,7 @@ the resources they share, as on the real machines:
   of the load's last steps, caches), and the simulator then predicted coserve_plus's demand
   loads ~30% faster and its throughput up to 23% higher than the real engine's. Likewise beside
   other host loads (``load_slowdown_loads``: ``[1.0, r1, ...]`` beside 1, ... loads, the
-  profiler's ``measure_load_contention`` with loads beside): on the demo two loads at once each
+  profiler's ``measure_load_beside_loads``): on the demo two loads at once each
   ran ×1.3-1.4 slower than one alone, where two cores' sharing gives each its own core (×1.0).
   A load beside n batches and m other loads is capped at 1/(r_n × r_m).
 Shared hardware for loads the profile splits (``LoadJob.parts``; the paper's machines,

@@ -51,7 +51,7 @@ from coserve_jax.store.disk import drop_page_cache
 # 6: a batch's hand-offs between the loop and its worker are timed while serving (``batch_handoff_s``),
 # and the loop's cost per completion is split into a base and a cost per task it routes;
 # 7: each timed load follows an untimed one (``LoadSampler``), not a batch round;
-# 8: loads are also timed beside other loads (``load_slowdown_beside_loads``).
+# 8: loads are also timed beside other loads (``measure_load_beside_loads``).
 PATHS_VERSION = 8
 
 
@@ -328,32 +328,43 @@ def _ratios(times: dict[int, list[list[float]]], counts: int) -> list[float]:
 
 
 def measure_load_contention(rt: Runtime, device: jax.Device, loads: LoadSampler, max_batches: int,
-                            arch: str, batch: int = 16, passes: int = 5, seed: int = 0,
-                            other_loads: int = 0) -> list[float]:
+                            arch: str, batch: int = 16, passes: int = 5, seed: int = 0) -> list[float]:
     """How much slower a load into ``device`` runs beside 0..``max_batches`` threads that each
     serve batches of ``batch`` images of ``arch`` back to back (as CPU executors do), as ratios
-    to the same loads alone: ``[1.0, r1, r2, ...]``. With ``other_loads`` instead: beside
-    0..``other_loads`` threads each loading the sampled experts back to back (the other load
-    threads), and ``arch`` and ``batch`` unused.
+    to the same loads alone: ``[1.0, r1, r2, ...]``.
 
     Why: on a host shared by CPU executors and reader processes, a load beside running batches
     is slower than splitting cores says. Measured on this 2-core machine (classifier loads,
     batches of 16): ×1.4-1.6 beside one batch thread and ×2.0-2.7 beside two, where max-min core
     sharing gives ×1.0 and ×1.5; the real engine's loads while serving coserve_plus took ~40%
     longer than the simulator's (``experiments/sim_validation``). The simulator caps a host load's speed
-    at 1/r_n while n batches run on the host. Beside another load the same: two loads at once
-    each took ×1.3-1.4 one alone (a second machine of this kind, fresh install), where two
-    cores give each its own. ``passes`` rounds each time every count in turn,
-    so alone and beside are timed over the same seconds; each ratio is the median over the
-    sampled experts of (median beside / median alone)."""
-    if other_loads:
-        serve, most, label = _load_work(rt, device, loads), other_loads, "a load"
-    else:
-        serve, most, label = _batch_work(rt, device, arch, batch, seed), max_batches, f"a batch of {arch}"
+    at 1/r_n while n batches run on the host."""
+    return _loads_beside(rt, device, loads, _batch_work(rt, device, arch, batch, seed), max_batches,
+                         f"a batch of {arch}", passes)
+
+
+def measure_load_beside_loads(rt: Runtime, device: jax.Device, loads: LoadSampler, others: int,
+                              passes: int = 5) -> list[float]:
+    """How much slower a load into ``device`` runs beside 0..``others`` threads each loading the
+    sampled experts back to back (the engine's other load threads), as ratios to the same loads
+    alone: ``[1.0, r1, ...]``.
+
+    Why: two loads at once each took ×1.3-1.4 one alone on a second 2-core machine of this kind
+    (fresh install), where two cores' sharing gives each its own core; the simulator caps a host
+    load's speed at 1/(r_n × q_m) beside n batches and m other loads."""
+    return _loads_beside(rt, device, loads, _load_work(rt, device, loads), others, "a load", passes)
+
+
+def _loads_beside(rt: Runtime, device: jax.Device, loads: LoadSampler, work: Callable[[], Any], most: int,
+                  label: str, passes: int) -> list[float]:
+    """``[1.0, r1, ...]``: the sampled experts' loads beside 0..``most`` threads running ``work``
+    back to back. ``passes`` rounds each time every count in turn, so alone and beside are timed
+    over the same seconds; each ratio is the median over the sampled experts of (median beside /
+    median alone)."""
     times = {n: [[] for _ in loads.experts] for n in range(most + 1)}
     for _ in range(max(passes, 1)):
         for n in range(most + 1):
-            with _Beside(serve, n, label, "loads"):
+            with _Beside(work, n, label, "loads"):
                 for i, e in enumerate(loads.experts):
                     t0 = time.perf_counter()
                     jax.block_until_ready(rt.restore(e.expert_id, device))
@@ -469,8 +480,7 @@ def measure_profile(rt: Runtime, kinds: Sequence[str], batch_sizes: Sequence[int
             common = max(archs, key=lambda a: sum(e.arch == a for e in rt.zoo.graph.experts.values()))
             host_contention = {"load_slowdown_beside_batches": measure_load_contention(
                 rt, dev, loads, int(executors["cpu"]), common, seed=seed),
-                "load_slowdown_beside_loads": measure_load_contention(
-                    rt, dev, loads, 0, common, seed=seed, other_loads=max(1, load_threads - 1)),
+                "load_slowdown_beside_loads": measure_load_beside_loads(rt, dev, loads, max(1, load_threads - 1)),
                 "batch_arch": common}
         if bar:
             bar.update()
