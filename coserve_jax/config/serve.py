@@ -27,6 +27,7 @@ class ServeConfig:
     routers: Mapping[str, RouterEntry]
     ray_address: str | None = None
     ray_num_cpus: float | None = None
+    ray_startup_timeout_s: float = 30.0  # a local Ray's Serve proxy: ready and health checks
     replica_num_cpus: float = 0.5
     replica_overrides: tuple[str, ...] = ()
     routing_stats_period_s: float = 0.5
@@ -89,6 +90,7 @@ def parse_serve(raw: Mapping[str, Any] | None) -> ServeConfig:
         router=routers[name], arm=arm, routers=routers,
         ray_address=ray.get("address"),
         ray_num_cpus=_num(ray, "num_cpus", "serve.ray.num_cpus", float, 0.0, allow_none=True),
+        ray_startup_timeout_s=_num(ray, "startup_timeout_s", "serve.ray.startup_timeout_s", float, 1.0),
         replica_num_cpus=_num(rep, "num_cpus", "serve.replica.num_cpus", float, 0.0),
         replica_overrides=tuple(overrides),
         routing_stats_period_s=_num(rep, "routing_stats_period_s", "serve.replica.routing_stats_period_s",

@@ -7,10 +7,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
+import os
 import time
-from collections.abc import Sequence
+import urllib.error
+import urllib.request
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
@@ -63,6 +67,67 @@ def prepare(raw: dict[str, Any], arm: str) -> Any:
         return engine.model.graph
 
 
+# Ray Serve's HTTP proxy must answer its first ready check within 5 s and each health check
+# within 10 s (its defaults), or its controller kills it. On a busy 2-core machine (two busy
+# processes beside the tests) the proxy took longer to start, the controller killed it, and
+# ``serve.start``, waiting on that first proxy, failed with ActorDiedError. Ray reads these
+# from the environment of the processes a local Ray starts.
+PROXY_TIMEOUT_ENV = ("RAY_SERVE_PROXY_READY_CHECK_TIMEOUT_S", "RAY_SERVE_PROXY_HEALTH_CHECK_TIMEOUT_S")
+
+
+@contextlib.contextmanager
+def _proxy_timeouts(seconds: float, local: bool) -> Iterator[None]:
+    """While a local Ray starts: its Serve proxy's ready and health checks get ``seconds``
+    (where the environment does not set them already). Joining a cluster changes nothing: its
+    processes run with their own environment."""
+    if not local:
+        yield
+        return
+    saved = {k: os.environ.get(k) for k in PROXY_TIMEOUT_ENV}
+    for k, v in saved.items():
+        if v is None:
+            os.environ[k] = str(float(seconds))
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+
+
+def _start_serve(serve_cfg: ServeConfig, deadline_s: float) -> None:
+    """``serve.start``, again while its first HTTP proxy was replaced before it was ready (its
+    controller restarts a proxy that failed its checks; ``serve.start`` only waits on the first)."""
+    from ray import serve
+    from ray.exceptions import ActorDiedError, GetTimeoutError
+
+    while True:
+        try:
+            serve.start(http_options={"host": serve_cfg.host, "port": serve_cfg.port})
+            return
+        except (ActorDiedError, GetTimeoutError, TimeoutError) as e:
+            if time.time() >= deadline_s:
+                raise
+            log.warning("Ray Serve's HTTP proxy did not start (%s); waiting for its replacement",
+                        type(e).__name__)
+            time.sleep(1.0)
+
+
+def _wait_for_http(url: str, deadline_s: float) -> None:
+    """Until ``url`` answers 200 (the app is deployed, but a replaced proxy may still be starting)."""
+    last = "no answer"
+    while time.time() < deadline_s:
+        try:
+            with urllib.request.urlopen(url, timeout=10) as r:
+                if r.status == 200:
+                    return
+                last = f"HTTP {r.status}"
+        except (OSError, urllib.error.URLError) as e:
+            last = f"{type(e).__name__}: {e}"
+        time.sleep(0.5)
+    raise TimeoutError(f"serve: {url} did not answer within the start-up wait ({last})")
+
+
 def start(cfg: DictConfig | Sequence[str], wait_s: float = 300.0) -> Server:
     """Start Ray (or join ``serve.ray.address``), deploy the app and wait until it serves."""
     import ray
@@ -79,12 +144,14 @@ def start(cfg: DictConfig | Sequence[str], wait_s: float = 300.0) -> Server:
             kw["address"] = serve_cfg.ray_address
         elif serve_cfg.ray_num_cpus is not None:
             kw["num_cpus"] = serve_cfg.ray_num_cpus
-        ray.init(**kw)
+        with _proxy_timeouts(serve_cfg.ray_startup_timeout_s, local=not serve_cfg.ray_address):
+            ray.init(**kw)
         started = True
-    serve.start(http_options={"host": serve_cfg.host, "port": serve_cfg.port})
     t0 = time.time()
+    _start_serve(serve_cfg, deadline_s=t0 + wait_s)
     serve.run(build_app(raw, serve_cfg, graph), name="coserve", route_prefix="/", blocking=False)
     url = f"http://{serve_cfg.host}:{serve_cfg.port}"
+    _wait_for_http(f"{url}/healthz", deadline_s=t0 + wait_s)
     log.info("coserve_jax serving on %s (%d replicas of %s, router %s) after %.1f s", url, serve_cfg.replicas,
              serve_cfg.arm, serve_cfg.router.name, time.time() - t0)
     return Server(url, serve_cfg, graph, started)
