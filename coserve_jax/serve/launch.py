@@ -151,7 +151,8 @@ def start(cfg: DictConfig | Sequence[str], wait_s: float = 300.0) -> Server:
     _start_serve(serve_cfg, deadline_s=t0 + wait_s)
     serve.run(build_app(raw, serve_cfg, graph), name="coserve", route_prefix="/", blocking=False)
     url = f"http://{serve_cfg.host}:{serve_cfg.port}"
-    _wait_for_http(f"{url}/healthz", deadline_s=t0 + wait_s)
+    local = "127.0.0.1" if serve_cfg.host in ("0.0.0.0", "::", "") else serve_cfg.host  # all interfaces: ask loopback
+    _wait_for_http(f"http://{local}:{serve_cfg.port}/healthz", deadline_s=t0 + wait_s)
     log.info("coserve_jax serving on %s (%d replicas of %s, router %s) after %.1f s", url, serve_cfg.replicas,
              serve_cfg.arm, serve_cfg.router.name, time.time() - t0)
     return Server(url, serve_cfg, graph, started)
