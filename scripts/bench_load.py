@@ -17,8 +17,13 @@ paths alternating), times per expert:
   an ``np.empty``), the speed of the disk or the page cache;
 - restore: ``store.checkpoint.read_packed`` in this process (Orbax read + layout and checksum
   checks, to host memory), what a reader process runs;
-- reader: the same through ``store.reader.ProcessReader``, what the engine calls: the vectors
-  come back from a reader process.
+- reader: the same through ``store.reader.ProcessReader``: the vectors come back from a reader
+  process, copied out of its staging buffer (what a load into the host cache keeps);
+- device: what the engine runs for a load from disk into a CPU executor's pool,
+  ``store.checkpoint.unpack_onto`` through the same reader onto JAX's CPU device: the vectors go
+  from the reader's staging buffer straight into the unpacked leaves (one copy), waited for;
+- copied: the same load with the vectors copied out of the staging buffer first (``reader``,
+  then ``unpack_to_device``), as the engine ran it before ``ProcessReader.lease``.
 
 ``--cold`` drops every checkpoint from the page cache (``posix_fadvise(DONTNEED)``) before each
 read. The machine may be shared, so each ratio is the median over rounds of (raw time / path
@@ -40,7 +45,7 @@ from pathlib import Path
 
 import numpy as np
 
-PATHS = ("raw", "restore", "reader")
+PATHS = ("raw", "restore", "reader", "device", "copied")
 
 
 def _experts(quick: bool) -> dict[str, object]:
@@ -71,13 +76,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rounds", type=int, default=7)
     ap.add_argument("--sizes", default="2,20,170", help="which experts (MB), comma-separated")
     ap.add_argument("--cold", action="store_true", help="drop the checkpoint from the page cache before each read")
-    ap.add_argument("--no-reader", action="store_true", help="skip the reader-process path")
+    ap.add_argument("--no-reader", action="store_true", help="skip the reader-process paths (reader, device, copied)")
     ap.add_argument("--quick", action="store_true", help="one 0.4 MB expert, 2 rounds")
     ap.add_argument("--out", type=Path, help="write the timings as JSON here")
     args = ap.parse_args(argv)
 
     from coserve_jax.models import host_init_state, param_bytes
-    from coserve_jax.store.checkpoint import leaf_specs, read_packed, save_expert
+    import jax
+
+    from coserve_jax.store.checkpoint import leaf_specs, read_packed, save_expert, unpack_onto, unpack_to_device
     from coserve_jax.store.disk import drop_page_cache
     from coserve_jax.store.reader import ProcessReader
 
@@ -86,8 +93,9 @@ def main(argv: list[str] | None = None) -> int:
         wanted = {f"{s.strip()}MB" for s in args.sizes.split(",")}
         experts = {k: v for k, v in experts.items() if k in wanted}
     rounds = 2 if args.quick else args.rounds
-    paths = [p for p in PATHS if not (p == "reader" and args.no_reader)]
+    paths = [p for p in PATHS if not (p in ("reader", "device", "copied") and args.no_reader)]
     reader = ProcessReader(1) if "reader" in paths else None
+    cpu = jax.devices("cpu")[0]
 
     with tempfile.TemporaryDirectory(prefix="bench_load_") as tmp:
         cases = {}
@@ -108,8 +116,12 @@ def main(argv: list[str] | None = None) -> int:
                 raw_read(case["path"])
             elif how == "restore":
                 read_packed(case["path"], case["specs"], "bench")
-            else:
+            elif how == "reader":
                 reader(case["path"], case["specs"], "bench")
+            elif how == "device":
+                unpack_onto(cpu, case["path"], case["specs"], "bench", reader)
+            else:
+                jax.block_until_ready(unpack_to_device(reader(case["path"], case["specs"], "bench"), case["specs"], cpu))
             return time.perf_counter() - t
 
         times = {name: {p: [] for p in paths} for name in cases}

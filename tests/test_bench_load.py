@@ -12,4 +12,4 @@ def test_bench_load_quick(tmp_path, capsys, script):
     assert row["file_bytes"] > 0 and row["param_bytes"] > 0
     for path in bench.PATHS:
         assert len(row["times_s"][path]) == 2 and row[path]["median_ms"] > 0
-    assert row["restore"]["vs_raw"] > 0 and row["reader"]["vs_raw"] > 0
+    assert all(row[p]["vs_raw"] > 0 for p in ("restore", "reader", "device", "copied"))

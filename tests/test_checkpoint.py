@@ -213,6 +213,32 @@ def test_process_reader_matches_in_thread_read(saved, reader):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
 
+def test_process_reader_lease_lends_its_buffer_and_no_leaf_points_into_it(saved, reader, tmp_path):
+    """A device load through the lease copies straight from the staging buffer; the next read
+    overwrites that buffer, and the loaded leaves must not change with it (on CPU a device_put
+    of the buffer's read-only views aliases them, which the first half shows)."""
+    from coserve_jax.store.checkpoint import unpack_onto
+
+    path, state = saved
+    other = tmp_path / "cls_002"
+    save_expert(other, host_init_state(SPEC, 4))
+    specs = leaf_specs(state)
+    device = jax.devices("cpu")[0]
+    with reader.lease(path, specs, "cls_001") as views:
+        assert not views["flat_float32"].flags.writeable
+        np.testing.assert_array_equal(views["flat_float32"], read_packed(path, specs)["flat_float32"])
+        aliased = jax.device_put(views["flat_float32"], device)
+    before = np.asarray(aliased).copy()
+    reader(other, specs, "cls_002")  # the worker's next read fills the same buffer
+    assert not np.array_equal(np.asarray(aliased), before)  # what must never happen to served leaves
+
+    leaves = unpack_onto(device, path, specs, "cls_001", reader)
+    reader(other, specs, "cls_002")
+    for a, b in zip(jax.tree.leaves(state), leaves):
+        assert b.devices() == {device}
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
 def test_process_reader_grows_its_staging_buffer(saved, reader, tmp_path):
     """A larger expert after a smaller one: the worker's shared buffer grows, results stay exact."""
     small, _ = saved

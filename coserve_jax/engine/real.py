@@ -45,7 +45,8 @@ from flax import nnx
 
 from coserve_jax.cost.fit import fit_linear_nonneg
 from coserve_jax.engine.events import Arrival, BatchDone, Event, LoadDone, Preload
-from coserve_jax.store.checkpoint import CheckpointError, leaf_specs, leaves_to_state, read_packed, unpack_to_device
+from coserve_jax.store.checkpoint import (CheckpointError, leaf_specs, leaves_to_state, read_packed, unpack_onto,
+                                         unpack_to_device)
 from coserve_jax.store.disk import drop_page_cache
 from coserve_jax.store.host_tier import NUMPY, HostCopy, resolve_tier, to_host
 from coserve_jax.store.reader import ProcessReader
@@ -118,8 +119,9 @@ class Runtime:
         packed host copy (what the host cache holds; ``put`` moves it to a device)."""
         info = self.zoo.graph.experts[expert_id]
         specs = self.specs(info.arch)
-        packed = (self.reader or read_packed)(info.checkpoint_path, specs, expert_id)
-        return packed if device is None else self.put(expert_id, packed, device)
+        if device is not None:
+            return unpack_onto(device, info.checkpoint_path, specs, expert_id, self.reader)
+        return (self.reader or read_packed)(info.checkpoint_path, specs, expert_id)
 
     def put(self, expert_id: str, packed: dict[str, Any], device: jax.Device) -> list[jax.Array]:
         """A packed host copy (numpy, or ``jax.Array``s in pinned_host memory) -> served weights

@@ -51,8 +51,10 @@ from coserve_jax.store.disk import drop_page_cache
 # 6: a batch's hand-offs between the loop and its worker are timed while serving (``batch_handoff_s``),
 # and the loop's cost per completion is split into a base and a cost per task it routes;
 # 7: each timed load follows an untimed one (``LoadSampler``), not a batch round;
-# 8: loads are also timed beside other loads (``measure_load_beside_loads``).
-PATHS_VERSION = 8
+# 8: loads are also timed beside other loads (``measure_load_beside_loads``);
+# 9: a load from disk into a device pool copies straight from the reader's staging buffer
+# (``ProcessReader.lease``, ``store.checkpoint.unpack_onto``).
+PATHS_VERSION = 9
 
 
 def plateau_batch(sizes: Sequence[int], latency_s: Sequence[float], tol: float = 0.10) -> int:

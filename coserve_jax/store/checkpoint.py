@@ -106,9 +106,23 @@ def restore_expert(path: str | os.PathLike, abstract_state: Any, *, device: jax.
     Raises ``CheckpointError`` when the checkpoint is missing, unreadable or of another layout.
     """
     specs = leaf_specs(abstract_state)
-    packed = (reader or read_packed)(path, specs, expert_id)
-    leaves = _unpack_host(packed, specs) if device is None else unpack_to_device(packed, specs, device)
-    return leaves_to_state(abstract_state, leaves)
+    if device is not None:
+        return leaves_to_state(abstract_state, unpack_onto(device, path, specs, expert_id, reader))
+    return leaves_to_state(abstract_state, _unpack_host((reader or read_packed)(path, specs, expert_id), specs))
+
+
+def unpack_onto(device: jax.Device, path: str | os.PathLike, specs: list | tuple, expert_id: str | None = None,
+                reader: Any = None) -> list[jax.Array]:
+    """Read an expert's checkpoint (``read_packed``, or ``reader``) and unpack it onto ``device``
+    (``unpack_to_device``), waited for. A reader with a ``lease`` (``store.reader.ProcessReader``)
+    lends its staging buffer for the copy instead of copying the vectors out of it first: on
+    JAX's CPU devices the ``device_put`` of those read-only views aliases them, and the unpack
+    writes new arrays, so the leaves never point into the buffer once this returns."""
+    lease = getattr(reader, "lease", None)
+    if lease is None:
+        return jax.block_until_ready(unpack_to_device((reader or read_packed)(path, specs, expert_id), specs, device))
+    with lease(path, specs, expert_id) as packed:
+        return jax.block_until_ready(unpack_to_device(packed, specs, device))
 
 
 def unpack_to_device(packed: dict[str, Any], specs: list | tuple, device: jax.Device) -> list[jax.Array]:

@@ -26,11 +26,17 @@ So the real backend reads through a ``ProcessReader`` by default: ``processes`` 
 running ``read_packed`` (Orbax read + layout and checksum checks, host memory only) into a
 staging buffer it shares with this process (a memfd, grown when an expert needs more, its
 descriptor passed once; it stays as large as the largest expert that worker has read, outside
-the host budget); the caller copies the vectors out, which frees the buffer for the worker's
-next read, and the loader thread then copies them to the device and unpacks them there.
-Pickling the vectors back through the pipe instead took 904 ms for a 170 MB ResNet-101 and
-102 ms for a 20 MB YOLO; the shared buffer, 102 and 15 ms (the same read in this process: 59-93
-and 11 ms; ``scripts/bench_load.py``, 5 interleaved rounds each, ``experiments/load_path``).
+the host budget). A load into a device pool leases the buffer (``lease``): the loader thread
+copies the vectors from it onto the device and unpacks them there, waits, and only then frees
+the buffer for the worker's next read (``store.checkpoint.unpack_onto``). A load into the host
+cache copies them out of it instead (``__call__``): the cache keeps them, and a ``device_put``
+of the read-only buffer into ``pinned_host`` memory aliases it on JAX's CPU devices even with
+``may_alias=False`` (measured, jax 0.10.2). Pickling the vectors back through the pipe instead
+took 904 ms for a 170 MB ResNet-101 and 102 ms for a 20 MB YOLO; the shared buffer, 102 and
+15 ms (the same read in this process: 59-93 and 11 ms; ``scripts/bench_load.py``, 5
+interleaved rounds each, ``experiments/load_path``). Copying out, then onto the CPU device, then
+unpacking took 329 ms for the 170 MB expert where the lease takes 86 ms (three copies, each into
+freshly faulted pages, against one).
 A worker that dies is replaced, and its read fails with a ``CheckpointError``.
 """
 
@@ -44,6 +50,7 @@ import subprocess
 import sys
 import threading
 import weakref
+from collections.abc import Iterator
 from multiprocessing.connection import Connection, Pipe
 from multiprocessing.reduction import recv_handle, send_handle
 
@@ -150,10 +157,10 @@ class _Worker:
             msg = self.conn.recv()
         return msg
 
-    def copy_out(self, header: np.ndarray, places: list) -> dict[str, np.ndarray]:
-        """The vectors the worker left in the staging buffer, copied into this process's memory
-        (the buffer is the worker's again for its next read)."""
-        packed = {key: np.frombuffer(self.staging, dtype, n, off).copy() for key, dtype, n, off in places}
+    def views(self, header: np.ndarray, places: list) -> dict[str, np.ndarray]:
+        """The vectors the worker left in the staging buffer, as read-only views of it (valid
+        until the worker's next read)."""
+        packed = {key: np.frombuffer(self.staging, dtype, n, off) for key, dtype, n, off in places}
         packed[HEADER] = header
         return packed
 
@@ -181,14 +188,24 @@ class ProcessReader:
         self._idle.put(w)
 
     def __call__(self, path: str | os.PathLike, specs: list, expert_id: str | None = None) -> dict[str, np.ndarray]:
+        """``read_packed``'s vectors, copied into this process's memory (the caller keeps them)."""
+        with self.lease(path, specs, expert_id) as packed:
+            return {key: v if key == HEADER else v.copy() for key, v in packed.items()}
+
+    @contextlib.contextmanager
+    def lease(self, path: str | os.PathLike, specs: list, expert_id: str | None = None) -> Iterator[dict[str, np.ndarray]]:
+        """``read_packed``'s vectors as read-only views of a worker's staging buffer, valid inside
+        the ``with`` block: the worker is held until the block ends, so a copy the block makes and
+        waits for (a ``device_put`` and unpack) reads the buffer directly, without the copy out of
+        it that ``__call__`` makes (a 170 MB expert: 80 ms, more than its read). Nothing may keep
+        the views, or arrays aliasing them, past the block: JAX's CPU ``device_put`` of a
+        read-only buffer aliases it (``store.checkpoint.unpack_onto``)."""
         if self._closed:
             raise RuntimeError("ProcessReader is closed")
         w = self._idle.get()
         try:
             w.conn.send((str(path), specs, expert_id))
             status, payload = w.receive()
-            if status == "ok":
-                payload = w.copy_out(*payload)
         except (EOFError, OSError) as e:
             code = w.exitcode
             with self._lock:
@@ -198,10 +215,12 @@ class ProcessReader:
                 self._spawn()
             raise CheckpointError(f"expert {expert_id}: the reader process died while reading {path} "
                                   f"(exit code {code}): {type(e).__name__}") from e
-        self._idle.put(w)
-        if status != "ok":
-            raise CheckpointError(payload)
-        return payload
+        try:
+            if status != "ok":
+                raise CheckpointError(payload)
+            yield w.views(*payload)
+        finally:
+            self._idle.put(w)
 
     def pids(self) -> list[int]:
         """Process ids of the live reader processes (e.g. to account their CPU time)."""
