@@ -239,6 +239,23 @@ def test_process_reader_lease_lends_its_buffer_and_no_leaf_points_into_it(saved,
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
 
+def test_process_reader_sends_a_layouts_specs_once_per_worker(saved, reader):
+    path, state = saved
+    specs = leaf_specs(state)
+    w = reader._all[0]
+    sent = []
+    send = w.conn.send
+    w.conn.send = lambda msg: (sent.append(msg), send(msg))[1]
+    try:
+        for same in (specs, list(specs), tuple(specs)):  # equal specs, other objects
+            np.testing.assert_array_equal(reader(path, same, "cls_001")["flat_float32"],
+                                          read_packed(path, specs)["flat_float32"])
+    finally:
+        del w.conn.send
+    layouts = {m[1] for m in sent}
+    assert len(layouts) == 1 and sum(m[2] is not None for m in sent) <= 1  # sent once (or before)
+
+
 def test_process_reader_grows_its_staging_buffer(saved, reader, tmp_path):
     """A larger expert after a smaller one: the worker's shared buffer grows, results stay exact."""
     small, _ = saved

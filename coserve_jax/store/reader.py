@@ -77,6 +77,7 @@ def _serve(conn: Connection) -> None:
     staging buffer, grown (and its descriptor sent to the caller) when an expert needs more."""
     jax.config.update("jax_platforms", "cpu")  # a reader never needs (or grabs) an accelerator
     staging: mmap.mmap | None = None
+    layouts: dict[int, tuple[tuple, list, int]] = {}  # layout id -> (specs, places, bytes)
     while True:
         try:
             msg = conn.recv()
@@ -84,9 +85,11 @@ def _serve(conn: Connection) -> None:
             return
         if msg is None:
             return
-        path, specs, expert_id = msg
+        path, layout, specs, expert_id = msg
         try:
-            places, size = _places(specs)
+            if specs is not None:  # a layout's first read here: its specs come with it
+                layouts[layout] = (specs, *_places(specs))
+            specs, places, size = layouts[layout]
             if staging is None or len(staging) < size:
                 size = -(-size // (1 << 20)) << 20  # whole MiB
                 fd = os.memfd_create("coserve-reader-staging", os.MFD_CLOEXEC)
@@ -100,8 +103,7 @@ def _serve(conn: Connection) -> None:
                 finally:
                     os.close(fd)
             out = {key: np.frombuffer(staging, dtype, n, off) for key, dtype, n, off in places}
-            header = read_packed(path, specs, expert_id, out=out)[HEADER]
-            conn.send(("ok", (header, places)))
+            conn.send(("ok", read_packed(path, specs, expert_id, out=out)[HEADER]))
         except CheckpointError as e:
             conn.send(("error", str(e)))
         except Exception as e:  # noqa: BLE001 - every failure goes back to the caller
@@ -121,6 +123,7 @@ class _Worker:
     def __init__(self) -> None:
         self.conn, child = Pipe()
         self.staging: mmap.mmap | None = None  # this side's map of the worker's staging buffer
+        self.layouts: set[int] = set()  # layout ids whose specs this worker has been sent
         fd = child.fileno()
         self.proc = subprocess.Popen([sys.executable, "-m", "coserve_jax.store.reader", str(fd)],
                                      pass_fds=(fd,), stdin=subprocess.DEVNULL)
@@ -176,6 +179,8 @@ class ProcessReader:
         self._all: list[_Worker] = []
         self._lock = threading.Lock()
         self._closed = False
+        self._layouts: dict[tuple, tuple[int, tuple, list]] = {}  # specs -> (id, specs, places)
+        self._by_object: dict[int, tuple[object, tuple[int, tuple, list]]] = {}  # id(specs) -> (specs, entry)
         for _ in range(processes):
             self._spawn()
         # Stopped on close(), or when the reader is collected, or at interpreter exit.
@@ -202,10 +207,13 @@ class ProcessReader:
         read-only buffer aliases it (``store.checkpoint.unpack_onto``)."""
         if self._closed:
             raise RuntimeError("ProcessReader is closed")
+        layout, specs, places = self._layout(specs)
         w = self._idle.get()
         try:
-            w.conn.send((str(path), specs, expert_id))
+            w.conn.send((str(path), layout, None if layout in w.layouts else specs, expert_id))
             status, payload = w.receive()
+            if status == "ok":
+                w.layouts.add(layout)
         except (EOFError, OSError) as e:
             code = w.exitcode
             with self._lock:
@@ -218,9 +226,25 @@ class ProcessReader:
         try:
             if status != "ok":
                 raise CheckpointError(payload)
-            yield w.views(*payload)
+            yield w.views(payload, places)
         finally:
             self._idle.put(w)
+
+    def _layout(self, specs: list | tuple) -> tuple[int, tuple, list]:
+        """(id, specs, places) of a leaf layout: a worker is sent a layout's specs (hundreds of
+        leaves, ~0.1 ms to pickle) once, then only its id, and the places are computed once. The
+        engine passes the same specs object for every expert of an architecture (looked up by
+        identity; another object with equal specs by value)."""
+        with self._lock:
+            known = self._by_object.get(id(specs))
+            if known is not None and known[0] is specs:
+                return known[1]
+            key = tuple(specs)
+            entry = self._layouts.get(key)
+            if entry is None:
+                entry = self._layouts[key] = (len(self._layouts), key, _places(key)[0])
+            self._by_object[id(specs)] = (specs, entry)  # holds specs: its id is not reused meanwhile
+            return entry
 
     def pids(self) -> list[int]:
         """Process ids of the live reader processes (e.g. to account their CPU time)."""
