@@ -26,7 +26,8 @@ serving, by how much of their span another executor's batch overlapped. Then eve
 ``seconds`` against its ``predicted_s`` (alone), by the batches running beside it for at least
 80% of its span (0, 1, 2 or more) and by phase (the arrival burst, until the loop took in the last
 arrival, or after it), beside the profile's ``load_slowdown_beside_batches``, which is what the
-simulator charges a load for the batches beside it.
+simulator charges a load for the batches beside it. Last, every wait of an executor for a load,
+split into the hand-off before the load, the load and the hand-off after it (mean ms).
 """
 
 from __future__ import annotations
@@ -219,6 +220,34 @@ def serving_loads(run_dir: Path) -> list[dict[str, Any]]:
     return rows
 
 
+def serving_waits(run_dir: Path) -> list[dict[str, Any]]:
+    """Per arm: each time an executor waited for a load ("wait for load" spans), split into the
+    hand-off before the load (the wait's start to the load's start: the loop's dispatch, the load
+    thread's and the reader's wake-up), the load, and the hand-off after it (the load's end to the
+    wait's end, when the loop dispatched the batch), in mean ms."""
+    rows = []
+    for arm, events, _ in _timelines(run_dir):
+        loads: dict[str, list[tuple[float, float]]] = {}
+        for e in events:
+            if e.get("ph") == "X" and e.get("cat") == "load":
+                loads.setdefault(e["args"]["expert"], []).append((e["ts"], e["ts"] + e["dur"]))
+        parts = []
+        for w in events:
+            if w.get("ph") != "X" or w.get("cat") != "wait":
+                continue
+            a, b = w["ts"], w["ts"] + w["dur"]
+            # the load of that expert whose end is nearest the wait's end, among those it overlaps
+            cands = [(c, d) for c, d in loads.get(w["args"]["expert"], ()) if c <= b and d >= a]
+            if cands:
+                c, d = min(cands, key=lambda cd: abs(cd[1] - b))
+                parts.append((b - a, c - a, d - c, b - d))
+        if parts:
+            mean = [statistics.fmean(p[i] for p in parts) / 1e3 for i in range(4)]
+            rows.append({"run": str(run_dir), "arm": arm, "waits": len(parts), "wait_ms": mean[0],
+                         "before_ms": mean[1], "load_ms": mean[2], "after_ms": mean[3]})
+    return rows
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", default="experiments/sim_validation")
@@ -246,6 +275,14 @@ def main(argv: list[str] | None = None) -> int:
         for r in loads:
             print(f"| {r['run']} | {r['arm']} | {r['phase']} | {r['beside']} | {r['loads']} | {r['median']:.2f} "
                   f"| {r['cap']:.2f} |")
+    waits = [r for d in args.runs for r in serving_waits(d)]
+    if waits:
+        print("\n| run | arm | waits for a load | wait, mean ms | wait start → load start | load | load end → "
+              "batch dispatched |")
+        print("| --- | --- | --- | --- | --- | --- | --- |")
+        for r in waits:
+            print(f"| {r['run']} | {r['arm']} | {r['waits']} | {r['wait_ms']:.2f} | {r['before_ms']:.2f} "
+                  f"| {r['load_ms']:.2f} | {r['after_ms']:.2f} |")
     return 0
 
 

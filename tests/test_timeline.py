@@ -107,6 +107,12 @@ def test_sim_run_writes_a_timeline_per_arm_and_request_records(tmp_path: Path, s
     for r in loads:  # nor is a simulated load
         assert r["loads"] > 0 and r["median"] >= 1 - 1e-9
         assert r["phase"] in ("burst", "after") and r["beside"] in ("0", "1", "2+")
+    # ... and each wait for a load split into its hand-offs and the load (samba waits on every one)
+    waits = {r["arm"]: r for r in script("host_contention").serving_waits(tmp_path)}
+    assert "samba" in waits
+    for r in waits.values():
+        assert r["waits"] > 0 and r["load_ms"] > 0 and r["before_ms"] >= -1e-9
+        assert r["before_ms"] + r["load_ms"] + r["after_ms"] == pytest.approx(r["wait_ms"], rel=1e-6)
     rows = read_records(tmp_path / res["records"])
     assert Counter(r["arm"] for r in rows) == {a: 120 for a in res["arms"]}
     for name, arm in res["arms"].items():
