@@ -224,7 +224,8 @@ def serving_waits(run_dir: Path) -> list[dict[str, Any]]:
     """Per arm: each time an executor waited for a load ("wait for load" spans), split into the
     hand-off before the load (the wait's start to the load's start: the loop's dispatch, the load
     thread's and the reader's wake-up), the load, and the hand-off after it (the load's end to the
-    wait's end, when the loop dispatched the batch), in mean ms."""
+    wait's end, when the loop dispatched the batch), in mean ms. A load already in flight when
+    the wait began (a prefetch) counts negative before it."""
     rows = []
     for arm, events, _ in _timelines(run_dir):
         loads: dict[str, list[tuple[float, float]]] = {}
@@ -248,6 +249,14 @@ def serving_waits(run_dir: Path) -> list[dict[str, Any]]:
     return rows
 
 
+def _table(header: list[str], rows: list[list[Any]]) -> None:
+    """A Markdown table, after a blank line (nothing without rows)."""
+    if rows:
+        print("\n| " + " | ".join(header) + " |\n|" + " --- |" * len(header))
+        for row in rows:
+            print("| " + " | ".join(str(c) for c in row) + " |")
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", default="experiments/sim_validation")
@@ -261,28 +270,19 @@ def main(argv: list[str] | None = None) -> int:
     if not rows:
         sys.exit("host_contention: no timeline-<arm>.json with batch predictions in "
                  f"{', '.join(map(str, args.runs))} (run with metrics.timeline=true)")
-    print("| run | arm | steady-phase batches | run_s / predicted alone, median | the same, batches ≥80% "
-          "beside another (count) | Σ run_s / Σ predicted |")
-    print("| --- | --- | --- | --- | --- | --- |")
-    for r in rows:
-        print(f"| {r['run']} | {r['arm']} | {r['batches']} | {r['median']:.2f} | {r['beside_batch_median']:.2f} "
-              f"({r['beside_batch_batches']}) | {r['sum_run_s'] / max(r['sum_predicted_s'], 1e-12):.2f} |")
-    loads = [r for d in args.runs for r in serving_loads(d)]
-    if loads:
-        print("\n| run | arm | phase | batches beside (≥80% of the load) | loads | seconds / predicted alone, "
-              "median | the profile's load_slowdown for that many |")
-        print("| --- | --- | --- | --- | --- | --- | --- |")
-        for r in loads:
-            print(f"| {r['run']} | {r['arm']} | {r['phase']} | {r['beside']} | {r['loads']} | {r['median']:.2f} "
-                  f"| {r['cap']:.2f} |")
-    waits = [r for d in args.runs for r in serving_waits(d)]
-    if waits:
-        print("\n| run | arm | waits for a load | wait, mean ms | wait start → load start | load | load end → "
-              "batch dispatched |")
-        print("| --- | --- | --- | --- | --- | --- | --- |")
-        for r in waits:
-            print(f"| {r['run']} | {r['arm']} | {r['waits']} | {r['wait_ms']:.2f} | {r['before_ms']:.2f} "
-                  f"| {r['load_ms']:.2f} | {r['after_ms']:.2f} |")
+    _table(["run", "arm", "steady-phase batches", "run_s / predicted alone, median",
+            "the same, batches ≥80% beside another (count)", "Σ run_s / Σ predicted"],
+           [[r["run"], r["arm"], r["batches"], f"{r['median']:.2f}",
+             f"{r['beside_batch_median']:.2f} ({r['beside_batch_batches']})",
+             f"{r['sum_run_s'] / max(r['sum_predicted_s'], 1e-12):.2f}"] for r in rows])
+    _table(["run", "arm", "phase", "batches beside (≥80% of the load)", "loads", "seconds / predicted alone, median",
+            "the profile's load_slowdown for that many"],
+           [[r["run"], r["arm"], r["phase"], r["beside"], r["loads"], f"{r['median']:.2f}", f"{r['cap']:.2f}"]
+            for d in args.runs for r in serving_loads(d)])
+    _table(["run", "arm", "waits for a load", "wait, mean ms", "wait start → load start", "load",
+            "load end → batch dispatched"],
+           [[r["run"], r["arm"], r["waits"], *(f"{r[k]:.2f}" for k in ("wait_ms", "before_ms", "load_ms", "after_ms"))]
+            for d in args.runs for r in serving_waits(d)])
     return 0
 
 

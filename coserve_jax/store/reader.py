@@ -243,6 +243,8 @@ class ProcessReader:
             entry = self._layouts.get(key)
             if entry is None:
                 entry = self._layouts[key] = (len(self._layouts), key, _places(key)[0])
+            if len(self._by_object) >= 64:  # callers that build new specs each read: keep it small
+                self._by_object.clear()
             self._by_object[id(specs)] = (specs, entry)  # holds specs: its id is not reused meanwhile
             return entry
 
