@@ -15,7 +15,12 @@ Per architecture of the zoo (one expert each, ``--repeats`` timings, medians):
 2. disk -> host, bytes/s, with the page cache dropped (``cold``, after ``os.sync``) and kept
    (``warm``): ``engine``: ``read_packed`` (the Orbax read and checks the engine's reader
    processes run) vs ``raw``: reading the checkpoint's files into memory.
-3. overlap: a thread runs batches of another expert on the device; switch seconds and the
+3. disk -> device, warm page cache, through a reader process (``store.reader.ProcessReader``):
+   ``lease``: the engine's load into a device pool (``store.checkpoint.unpack_onto``: the
+   vectors go from the reader's staging buffer onto the device, then the unpack) vs ``copied``:
+   the vectors copied out of the buffer first, as the engine loaded before (and as the host
+   cache still does).
+4. overlap: a thread runs batches of another expert on the device; switch seconds and the
    batches' rate, each alone and together (a switch that overlaps compute slows neither much).
 
 Writes one JSON (``--out``) and prints a table. Host<->device copies here are explicit.
@@ -50,12 +55,12 @@ def _read_raw(path: Path) -> int:
     return n
 
 
-def measure_arch(zoo: Any, e: Any, dev: Any, repeats: int, pinned_ok: bool) -> dict[str, Any]:
-    """Host->device and disk->host figures of one expert (module docstring, 1 and 2)."""
+def measure_arch(zoo: Any, e: Any, dev: Any, repeats: int, pinned_ok: bool, reader: Any) -> dict[str, Any]:
+    """Host->device, disk->host and disk->device figures of one expert (module docstring, 1-3)."""
     import jax
     import numpy as np
 
-    from coserve_jax.store.checkpoint import leaf_specs, read_packed, unpack_to_device
+    from coserve_jax.store.checkpoint import leaf_specs, read_packed, unpack_onto, unpack_to_device
     from coserve_jax.store.disk import drop_page_cache
     from coserve_jax.store.host_tier import PINNED, to_device, to_host
 
@@ -103,6 +108,17 @@ def measure_arch(zoo: Any, e: Any, dev: Any, repeats: int, pinned_ok: bool) -> d
         d2h[f"engine/raw_{cache}"] = d2h[f"engine_{cache}"]["bytes_per_s"] / d2h[f"raw_{cache}"]["bytes_per_s"]
     d2h["checkpoint_file_bytes"] = _read_raw(path)
     r["disk_to_host"] = d2h
+    # --- disk -> device, through a reader process ---
+    loads = {"lease": lambda: unpack_onto(dev, path, specs, e.expert_id, reader),
+             "copied": lambda: jax.block_until_ready(unpack_to_device(reader(path, specs, e.expert_id), specs, dev))}
+    d2d: dict[str, Any] = {}
+    for fn in loads.values():
+        fn()  # warm: the reader's first read of this layout
+    for name, fn in loads.items():
+        s = _median_s(fn, repeats)
+        d2d[name] = {"s": s, "bytes_per_s": nbytes / s}
+    d2d["lease/copied"] = d2d["lease"]["bytes_per_s"] / d2d["copied"]["bytes_per_s"]
+    r["disk_to_device"] = d2d
     return r
 
 
@@ -123,6 +139,7 @@ def main(argv: list[str] | None = None) -> int:
     from coserve_jax.engine.real import Runtime, run_padded
     from coserve_jax.store.checkpoint import leaf_specs, read_packed
     from coserve_jax.store.host_tier import NUMPY, PINNED, memory_kinds, to_device, to_host
+    from coserve_jax.store.reader import ProcessReader
 
     cfg, _ = as_run_config(list(args.overrides))
     model = load_model(cfg, progress=False)
@@ -135,8 +152,12 @@ def main(argv: list[str] | None = None) -> int:
     report: dict[str, Any] = {"device": str(dev), "platform": dev.platform, "jax": jax.__version__,
                               "memory_kinds": sorted(memory_kinds(dev)), "model": cfg.model.name,
                               "repeats": args.repeats, "archs": {}}
-    for arch, e in sorted(by_arch.items()):
-        report["archs"][arch] = measure_arch(zoo, e, dev, args.repeats, pinned_ok)
+    reader = ProcessReader(1)
+    try:
+        for arch, e in sorted(by_arch.items()):
+            report["archs"][arch] = measure_arch(zoo, e, dev, args.repeats, pinned_ok, reader)
+    finally:
+        reader.close()
 
     # --- overlap: switches beside running batches -----------------------------------------------
     arch = sorted(by_arch, key=lambda a: -by_arch[a].param_bytes)[0]  # the largest expert switches
@@ -185,14 +206,14 @@ def main(argv: list[str] | None = None) -> int:
 
     print(f"\nload path on {dev} ({cfg.model.name}); bytes/s as GB/s, medians of {args.repeats}")
     print("| arch | MB | host->dev engine pinned | contiguous pinned | engine numpy | contiguous numpy "
-          "| disk->host engine cold | raw cold | engine warm | raw warm |")
-    print("| --- " * 10 + "|")
+          "| disk->host engine cold | raw cold | engine warm | raw warm | disk->dev lease warm | copied warm |")
+    print("| --- " * 12 + "|")
     for arch, r in report["archs"].items():
-        h, d = r["host_to_device"], r["disk_to_host"]
+        h, d, dd = r["host_to_device"], r["disk_to_host"], r["disk_to_device"]
         g = lambda x: f"{x['bytes_per_s'] / 1e9:.2f}" if x else "—"  # noqa: E731
         print(f"| {arch} | {r['bytes'] / 1e6:.1f} | {g(h.get('engine_pinned'))} | {g(h.get('contiguous_pinned'))} "
               f"| {g(h['engine_numpy'])} | {g(h['contiguous_numpy'])} | {g(d['engine_cold'])} | {g(d['raw_cold'])} "
-              f"| {g(d['engine_warm'])} | {g(d['raw_warm'])} |")
+              f"| {g(d['engine_warm'])} | {g(d['raw_warm'])} | {g(dd['lease'])} | {g(dd['copied'])} |")
     o = report["overlap"]
     print(f"overlap ({o['arch']}, {o['tier']}): switch {o['switch_s_alone'] * 1e3:.1f} ms alone, "
           f"{o['switch_s_beside_batches'] * 1e3:.1f} ms beside batches; batches {o['batches_per_s_alone']:.1f}/s alone, "

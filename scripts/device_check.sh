@@ -18,7 +18,8 @@
 #            (nvidia-smi samples utilisation and memory meanwhile               -> gpu_util.csv)
 #   profile  the measured profile as a table                                    -> profile_summary.md
 #   bench    load path: the engine's host->device switch vs one contiguous
-#            device_put, disk->host vs a raw read, switches beside batches      -> bench_load.json
+#            device_put, disk->host vs a raw read, disk->device leased vs
+#            copied out of the reader, switches beside batches                  -> bench_load.json
 #   report   tables and plots of the serve run                                  -> report/
 #   summary  what ran, how long, and the headline figures                       -> summary.md, steps.tsv
 set -uo pipefail
@@ -191,12 +192,14 @@ if b.exists():
     B = json.loads(b.read_text())
     print(f"\nload path on {B['device']} (GB/s):\n")
     print("| arch | MB | engine pinned->device | contiguous pinned | engine numpy | contiguous numpy | "
-          "disk->host engine cold | raw cold |\n| --- | --- | --- | --- | --- | --- | --- | --- |")
+          "disk->host engine cold | raw cold | disk->device lease warm | copied warm |\n"
+          "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     g = lambda d, k: f"{d[k]['bytes_per_s'] / 1e9:.2f}" if k in d else "—"  # noqa: E731
     for arch, r in B["archs"].items():
-        h, d = r["host_to_device"], r["disk_to_host"]
+        h, d, dd = r["host_to_device"], r["disk_to_host"], r.get("disk_to_device", {})
         print(f"| {arch} | {r['bytes'] / 1e6:.1f} | {g(h, 'engine_pinned')} | {g(h, 'contiguous_pinned')} | "
-              f"{g(h, 'engine_numpy')} | {g(h, 'contiguous_numpy')} | {g(d, 'engine_cold')} | {g(d, 'raw_cold')} |")
+              f"{g(h, 'engine_numpy')} | {g(h, 'contiguous_numpy')} | {g(d, 'engine_cold')} | {g(d, 'raw_cold')} | "
+              f"{g(dd, 'lease')} | {g(dd, 'copied')} |")
     print(f"\noverlap: {json.dumps(B['overlap'])}")
 PY
 cat "$OUT/summary.md"

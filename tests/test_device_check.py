@@ -40,4 +40,5 @@ def test_device_check_dry_run(tmp_path):
     for r in bench["archs"].values():
         assert r["host_to_device"]["engine_pinned"]["bytes_per_s"] > 0
         assert r["disk_to_host"]["raw_cold"]["bytes_per_s"] > 0
+        assert r["disk_to_device"]["lease"]["bytes_per_s"] > 0 and r["disk_to_device"]["lease/copied"] > 0
     assert "dry run on CPU" in (out / "summary.md").read_text()
