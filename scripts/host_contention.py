@@ -33,13 +33,15 @@ split into the hand-off before the load, the load and the hand-off after it (mea
 from __future__ import annotations
 
 import argparse
+import functools
 import itertools
 import json
 import statistics
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+
+from coserve_jax.engine.sim import slowdown_beside
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from concurrent_loads import measured_setup  # noqa: E402 - this folder's helper
@@ -143,17 +145,20 @@ def _overlap(e: dict, spans: dict[int, list[tuple[float, float]]]) -> float:
     return other / max(b - a, 1e-9)
 
 
-def _timelines(run_dir: Path) -> Iterator[tuple[str, list[dict[str, Any]], float]]:
+@functools.lru_cache(maxsize=4)
+def _timelines(run_dir: Path) -> tuple[tuple[str, list[dict[str, Any]], float], ...]:
     """(arm, its timeline's events, when its loop took in the last arrival, in the events' µs)
-    per arm of ``run_dir`` with a timeline."""
+    per arm of ``run_dir`` with a timeline; read once for the three ``--runs`` tables."""
     results = json.loads((run_dir / "results.json").read_text())
+    out = []
     for path in sorted(run_dir.glob("timeline-*.json")):
         arm = path.stem.removeprefix("timeline-")
         if arm not in results.get("arms", {}):
             continue
         events = json.loads(path.read_text())["traceEvents"]
         start = next((e["ts"] for e in events if e.get("ph") == "i" and e.get("name") == "serving starts"), 0.0)
-        yield arm, events, start + 1e6 * (results["arms"][arm]["time_s"].get("arrivals_ingested") or 0.0)
+        out.append((arm, events, start + 1e6 * (results["arms"][arm]["time_s"].get("arrivals_ingested") or 0.0)))
+    return tuple(out)
 
 
 def serving(run_dir: Path) -> list[dict[str, Any]]:
@@ -214,9 +219,9 @@ def serving_loads(run_dir: Path) -> list[dict[str, Any]]:
             phase = "burst" if a < burst_end else "after"
             groups.setdefault((phase, "2+" if n >= 2 else str(n)), []).append(args["seconds"] / args["predicted_s"])
         for (phase, n), ratios in sorted(groups.items()):
-            k = min(int(n[0]), len(caps) - 1) if caps else None
             rows.append({"run": str(run_dir), "arm": arm, "phase": phase, "beside": n, "loads": len(ratios),
-                         "median": statistics.median(ratios), "cap": caps[k] if k is not None else float("nan")})
+                         "median": statistics.median(ratios),
+                         "cap": slowdown_beside(caps, int(n[0])) if caps else float("nan")})
     return rows
 
 

@@ -89,7 +89,7 @@ def device_key(kind: str, device_index: int) -> tuple:
     return HOST if kind == "cpu" else (kind, device_index)
 
 
-def _ratio(ratios: tuple[float, ...], n: int) -> float:
+def slowdown_beside(ratios: Sequence[float], n: int) -> float:
     """A profile's slowdown beside n others (``[1.0, r1, r2, ...]``; the last stands for more)."""
     return ratios[min(n, len(ratios) - 1)] if n and ratios else 1.0
 
@@ -212,7 +212,7 @@ class SimBackend:
         if key == HOST and (self.load_slowdown or self.load_slowdown_loads):
             loads = [jid for jid, r in running.items() if isinstance(r.item, LoadJob)]
             if loads:
-                slowdown = _ratio(self.load_slowdown, len(running) - len(loads)) * _ratio(
+                slowdown = slowdown_beside(self.load_slowdown, len(running) - len(loads)) * slowdown_beside(
                     self.load_slowdown_loads, len(loads) - 1)
                 for jid in loads:
                     rates[jid] = min(rates[jid], 1.0 / slowdown)
