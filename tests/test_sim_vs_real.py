@@ -8,6 +8,7 @@ policy decisions (assign, arrange, load, evict, batch) must be identical between
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -105,3 +106,31 @@ def test_validate_sim_rejects_more_blocks_than_runs(tmp_path, script):
     vs = script("validate_sim")
     with pytest.raises(SystemExit):
         vs.main(["--blocks", "4", "--repeats", "3", "--out", str(tmp_path / "out")])
+
+
+def test_validate_sim_runs_three_real_runs_per_block_by_default(tmp_path, script, monkeypatch):
+    """--blocks 6 without --repeats: 6 real runs of 3 repeats each, every one after a fresh profile,
+    and each block's profile pinned for its simulation."""
+    import coserve_jax.api
+
+    vs = script("validate_sim")
+    calls = []
+
+    def fake_run(overrides, run_dir):
+        calls.append((list(overrides), Path(run_dir)))
+        Path(run_dir).mkdir(parents=True, exist_ok=True)
+        arm = {"throughput_rps": 100.0, "switches": {"count": 50}}
+        (Path(run_dir) / "results.json").write_text(json.dumps({"arms": {"coserve": arm}}))
+
+    monkeypatch.setattr(coserve_jax.api, "run_experiment", fake_run)
+    assert vs.main(["--fresh-profile", "--blocks", "6", "--arms", "coserve", "--runs", str(tmp_path / "runs"),
+                    "--out", str(tmp_path / "out")]) == 0
+    real = [o for o, _ in calls if "backend=real" in o]
+    sim = [(o, d) for o, d in calls if "backend=sim" in o]
+    assert len(real) == len(sim) == 6
+    assert all("repeats=3" in o and "profiler.refresh=true" in o for o in real)
+    for b, (o, d) in enumerate(sim):
+        assert d.name == f"sim{b}"
+        assert f"hardware.profile={(d.parent / f'real{b}' / 'profile.json').resolve()}" in o
+    (row,) = json.loads((tmp_path / "out" / "validation.json").read_text())
+    assert row["profiles"] == 6
