@@ -29,6 +29,7 @@ Writes one JSON (``--out``) and prints a table. Host<->device copies here are ex
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import statistics
@@ -109,8 +110,8 @@ def measure_arch(zoo: Any, e: Any, dev: Any, repeats: int, pinned_ok: bool, read
     d2h["checkpoint_file_bytes"] = _read_raw(path)
     r["disk_to_host"] = d2h
     # --- disk -> device, through a reader process ---
-    loads = {"lease": lambda: unpack_onto(dev, path, specs, e.expert_id, reader),
-             "copied": lambda: jax.block_until_ready(unpack_to_device(reader(path, specs, e.expert_id), specs, dev))}
+    loads = {name: functools.partial(unpack_onto, dev, path, specs, e.expert_id, reader, lease=name == "lease")
+             for name in ("lease", "copied")}
     d2d: dict[str, Any] = {}
     for fn in loads.values():
         fn()  # warm: the reader's first read of this layout

@@ -81,10 +81,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, help="write the timings as JSON here")
     args = ap.parse_args(argv)
 
-    from coserve_jax.models import host_init_state, param_bytes
     import jax
 
-    from coserve_jax.store.checkpoint import leaf_specs, read_packed, save_expert, unpack_onto, unpack_to_device
+    from coserve_jax.models import host_init_state, param_bytes
+    from coserve_jax.store.checkpoint import leaf_specs, read_packed, save_expert, unpack_onto
     from coserve_jax.store.disk import drop_page_cache
     from coserve_jax.store.reader import ProcessReader
 
@@ -118,10 +118,8 @@ def main(argv: list[str] | None = None) -> int:
                 read_packed(case["path"], case["specs"], "bench")
             elif how == "reader":
                 reader(case["path"], case["specs"], "bench")
-            elif how == "device":
-                unpack_onto(cpu, case["path"], case["specs"], "bench", reader)
-            else:
-                jax.block_until_ready(unpack_to_device(reader(case["path"], case["specs"], "bench"), case["specs"], cpu))
+            else:  # device, or copied out of the reader's buffer first
+                unpack_onto(cpu, case["path"], case["specs"], "bench", reader, lease=how == "device")
             return time.perf_counter() - t
 
         times = {name: {p: [] for p in paths} for name in cases}

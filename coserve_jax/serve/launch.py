@@ -12,7 +12,6 @@ import dataclasses
 import logging
 import os
 import time
-import urllib.error
 import urllib.request
 from collections.abc import Iterator, Sequence
 from typing import Any
@@ -122,7 +121,7 @@ def _wait_for_http(url: str, deadline_s: float) -> None:
                 if r.status == 200:
                     return
                 last = f"HTTP {r.status}"
-        except (OSError, urllib.error.URLError) as e:
+        except OSError as e:  # urllib's URLError and HTTPError are OSErrors
             last = f"{type(e).__name__}: {e}"
         time.sleep(0.5)
     raise TimeoutError(f"serve: {url} did not answer within the start-up wait ({last})")

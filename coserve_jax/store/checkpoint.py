@@ -112,16 +112,17 @@ def restore_expert(path: str | os.PathLike, abstract_state: Any, *, device: jax.
 
 
 def unpack_onto(device: jax.Device, path: str | os.PathLike, specs: list | tuple, expert_id: str | None = None,
-                reader: Any = None) -> list[jax.Array]:
+                reader: Any = None, *, lease: bool = True) -> list[jax.Array]:
     """Read an expert's checkpoint (``read_packed``, or ``reader``) and unpack it onto ``device``
     (``unpack_to_device``), waited for. A reader with a ``lease`` (``store.reader.ProcessReader``)
     lends its staging buffer for the copy instead of copying the vectors out of it first: on
     JAX's CPU devices the ``device_put`` of those read-only views aliases them, and the unpack
-    writes new arrays, so the leaves never point into the buffer once this returns."""
-    lease = getattr(reader, "lease", None)
-    if lease is None:
+    writes new arrays, so the leaves never point into the buffer once this returns.
+    ``lease=False`` copies them out first (the path before the lease; benchmarks compare them)."""
+    lend = getattr(reader, "lease", None) if lease else None
+    if lend is None:
         return jax.block_until_ready(unpack_to_device((reader or read_packed)(path, specs, expert_id), specs, device))
-    with lease(path, specs, expert_id) as packed:
+    with lend(path, specs, expert_id) as packed:
         return jax.block_until_ready(unpack_to_device(packed, specs, device))
 
 
